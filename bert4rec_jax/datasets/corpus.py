@@ -1,0 +1,182 @@
+"""The corpus handed to training and evaluation.
+
+A `Corpus` holds every user's chronological item sequence as two flat numpy arrays (CSR style:
+`offsets` + `items`), never as Python dicts of lists, so that a 20M-interaction data set costs a few
+hundred MB and every operation on it is vectorised. Item ids are dense: 0 is padding, 1..V are items
+and V + 1 is [MASK]. The raw ids of the source travel with it so that exports can speak raw ids.
+
+The leave-one-out split (`leave_one_out`) is derived from the corpus, not stored beside it:
+for a user with n >= 3 interactions the last item is the test target and the second to last the
+validation target; users with fewer than 3 interactions only train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+PAD_ID = 0
+# Users with fewer interactions than this are kept for training but never evaluated.
+MIN_EVAL_LENGTH = 3
+SPLIT_MODES = ("standard", "paper")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Corpus:
+    """Per-user item sequences with a dense item vocabulary.
+
+    Attributes:
+      name: the data set's name, e.g. "beauty".
+      offsets: int64 [num_users + 1]; user u's items are `items[offsets[u]:offsets[u + 1]]`.
+      items: int32 [num_interactions]; dense item ids in 1..num_items, oldest first.
+      raw_item_ids: int64 [num_items + 1]; `raw_item_ids[i]` is the source's id of item i
+        (`raw_item_ids[0] = -1` stands for padding). Sorted, so dense ids keep the raw order.
+      raw_user_ids: int64 [num_users]; the source's id of each user.
+    """
+
+    name: str
+    offsets: np.ndarray
+    items: np.ndarray
+    raw_item_ids: np.ndarray
+    raw_user_ids: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.raw_item_ids) - 1
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.items)
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_items + 1
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the item embedding table: padding, the items and [MASK]."""
+        return self.num_items + 2
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64 [num_users]: the length of every user's full sequence."""
+        return np.diff(self.offsets)
+
+    @functools.cached_property
+    def popularity(self) -> np.ndarray:
+        """int64 [num_items + 1]: interactions per item over the full sequences ([0] = 0)."""
+        return np.bincount(self.items, minlength=self.num_items + 1).astype(np.int64)
+
+    def sequence(self, user: int) -> np.ndarray:
+        """int32 [length]: one user's full sequence of dense item ids."""
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+
+def corpus_from_sequences(
+    name: str, raw_user_ids: np.ndarray, offsets: np.ndarray, raw_items: np.ndarray
+) -> Corpus:
+    """Builds a corpus from per-user sequences of raw item ids, remapping items to 1..V.
+
+    Args:
+      name: the data set's name.
+      raw_user_ids: int64 [num_users].
+      offsets: int64 [num_users + 1], CSR offsets into `raw_items`.
+      raw_items: int64 [num_interactions], raw item ids, each user's oldest first.
+
+    Returns:
+      The corpus; dense item ids follow the sorted raw ids.
+    """
+    raw_item_ids, dense = np.unique(np.asarray(raw_items, dtype=np.int64), return_inverse=True)
+    return Corpus(
+        name=name,
+        offsets=np.asarray(offsets, dtype=np.int64),
+        items=(dense + 1).astype(np.int32),
+        raw_item_ids=np.concatenate([[-1], raw_item_ids]).astype(np.int64),
+        raw_user_ids=np.asarray(raw_user_ids, dtype=np.int64),
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """The leave-one-out split of a corpus.
+
+    Attributes:
+      mode: "standard" (train = all but the last two items) or "paper" (the validation item is
+        merged into training, as the original code does).
+      train_ends: int64 [num_users]; a training sequence starts where the user's full sequence
+        starts, so only its end is stored: user u trains on
+        `corpus.items[corpus.offsets[u]:train_ends[u]]`.
+      eval_users: int64 [num_eval]; users with at least 3 interactions.
+      valid_targets: int32 [num_eval]; second-to-last item of each evaluated user.
+      test_targets: int32 [num_eval]; last item of each evaluated user.
+    """
+
+    mode: str
+    train_ends: np.ndarray
+    eval_users: np.ndarray
+    valid_targets: np.ndarray
+    test_targets: np.ndarray
+
+    def train_sequence(self, corpus: Corpus, user: int) -> np.ndarray:
+        return corpus.items[corpus.offsets[user] : self.train_ends[user]]
+
+    def history_ends(self, corpus: Corpus, split: str) -> np.ndarray:
+        """int64 [num_eval]: where each evaluated user's input history ends in `corpus.items`.
+
+        Validation inputs use the training items only; test inputs use training + validation.
+        """
+        ends = corpus.offsets[self.eval_users + 1]
+        if split == "valid":
+            return ends - 2
+        if split == "test":
+            return ends - 1
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+    def targets(self, split: str) -> np.ndarray:
+        if split == "valid":
+            return self.valid_targets
+        if split == "test":
+            return self.test_targets
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+
+def leave_one_out(corpus: Corpus, mode: str = "standard") -> Split:
+    """Splits a corpus leave-one-out.
+
+    Args:
+      corpus: the corpus.
+      mode: "standard" or "paper" (see `Split`).
+
+    Returns:
+      The split.
+
+    Raises:
+      ValueError: on an unknown mode, or when no user has enough interactions to be evaluated.
+    """
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {SPLIT_MODES}, got {mode!r}")
+    lengths = corpus.lengths
+    evaluable = lengths >= MIN_EVAL_LENGTH
+    if not evaluable.any():
+        raise ValueError(
+            f"data set {corpus.name!r} has no evaluable user: every one of its {corpus.num_users} "
+            f"users has fewer than {MIN_EVAL_LENGTH} interactions"
+        )
+    eval_users = np.flatnonzero(evaluable).astype(np.int64)
+    ends = corpus.offsets[1:]
+    held_out = 2 if mode == "standard" else 1
+    train_ends = np.where(evaluable, ends - held_out, ends)
+    last = corpus.offsets[eval_users + 1]
+    return Split(
+        mode=mode,
+        train_ends=train_ends.astype(np.int64),
+        eval_users=eval_users,
+        valid_targets=corpus.items[last - 2],
+        test_targets=corpus.items[last - 1],
+    )

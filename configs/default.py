@@ -1,0 +1,92 @@
+"""Default configuration: BERT4Rec on the built-in synthetic data set (no download, minutes on a CPU).
+
+    python -m bert4rec_jax.train --config=configs/default.py --workdir=/tmp/bert4rec_default
+
+Every other config starts from this one and changes what its data set needs. Any field can be
+overridden on the command line, e.g. `--config.model.hidden_size=128`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # ---- Data -------------------------------------------------------------------------------
+    # One of: synthetic, beauty, steam, ml-1m, ml-20m (the paper's preprocessed files), or
+    # ml-100k-raw, ml-1m-raw, ml-20m-raw (MovieLens from raw ratings, our preprocessing).
+    c.dataset = "synthetic"
+    # Where TFDS caches prepared data sets and we cache prepared corpora; "" = TFDS's default
+    # (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    c.data_dir = ""
+    # Offline path: a directory holding the source files (e.g. beauty.txt or ml-100k/u.data).
+    # When set, nothing is downloaded. "" = download with checksum verification.
+    c.manual_dir = ""
+    # "standard": train on all but the last two items, select models on the second to last.
+    # "paper": merge the validation item into training, as the original code does.
+    c.split_mode = "standard"
+    # Only for dataset=synthetic: its size and seed.
+    c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.num_users = 2000  # users
+    c.synthetic.num_items = 500  # items in the catalogue
+    c.synthetic.seed = 0  # the generator's seed; the same seed gives the same data set
+
+    # ---- Model ------------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.max_len = 50  # positions; at test time max_len - 1 history items + [MASK]
+    c.model.hidden_size = 64  # d
+    c.model.num_layers = 2  # L transformer blocks
+    c.model.num_heads = 2  # attention heads; must divide hidden_size
+    c.model.intermediate_size = 256  # FFN width (4 d in the paper)
+    c.model.hidden_dropout = 0.2  # dropout on embeddings, attention output and FFN output
+    c.model.attention_dropout = 0.2  # dropout on attention probabilities
+    c.model.layer_norm_eps = 1e-12  # the original code's LayerNorm epsilon
+    c.model.init_std = 0.02  # truncated-normal initialiser's standard deviation
+    c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+    # Attention implementation for jax.nn.dot_product_attention: "" (JAX chooses), "xla", "cudnn".
+    c.model.attention_impl = ""
+
+    # ---- Input pipeline (cloze masking) -----------------------------------------------------
+    c.input = ml_collections.ConfigDict()
+    c.input.mask_prob = 0.2  # fraction of a window's items to mask, in (0, 1]
+    c.input.max_predictions = 20  # P: most masked positions per window; <= max_len
+    c.input.sliding_step = 10  # step of the training windows over long sequences
+    c.input.dupe_factor = 10  # masked copies per window per epoch, precomputed as the paper did
+    # True: draw new masks every epoch (one copy per window); False: the paper's fixed copies.
+    c.input.fresh_masks = False
+    # "mask": always replace by [MASK] (the paper's runs); "bert": 80% [MASK], 10% random, 10% keep.
+    c.input.mask_replacement = "mask"
+    c.input.mask_last_copy = True  # add one copy per window whose last item alone is masked
+    c.input.prefetch = 2  # batches prepared ahead of the accelerator
+
+    # ---- Training ---------------------------------------------------------------------------
+    c.seed = 0  # parameters, dropout and data order all derive from it
+    c.batch_size = 256  # global batch; divisible by the number of devices
+    c.num_train_steps = 2000
+    c.learning_rate = 1e-3  # peak learning rate (the paper uses 1e-4 for its long runs)
+    c.warmup_steps = 100  # linear warm-up, then linear decay to zero at num_train_steps
+    c.weight_decay = 0.01  # decoupled; LayerNorm and bias parameters are not decayed
+    c.clip_norm = 5.0  # global gradient norm clip
+    c.adam_bias_correction = True  # False = BERT's original Adam (no bias correction)
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-6
+
+    c.log_every_steps = 50  # metrics to TensorBoard, JSON lines and the console
+    c.checkpoint_every_steps = 500  # 0 = only at the end
+    c.keep_checkpoints = 3  # the last K checkpoints are kept (plus the best, see eval)
+
+    # ---- Evaluation -------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 500  # validate during training; 0 = never
+    c.eval.protocols = ("pop100", "full")  # pop100, uniform100, full
+    c.eval.num_negatives = 100  # sampled protocols: negatives per user
+    c.eval.ks = (1, 5, 10, 20)  # cut-offs for HR@k and NDCG@k
+    c.eval.num_valid_users = 0  # users sampled for validation during training; 0 = all
+    c.eval.metric = "pop100/ndcg@10"  # keeps the best checkpoint by this metric
+    c.eval.early_stopping_patience = 0  # evaluations without improvement before stopping; 0 = off
+    c.eval.batch_size = 512  # users per scoring batch (global)
+    c.eval.item_chunk = 16384  # items scored at once in full ranking
+    c.eval.exclude_history = True  # full ranking: drop the user's history from the candidates
+    c.eval.candidate_seed = 1234  # seed of the sampled negatives, shared by every run and model
+    return c
