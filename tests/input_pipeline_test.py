@@ -1,0 +1,361 @@
+"""Tests of the training input pipeline: windows, cloze masks, order, resume, sharding, leakage."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bert4rec_jax import input_pipeline
+from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
+from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
+
+
+def _corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
+    """Random sequences without repeats; num_items=0 gives every interaction its own item, so an
+    item identifies its user and its place in the sequence."""
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if num_items:
+        raw = np.concatenate(
+            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
+        )
+    else:
+        raw = rng.permutation(int(offsets[-1]))
+    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
+
+
+def _read_beauty(path) -> Corpus:
+    pairs = np.array(path.read_bytes().split(), dtype=np.int64).reshape(-1, 2)  # [n, (user, item)]
+    users = pairs[:, 0]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    offsets = np.r_[starts, len(users)]
+    return corpus_from_sequences("beauty", users[starts], offsets, pairs[:, 1])
+
+
+def _reference_windows(seq: list, max_len: int, step: int) -> list:
+    """The original generator's windows, written as directly as possible."""
+    if len(seq) <= max_len:
+        return [seq]
+    begins = list(range(len(seq) - max_len, 0, -step)) + [0]
+    return [seq[i : i + max_len] for i in begins[::-1]]
+
+
+def _take(iterator, n: int) -> list:
+    return list(itertools.islice(iterator, n))
+
+
+def _assert_batches_equal(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ---- Windows -------------------------------------------------------------------------------
+
+
+def test_beauty_paper_recipe_counts(shared_data):
+    corpus = _read_beauty(shared_data / "beauty.txt")
+    assert (corpus.num_users, corpus.num_items, corpus.num_interactions) == (40226, 54542, 353962)
+    split = leave_one_out(corpus, "paper")
+    config = InputConfig(
+        max_len=50, mask_prob=0.6, max_predictions=30, sliding_step=5, dupe_factor=10
+    )
+    windows = input_pipeline.make_windows(corpus, split, 50, 5)
+    assert len(windows) == 41738
+    assert input_pipeline.num_instances(corpus, split, config) == 459118
+    assert input_pipeline.steps_per_epoch(corpus, split, config, 256) == 459118 // 256
+
+    # Every window equals the original generator's, in the same order.
+    expected = []
+    for u in range(corpus.num_users):
+        seq = split.train_sequence(corpus, u).tolist()
+        expected += [(u, w) for w in _reference_windows(seq, 50, 5)]
+    got = [
+        (u, corpus.items[s : s + n].tolist())
+        for u, s, n in zip(windows.users, windows.starts, windows.lengths, strict=True)
+    ]
+    assert got == expected
+
+
+def test_windows_small():
+    # Users of length 12, 5, 0 (no window), 1 and 3; standard split holds out 2 items of n >= 3.
+    corpus = _corpus([14, 7, 0, 1, 3])
+    split = leave_one_out(corpus, "standard")
+    windows = input_pipeline.make_windows(corpus, split, max_len=5, sliding_step=3)
+    # 12 items: starts range(7, 0, -3) + [0] -> 0, 1, 4, 7.
+    np.testing.assert_array_equal(windows.users, [0, 0, 0, 0, 1, 3, 4])
+    np.testing.assert_array_equal(
+        windows.starts - corpus.offsets[windows.users], [0, 1, 4, 7, 0, 0, 0]
+    )
+    np.testing.assert_array_equal(windows.lengths, [5, 5, 5, 5, 5, 1, 1])
+
+
+# ---- Masks ---------------------------------------------------------------------------------
+
+
+def test_round_half_away_from_zero():
+    got = input_pipeline.round_half_away(
+        np.array([0.0, 0.5, 1.5, 2.5, 2.4999, 0.49999999999999994])
+    )
+    np.testing.assert_array_equal(got, [0, 1, 2, 3, 2, 0])
+    config = InputConfig(max_len=50, mask_prob=0.5, max_predictions=4)
+    np.testing.assert_array_equal(
+        input_pipeline.num_masked(np.array([1, 2, 3, 5, 7, 50]), config), [1, 1, 2, 3, 4, 4]
+    )
+
+
+def _check_masked_rows(instances: TrainingInstances, rows: dict, indices: np.ndarray) -> None:
+    """Checks the cloze rules on rows built from instance numbers `indices`."""
+    corpus, config = instances.corpus, instances.config
+    num_windows, masked_rows = instances.num_windows, instances.num_masked_rows
+    is_last = indices >= masked_rows
+    window = np.where(is_last, indices - masked_rows, indices % num_windows)
+    lengths = instances.windows.lengths[window].astype(np.int64)
+    starts = instances.windows.starts[window]
+    n, pmax = config.max_len, config.max_predictions
+    ids, positions, labels, weights = (rows[k] for k in ("ids", "positions", "labels", "weights"))
+    assert ids.shape == (len(indices), n) and ids.dtype == np.int32
+    assert positions.shape == labels.shape == weights.shape == (len(indices), pmax)
+    assert positions.dtype == labels.dtype == np.int32 and weights.dtype == np.float32
+
+    k = weights.sum(axis=1).astype(np.int64)
+    expected_k = np.where(is_last, 1, input_pipeline.num_masked(lengths, config))
+    np.testing.assert_array_equal(k, expected_k)
+    slot = np.arange(pmax)
+    real = slot < k[:, None]
+    np.testing.assert_array_equal(weights, real.astype(np.float32))  # real slots come first
+    # Padding slots: position 0, label 0; real slots: strictly increasing, never padding.
+    assert not positions[~real].any() and not labels[~real].any()
+    assert (np.where(real, positions, -1) < lengths[:, None]).all()
+    increasing = np.diff(positions, axis=1) > 0
+    assert (increasing | ~real[:, 1:]).all()
+    # Labels are the window's original items.
+    original = corpus.items[starts[:, None] + np.minimum(np.arange(n), lengths[:, None] - 1)]
+    original = np.where(np.arange(n) < lengths[:, None], original, 0)  # [R, N]
+    np.testing.assert_array_equal(labels, np.take_along_axis(original, positions, 1) * real)
+    # The mask-last copy masks exactly the last item.
+    np.testing.assert_array_equal(positions[is_last, 0], lengths[is_last] - 1)
+    # Padding after the items.
+    assert (ids[np.arange(n) >= lengths[:, None]] == 0).all()
+    masked = np.zeros_like(ids, dtype=bool)
+    r, c = np.nonzero(real)
+    masked[r, positions[r, c]] = True  # not put_along_axis: padding slots also point at 0
+    np.testing.assert_array_equal(ids[~masked], original[~masked])
+    return masked, original
+
+
+def test_mask_mode_rules():
+    corpus = _corpus(np.arange(1, 61) % 37 + 1, num_items=80)
+    config = InputConfig(
+        max_len=20, mask_prob=0.3, max_predictions=5, sliding_step=4, dupe_factor=3, seed=7
+    )
+    instances = TrainingInstances(corpus, leave_one_out(corpus, "standard"), config)
+    assert instances.num_instances == instances.num_windows * 4
+    indices = np.arange(instances.num_instances)
+    rows = instances.materialize(indices, epoch=0)
+    masked, _ = _check_masked_rows(instances, rows, indices)
+    assert (rows["ids"][masked] == corpus.mask_id).all()
+    # Fixed masks: the same instance has the same mask in every epoch; copies differ.
+    again = instances.materialize(indices, epoch=5)
+    _assert_batches_equal([rows], [again])
+    w = instances.num_windows
+    assert not np.array_equal(rows["positions"][:w], rows["positions"][w : 2 * w])
+
+
+def test_masks_uniform_over_positions():
+    # 400 users, one window of 10 items each; k = 3: every position masked with rate 0.3.
+    corpus = _corpus(np.full(400, 12), num_items=50)
+    config = InputConfig(max_len=10, mask_prob=0.3, max_predictions=10, dupe_factor=10)
+    instances = TrainingInstances(corpus, leave_one_out(corpus, "standard"), config)
+    indices = np.arange(instances.num_masked_rows)
+    masked = instances.materialize(indices, 0)["ids"] == corpus.mask_id  # [R, N]
+    np.testing.assert_allclose(masked.mean(axis=0), 0.3, atol=0.02)
+
+
+def test_bert_mode_proportions():
+    corpus = _corpus(np.full(500, 52), num_items=1000)
+    config = InputConfig(
+        max_len=50, mask_prob=0.5, max_predictions=25, dupe_factor=4, mask_replacement="bert"
+    )
+    instances = TrainingInstances(corpus, leave_one_out(corpus, "standard"), config)
+    indices = np.arange(instances.num_instances)
+    rows = instances.materialize(indices, 0)
+    masked, original = _check_masked_rows(instances, rows, indices)
+    last = indices >= instances.num_masked_rows
+    ids = rows["ids"]
+    assert (ids[last][masked[last]] == corpus.mask_id).all()  # mask-last: always [MASK]
+    sel = masked & ~last[:, None]
+    total = sel.sum()
+    assert total == 500 * 4 * 25
+    is_mask = (ids[sel] == corpus.mask_id).mean()
+    is_kept = (ids[sel] == original[sel]).mean()
+    is_random = 1 - is_mask - is_kept
+    assert abs(is_mask - 0.8) < 0.01
+    assert abs(is_kept - 0.1) < 0.01
+    assert abs(is_random - 0.1) < 0.01
+    random_items = ids[sel][(ids[sel] != corpus.mask_id) & (ids[sel] != original[sel])]
+    assert random_items.min() >= 1 and random_items.max() <= corpus.num_items
+
+
+def test_fresh_masks():
+    corpus = _corpus(np.full(50, 15), num_items=40)
+    config = InputConfig(max_len=10, mask_prob=0.4, max_predictions=4, fresh_masks=True)
+    split = leave_one_out(corpus, "standard")
+    instances = TrainingInstances(corpus, split, config)
+    assert instances.num_instances == input_pipeline.num_instances(corpus, split, config)
+    assert instances.num_instances == 2 * instances.num_windows  # one copy + mask-last
+    indices = np.arange(instances.num_instances)
+    e0, e1 = instances.materialize(indices, 0), instances.materialize(indices, 1)
+    _check_masked_rows(instances, e0, indices)
+    _check_masked_rows(instances, e1, indices)
+    assert not np.array_equal(e0["positions"], e1["positions"])
+    # Deterministic in (seed, epoch): a new object draws the same masks.
+    _assert_batches_equal([e1], [TrainingInstances(corpus, split, config).materialize(indices, 1)])
+
+
+# ---- Order, resume and processes -----------------------------------------------------------
+
+
+def _small():
+    corpus = _corpus(np.arange(30) % 9 + 3, num_items=60, seed=3)
+    config = InputConfig(max_len=6, mask_prob=0.3, max_predictions=3, sliding_step=2, dupe_factor=2)
+    return corpus, leave_one_out(corpus, "standard"), config
+
+
+def test_order_deterministic_and_per_epoch():
+    corpus, split, config = _small()
+    a, b = TrainingInstances(corpus, split, config), TrainingInstances(corpus, split, config)
+    np.testing.assert_array_equal(a.permutation(3), b.permutation(3))
+    np.testing.assert_array_equal(np.sort(a.permutation(0)), np.arange(a.num_instances))
+    assert not np.array_equal(a.permutation(0), a.permutation(1))
+    other = TrainingInstances(corpus, split, InputConfig(**{**vars(config), "seed": 1}))
+    assert not np.array_equal(a.permutation(0), other.permutation(0))
+    _assert_batches_equal([a.epoch_arrays(2)], [b.epoch_arrays(2)])
+
+
+@pytest.mark.parametrize("chunk_rows", [64, 1 << 14])
+def test_batches_and_resume(monkeypatch, chunk_rows):
+    # Small chunks (2 batches) exercise chunk boundaries inside an epoch.
+    monkeypatch.setattr(input_pipeline, "_CHUNK_ROWS", chunk_rows)
+    corpus, split, config = _small()
+    g = 32
+    instances = TrainingInstances(corpus, split, config)
+    spe = instances.steps_per_epoch(g)
+    assert spe == instances.num_instances // g and spe >= 3
+    full = _take(input_pipeline.train_batches(corpus, split, config, g), 3 * spe)
+    # Each batch is the step's slice of its epoch's permutation.
+    for step in (0, 1, spe - 1, spe, 2 * spe + 1):
+        epoch, b = divmod(step, spe)
+        want = instances.materialize(
+            instances.local_indices(epoch, g, first_batch=b, num_batches=1)[0], epoch
+        )
+        _assert_batches_equal([full[step]], [want])
+    assert not np.array_equal(full[0]["ids"], full[spe]["ids"])  # epochs differ in order
+    for start in (1, spe - 2, spe, 2 * spe - 1):  # the second and last cross an epoch boundary
+        resumed = _take(
+            input_pipeline.train_batches(corpus, split, config, g, start_step=start),
+            min(5, 3 * spe - start),
+        )
+        _assert_batches_equal(resumed, full[start : start + len(resumed)])
+
+
+def test_process_slices_concatenate_to_the_global_batch():
+    corpus, split, config = _small()
+    g, start, n = 32, 4, 12
+    single = _take(input_pipeline.train_batches(corpus, split, config, g, start_step=start), n)
+    parts = [
+        _take(
+            input_pipeline.train_batches(
+                corpus, split, config, g, start_step=start, process_index=p, process_count=2
+            ),
+            n,
+        )
+        for p in range(2)
+    ]
+    assert TrainingInstances(corpus, split, config).steps_per_epoch(g) < start + n  # crosses
+    for k in range(n):
+        assert parts[0][k]["ids"].shape == (g // 2, config.max_len)
+        joined = {key: np.concatenate([parts[0][k][key], parts[1][k][key]]) for key in single[k]}
+        _assert_batches_equal([joined], [single[k]])
+
+
+# ---- No leakage ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["standard", "paper"])
+def test_held_out_items_never_train(mode):
+    # Every interaction has its own item, so an item names its user and its place in time.
+    corpus = _corpus(np.arange(200) % 23 + 1)
+    split = leave_one_out(corpus, mode)
+    config = InputConfig(max_len=8, mask_prob=0.4, max_predictions=4, sliding_step=3, dupe_factor=2)
+    instances = TrainingInstances(corpus, split, config)
+
+    # Traced to users: every item of every row lies in that user's training sequence.
+    rows = instances.epoch_arrays(0, with_users=True)
+    place = np.empty(corpus.num_items + 2, dtype=np.int64)
+    place[corpus.items] = np.arange(corpus.num_interactions)
+    users = np.broadcast_to(rows["users"][:, None], rows["ids"].shape)
+    for key in ("ids", "labels"):
+        items = rows[key]
+        real = (items != 0) & (items != corpus.mask_id)
+        user = users[:, : items.shape[1]][real]
+        where = place[items[real]]
+        assert (where >= corpus.offsets[user]).all() and (where < split.train_ends[user]).all()
+
+    # Through the public iterator, a full epoch: no held-out target anywhere.
+    g = 64
+    spe = instances.steps_per_epoch(g)
+    seen = set()
+    for batch in _take(input_pipeline.train_batches(corpus, split, config, g), spe):
+        seen.update(np.unique(batch["ids"]).tolist())
+        seen.update(np.unique(batch["labels"]).tolist())
+    assert not seen & set(split.test_targets.tolist())
+    if mode == "standard":
+        assert not seen & set(split.valid_targets.tolist())
+    else:  # the paper merges validation items into training: they must show up
+        assert seen & set(split.valid_targets.tolist())
+
+
+# ---- Config --------------------------------------------------------------------------------
+
+
+def test_from_config():
+    from configs import default
+
+    c = default.get_config()
+    config = InputConfig.from_config(c)
+    assert config.max_len == c.model.max_len and config.seed == c.seed
+    assert config.mask_prob == c.input.mask_prob and config.dupe_factor == c.input.dupe_factor
+    assert config.mask_replacement == c.input.mask_replacement
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"mask_prob": 0.0}, "input.mask_prob"),
+        ({"mask_prob": 1.5}, "input.mask_prob"),
+        ({"max_predictions": 0}, "input.max_predictions"),
+        ({"max_predictions": 51}, "input.max_predictions"),
+        ({"sliding_step": 0}, "input.sliding_step"),
+        ({"dupe_factor": 0}, "input.dupe_factor"),
+        ({"mask_replacement": "random"}, "input.mask_replacement"),
+        ({"max_len": 0}, "model.max_len"),
+    ],
+)
+def test_config_errors_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        InputConfig(**{"max_len": 50, **override})
+
+
+def test_batch_size_errors():
+    corpus, split, config = _small()
+    instances = TrainingInstances(corpus, split, config)
+    with pytest.raises(ValueError, match="batch_size=33 must be a positive multiple of the 2"):
+        input_pipeline.train_batches(corpus, split, config, 33, process_count=2)
+    with pytest.raises(ValueError, match="batch_size=.* larger than an epoch"):
+        instances.steps_per_epoch(instances.num_instances + 2, process_count=2)
+    with pytest.raises(ValueError, match="process_index=2"):
+        instances.dataset(32, process_index=2, process_count=2)
