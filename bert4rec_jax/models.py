@@ -1,0 +1,353 @@
+"""BERT4Rec (Sun et al., CIKM 2019) in Flax linen: a bidirectional Transformer over item sequences.
+
+Faithful to the original TensorFlow code (FeiSun/BERT4Rec, itself Google's BERT `modeling.py` and
+`run_pretraining.py`): learned absolute positions, post-LayerNorm blocks, exact (erf) GELU,
+truncated-normal initialisation, and an output head applied only at the masked positions whose
+logits use the item embedding table (tied weights) plus a per-item output bias.
+
+Two departures, neither of which changes the function the model can represent:
+  * The original adds a learned "token type" embedding, always of type 0. A constant vector added
+    at every position is absorbed by the position embeddings, so it is left out.
+  * Masked attention logits are set to a large negative number (as `jax.nn.dot_product_attention`
+    does) rather than having -10000 added; both give padding keys zero weight.
+
+Ids: 0 is padding, 1..num_items are items, num_items + 1 is [MASK]; `vocab_size = num_items + 2`.
+
+Parameters (the `params` collection):
+  item_embedding       [vocab_size, hidden]  also the output layer (tied)
+  position_embedding   [max_len, hidden]
+  embedding_layer_norm {scale, bias}
+  layers_{i}           {attention: {query, key, value, output: {kernel, bias}},
+                        attention_layer_norm, intermediate, output, output_layer_norm}
+  head_transform       {kernel, bias}        dense + GELU before the output layer
+  head_layer_norm      {scale, bias}
+  output_bias          [vocab_size]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:
+    import ml_collections
+
+PAD_ID = 0
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "manual" is ours, not jax's: always the explicit softmax path (used for attention dropout).
+ATTENTION_IMPLS = (None, "xla", "cudnn", "manual")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static description of the network; built once from the ConfigDict.
+
+    Attributes:
+      vocab_size: num_items + 2 (0 = padding, 1..num_items = items, num_items + 1 = [MASK]).
+      max_len: number of learned positions; inputs may be shorter.
+      hidden_size: d, the width of embeddings and hidden states.
+      num_layers: L, transformer blocks.
+      num_heads: attention heads; must divide hidden_size.
+      intermediate_size: width of the feed-forward layer.
+      hidden_dropout: dropout on the embeddings, the attention output and the FFN output.
+      attention_dropout: dropout on the attention probabilities.
+      layer_norm_eps: LayerNorm epsilon (the original's is 1e-12).
+      init_std: standard deviation of the truncated normal (before truncation at 2 std).
+      dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters are always float32.
+      attention_impl: passed to `jax.nn.dot_product_attention` (None lets JAX choose, "xla",
+        "cudnn"), or "manual" for the explicit softmax path everywhere.
+    """
+
+    vocab_size: int
+    max_len: int = 200
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    hidden_dropout: float = 0.2
+    attention_dropout: float = 0.2
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        if self.vocab_size < 3:
+            raise ValueError(f"vocab_size={self.vocab_size}: need padding, [MASK] and an item")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}"
+            )
+        if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+            raise ValueError(f"model.dtype={self.dtype}; expected float32 or bfloat16")
+        if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) != jnp.dtype(jnp.bfloat16):
+            # Otherwise jax raises deep inside the first compile.
+            raise ValueError('model.attention_impl="cudnn" needs model.dtype="bfloat16"')
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+        """Reads `config.model.*`.
+
+        Args:
+          config: the experiment config; only its `model` fields are read.
+          vocab_size: num_items + 2, known only once the data set is loaded.
+
+        Returns:
+          The frozen model config.
+        """
+        m = config.model
+        if m.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
+        return cls(
+            vocab_size=int(vocab_size),
+            max_len=int(m.max_len),
+            hidden_size=int(m.hidden_size),
+            num_layers=int(m.num_layers),
+            num_heads=int(m.num_heads),
+            intermediate_size=int(m.intermediate_size),
+            hidden_dropout=float(m.hidden_dropout),
+            attention_dropout=float(m.attention_dropout),
+            layer_norm_eps=float(m.layer_norm_eps),
+            init_std=float(m.init_std),
+            dtype=_DTYPES[m.dtype],
+            attention_impl=m.attention_impl or None,
+        )
+
+
+def _kernel_init(config: ModelConfig) -> nn.initializers.Initializer:
+    # Flax's truncated_normal, like TF's truncated_normal_initializer, draws N(0, stddev^2) cut at
+    # +-2 stddev and does NOT rescale, so the realised std is ~0.88 * init_std, as in the original.
+    return nn.initializers.truncated_normal(stddev=config.init_std)
+
+
+def _dense(config: ModelConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_kernel_init(config),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def _layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
+    # Statistics are computed in float32 whatever the input dtype (force_float32_reductions); the
+    # two-pass variance avoids E[x^2] - E[x]^2 cancellation on the un-normalised residual stream.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        name=name,
+    )
+
+
+def manual_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array,
+    dropout: nn.Dropout | None = None,
+) -> jax.Array:
+    """Softmax attention written out, so the probabilities can be dropped out.
+
+    Mirrors `jax.nn.dot_product_attention`'s XLA path: float32 logits, scale after the product,
+    masked logits replaced by a large negative number, float32 softmax.
+
+    Args:
+      query, key, value: [B, T, heads, head_dim] (T = S here).
+      mask: boolean, broadcastable to [B, heads, T, S]; True = may attend.
+      dropout: applied to the probabilities when given (it carries its own `deterministic`).
+
+    Returns:
+      [B, T, heads, head_dim] in value's dtype.
+    """
+    scale = 1.0 / np.sqrt(query.shape[-1])
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(scale)  # [B, heads, T, S]
+    logits = jnp.where(mask, logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key padding mask, followed by the output projection."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        cfg = self.config
+        b, n, _ = x.shape
+        head_dim = cfg.hidden_size // cfg.num_heads
+
+        def project(name: str) -> jax.Array:
+            # One [H, H] kernel per projection, as in the original (checkpoint-compatible shapes).
+            y = _dense(cfg, cfg.hidden_size, name)(x)
+            return y.reshape(b, n, cfg.num_heads, head_dim)  # [B, N, heads, head_dim]
+
+        q, k, v = project("query"), project("key"), project("value")
+        # jax.nn.dot_product_attention has no dropout on the probabilities, so training with
+        # attention dropout takes the explicit path; otherwise jax's (XLA or cuDNN) kernel runs.
+        if cfg.attention_impl == "manual" or (train and cfg.attention_dropout > 0.0):
+            dropout = nn.Dropout(cfg.attention_dropout, deterministic=not train)
+            ctx = manual_attention(q, k, v, mask, dropout)
+        else:
+            if cfg.attention_impl == "cudnn":
+                # cuDNN turns the mask into a bias and refuses one not of full [.., T, S] size.
+                mask = jnp.broadcast_to(mask, (b, 1, n, n))
+            ctx = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, implementation=cfg.attention_impl
+            )
+        ctx = ctx.reshape(b, n, cfg.hidden_size)  # [B, N, H]
+        return _dense(cfg, cfg.hidden_size, "output")(ctx)
+
+
+class TransformerBlock(nn.Module):
+    """Post-LayerNorm block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x)))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        cfg = self.config
+        drop = nn.Dropout(cfg.hidden_dropout, deterministic=not train)
+        a = SelfAttention(cfg, name="attention")(x, mask, train=train)
+        x = _layer_norm(cfg, "attention_layer_norm")(x + drop(a))
+        h = _dense(cfg, cfg.intermediate_size, "intermediate")(x)  # [B, N, I]
+        h = nn.gelu(h, approximate=False)
+        h = _dense(cfg, cfg.hidden_size, "output")(h)  # [B, N, H]
+        return _layer_norm(cfg, "output_layer_norm")(x + drop(h))
+
+
+class BERT4Rec(nn.Module):
+    """The encoder plus the masked-item output head with tied item embeddings.
+
+    Methods usable with `apply(..., method=...)`: `encode`, `predict_hidden`, `item_scores`,
+    `__call__`. Dropout needs an rng named "dropout" when train=True.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        init = _kernel_init(cfg)
+        self.item_embedding = self.param(
+            "item_embedding", init, (cfg.vocab_size, cfg.hidden_size), jnp.float32
+        )
+        self.position_embedding = self.param(
+            "position_embedding", init, (cfg.max_len, cfg.hidden_size), jnp.float32
+        )
+        self.embedding_layer_norm = _layer_norm(cfg)
+        self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layers = [TransformerBlock(cfg) for _ in range(cfg.num_layers)]
+        self.head_transform = _dense(cfg, cfg.hidden_size, name=None)
+        self.head_layer_norm = _layer_norm(cfg)
+        self.output_bias = self.param(
+            "output_bias", nn.initializers.zeros, (cfg.vocab_size,), jnp.float32
+        )
+
+    def encode(self, ids: jax.Array, *, train: bool) -> jax.Array:
+        """Final hidden states of every position.
+
+        Args:
+          ids: [B, N] int item ids, 0 = padding, N <= max_len.
+          train: enables dropout.
+
+        Returns:
+          [B, N, H] in the compute dtype.
+        """
+        cfg = self.config
+        n = ids.shape[-1]
+        if n > cfg.max_len:
+            raise ValueError(f"sequence length {n} exceeds model.max_len={cfg.max_len}")
+        # Summed in float32 from the float32 tables; the LayerNorm returns the compute dtype.
+        x = jnp.take(self.item_embedding, ids, axis=0) + self.position_embedding[:n]  # [B, N, H]
+        x = self.embedding_layer_norm(x)
+        x = self.embedding_dropout(x, deterministic=not train)
+
+        valid = ids != PAD_ID  # [B, N]
+        # A row of padding only would mask every key; let it attend everywhere instead, so every
+        # implementation (cuDNN included) gives the same finite, unused result.
+        valid = valid | ~jnp.any(valid, axis=-1, keepdims=True)
+        mask = valid[:, None, None, :]  # [B, 1, 1, N]: keys only; padded queries are ignored later
+
+        for layer in self.layers:
+            x = layer(x, mask, train=train)
+        return x
+
+    def predict_hidden(self, ids: jax.Array, positions: jax.Array, *, train: bool) -> jax.Array:
+        """Output-head features at the given positions (what is dotted with item embeddings).
+
+        Args:
+          ids: [B, N] int item ids.
+          positions: [B, P] int indices into N (e.g. the masked positions).
+          train: enables dropout.
+
+        Returns:
+          [B, P, H] in the compute dtype.
+        """
+        x = self.encode(ids, train=train)  # [B, N, H]
+        h = jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)  # [B, P, H]
+        h = nn.gelu(self.head_transform(h), approximate=False)
+        return self.head_layer_norm(h)
+
+    def item_scores(self, h: jax.Array, item_ids: jax.Array | None = None) -> jax.Array:
+        """Scores h . E[item] + bias[item] in float32.
+
+        Args:
+          h: [B, H] or [B, P, H] head features (from `predict_hidden`).
+          item_ids: None = the whole table (-> [..., vocab_size]); [C] = the same candidates for
+            every row (-> [B, C] or [B, P, C]); [B, C] = per-row candidates (-> [B, C] for h [B, H],
+            [B, P, C] for h [B, P, H]).
+
+        Returns:
+          float32 scores.
+        """
+        h = h.astype(jnp.float32)
+        table, bias = self.item_embedding, self.output_bias
+        if item_ids is None:
+            return jnp.einsum("...h,vh->...v", h, table) + bias
+        item_ids = item_ids.astype(jnp.int32)
+        emb = jnp.take(table, item_ids, axis=0)  # [C, H] or [B, C, H]
+        b = jnp.take(bias, item_ids, axis=0)  # [C] or [B, C]
+        if item_ids.ndim == 1:
+            return jnp.einsum("...h,ch->...c", h, emb) + b
+        if item_ids.ndim != 2 or item_ids.shape[0] != h.shape[0]:
+            raise ValueError(f"item_ids {item_ids.shape} do not fit h {h.shape}")
+        if h.ndim == 2:
+            return jnp.einsum("bh,bch->bc", h, emb) + b
+        return jnp.einsum("bph,bch->bpc", h, emb) + b[:, None, :]
+
+    def __call__(self, ids: jax.Array, positions: jax.Array, *, train: bool) -> jax.Array:
+        """Full logits over the vocabulary at the given positions.
+
+        Args:
+          ids: [B, N] int item ids.
+          positions: [B, P] int positions to predict.
+          train: enables dropout.
+
+        Returns:
+          [B, P, vocab_size] float32 logits.
+        """
+        return self.item_scores(self.predict_hidden(ids, positions, train=train))

@@ -1,0 +1,238 @@
+"""Tests for bert4rec_jax.models on tiny shapes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert4rec_jax import models
+from configs import default as default_config
+
+NUM_ITEMS = 10
+VOCAB = NUM_ITEMS + 2
+MASK = VOCAB - 1
+
+
+def tiny_config(**overrides) -> models.ModelConfig:
+    kw = dict(
+        vocab_size=VOCAB,
+        max_len=12,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=32,
+        hidden_dropout=0.2,
+        attention_dropout=0.2,
+    )
+    kw.update(overrides)
+    return models.ModelConfig(**kw)
+
+
+# Right-padded histories with [MASK]s, as the input pipeline produces them.
+IDS = np.array(
+    [
+        [3, MASK, 5, 9, 2, MASK, 0, 0],
+        [1, 2, 3, 4, 5, 6, 7, MASK],
+        [MASK, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    np.int32,
+)
+POSITIONS = np.array([[1, 5, 0], [7, 0, 0], [0, 0, 0]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def model_and_vars():
+    model = models.BERT4Rec(tiny_config())
+    variables = model.init(jax.random.key(0), IDS, POSITIONS, train=False)
+    return model, variables
+
+
+def test_shapes_and_dtypes(model_and_vars):
+    model, variables = model_and_vars
+    b, n = IDS.shape
+    p = POSITIONS.shape[1]
+    hidden = model.apply(variables, IDS, train=False, method=model.encode)
+    assert hidden.shape == (b, n, 16)
+    h = model.apply(variables, IDS, POSITIONS, train=False, method=model.predict_hidden)
+    assert h.shape == (b, p, 16)
+    logits = model.apply(variables, IDS, POSITIONS, train=False)
+    assert logits.shape == (b, p, VOCAB) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    params = variables["params"]
+    assert params["item_embedding"].shape == (VOCAB, 16)
+    assert params["position_embedding"].shape == (12, 16)
+    assert params["output_bias"].shape == (VOCAB,)
+    assert set(params) >= {"layers_0", "layers_1", "head_transform", "head_layer_norm"}
+
+
+def test_init_is_truncated_normal_without_rescaling():
+    cfg = tiny_config(vocab_size=4000, init_std=0.05)
+    model = models.BERT4Rec(cfg)
+    params = model.init(jax.random.key(1), IDS, POSITIONS, train=False)["params"]
+    table = np.asarray(params["item_embedding"])
+    assert np.abs(table).max() <= 2 * 0.05 + 1e-7
+    # A N(0, 1) cut at +-2 has std 0.8796; flax (like TF) does not rescale it.
+    np.testing.assert_allclose(table.std(), 0.8796 * 0.05, rtol=0.03)
+    assert np.all(params["output_bias"] == 0)
+    assert np.all(params["layers_0"]["intermediate"]["bias"] == 0)
+    assert np.all(params["layers_0"]["attention_layer_norm"]["scale"] == 1)
+
+
+def test_padding_invariance(model_and_vars):
+    model, variables = model_and_vars
+    padded = np.pad(IDS, ((0, 0), (0, 4)))  # 4 more padding tokens at the end
+    n = IDS.shape[1]
+    h1 = model.apply(variables, IDS, train=False, method=model.encode)
+    h2 = model.apply(variables, padded, train=False, method=model.encode)
+    real = IDS != 0
+    np.testing.assert_allclose(np.asarray(h1)[real], np.asarray(h2)[:, :n][real], atol=1e-5)
+    l1 = model.apply(variables, IDS, POSITIONS, train=False)
+    l2 = model.apply(variables, padded, POSITIONS, train=False)
+    np.testing.assert_allclose(l1, l2, atol=1e-5)
+
+
+def test_manual_attention_matches_dot_product_attention(model_and_vars):
+    model, variables = model_and_vars
+    manual = models.BERT4Rec(dataclasses.replace(model.config, attention_impl="manual"))
+    xla = models.BERT4Rec(dataclasses.replace(model.config, attention_impl="xla"))
+    ref = model.apply(variables, IDS, POSITIONS, train=False)
+    np.testing.assert_allclose(manual.apply(variables, IDS, POSITIONS, train=False), ref, atol=1e-5)
+    np.testing.assert_allclose(xla.apply(variables, IDS, POSITIONS, train=False), ref, atol=1e-5)
+
+    # The functions themselves, with a fully masked row.
+    q, k, v = jax.random.normal(jax.random.key(2), (3, 2, 5, 2, 4))
+    mask = jnp.array([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0]], bool)[:, None, None, :]
+    expected = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    np.testing.assert_allclose(models.manual_attention(q, k, v, mask), expected, atol=1e-6)
+
+
+def test_cudnn_gets_a_full_boolean_mask_and_bfloat16(model_and_vars, monkeypatch):
+    # No GPU here: record what the cuDNN path would be given and run it through XLA instead.
+    model, variables = model_and_vars
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def fake(q, k, v, *, mask, implementation):
+        calls.append((q.dtype, mask.dtype, mask.shape, implementation))
+        return real(q, k, v, mask=mask, implementation="xla")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    cudnn = models.BERT4Rec(
+        dataclasses.replace(model.config, dtype=jnp.bfloat16, attention_impl="cudnn")
+    )
+    cudnn.apply(variables, IDS, POSITIONS, train=False)
+    b, n = IDS.shape
+    assert calls == [(jnp.bfloat16, jnp.bool_, (b, 1, n, n), "cudnn")] * 2
+    with pytest.raises(ValueError, match="bfloat16"):
+        dataclasses.replace(model.config, attention_impl="cudnn")
+
+
+def test_dropout_only_in_training(model_and_vars):
+    model, variables = model_and_vars
+    apply = lambda train, seed: model.apply(
+        variables, IDS, POSITIONS, train=train, rngs={"dropout": jax.random.key(seed)}
+    )
+    eval_out = model.apply(variables, IDS, POSITIONS, train=False)  # needs no rng
+    np.testing.assert_array_equal(apply(False, 1), eval_out)
+    np.testing.assert_array_equal(apply(False, 2), eval_out)
+    np.testing.assert_array_equal(apply(True, 1), apply(True, 1))  # deterministic per rng
+    assert not np.allclose(apply(True, 1), apply(True, 2))
+    assert not np.allclose(apply(True, 1), eval_out)
+
+
+def test_attention_dropout_alone_changes_training_outputs(model_and_vars):
+    model, variables = model_and_vars
+    only_attn = models.BERT4Rec(dataclasses.replace(model.config, hidden_dropout=0.0))
+    no_dropout = models.BERT4Rec(
+        dataclasses.replace(model.config, hidden_dropout=0.0, attention_dropout=0.0)
+    )
+    rngs = {"dropout": jax.random.key(3)}
+    eval_out = only_attn.apply(variables, IDS, POSITIONS, train=False)
+    np.testing.assert_allclose(
+        no_dropout.apply(variables, IDS, POSITIONS, train=True, rngs=rngs), eval_out, atol=1e-6
+    )
+    assert not np.allclose(only_attn.apply(variables, IDS, POSITIONS, train=True, rngs=rngs),
+                           eval_out)  # fmt: skip
+
+
+def test_logits_use_tied_embeddings(model_and_vars):
+    model, variables = model_and_vars
+    params = variables["params"]
+    h = model.apply(variables, IDS, POSITIONS, train=False, method=model.predict_hidden)
+    expected = np.asarray(h) @ np.asarray(params["item_embedding"]).T + params["output_bias"]
+    logits = model.apply(variables, IDS, POSITIONS, train=False)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+    # The output layer really reads the embedding table: changing a row changes that column only.
+    table = params["item_embedding"].at[4].add(1.0)
+    bumped = {"params": {**params, "item_embedding": table}}
+    h2 = model.apply(bumped, IDS, POSITIONS, train=False, method=model.predict_hidden)
+    scores = model.apply(bumped, h2, method=model.item_scores)
+    np.testing.assert_allclose(
+        scores, np.asarray(h2) @ np.asarray(table).T + params["output_bias"], atol=1e-5
+    )
+
+
+def test_item_scores_agree_with_full_logits(model_and_vars):
+    model, variables = model_and_vars
+    logits = np.asarray(model.apply(variables, IDS, POSITIONS, train=False))  # [B, P, V]
+    h = model.apply(variables, IDS, POSITIONS, train=False, method=model.predict_hidden)
+    b = IDS.shape[0]
+    shared = jnp.array([7, 1, 10, 3])  # [C]
+    scores = model.apply(variables, h, shared, method=model.item_scores)
+    np.testing.assert_allclose(scores, logits[:, :, shared], atol=1e-5)
+    scores = model.apply(variables, h[:, 0], shared, method=model.item_scores)  # [B, C]
+    np.testing.assert_allclose(scores, logits[:, 0][:, shared], atol=1e-5)
+
+    per_row = jnp.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 1, 1]])  # [B, C]
+    rows = np.arange(b)[:, None]
+    scores = model.apply(variables, h[:, 0], per_row, method=model.item_scores)
+    np.testing.assert_allclose(scores, logits[:, 0][rows, per_row], atol=1e-5)
+    scores = model.apply(variables, h, per_row, method=model.item_scores)  # [B, P, C]
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(logits, np.asarray(per_row)[:, None, :], -1), atol=1e-5
+    )
+
+
+def test_bfloat16_model(model_and_vars):
+    model32, variables32 = model_and_vars
+    model = models.BERT4Rec(dataclasses.replace(model32.config, dtype=jnp.bfloat16))
+    variables = model.init(jax.random.key(0), IDS, POSITIONS, train=False)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    hidden = model.apply(variables, IDS, train=False, method=model.encode)
+    assert hidden.dtype == jnp.bfloat16
+    logits = model.apply(
+        variables32, IDS, POSITIONS, train=True, rngs={"dropout": jax.random.key(0)}
+    )
+    assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+    # Same parameters, both precisions: close (the logits are small at init).
+    np.testing.assert_allclose(
+        model.apply(variables32, IDS, POSITIONS, train=False),
+        model32.apply(variables32, IDS, POSITIONS, train=False),
+        atol=0.05,
+    )
+
+
+def test_too_long_input_is_refused(model_and_vars):
+    model, variables = model_and_vars
+    with pytest.raises(ValueError, match="max_len"):
+        model.apply(variables, np.ones((1, 13), np.int32), train=False, method=model.encode)
+
+
+def test_from_config():
+    config = default_config.get_config()
+    cfg = models.ModelConfig.from_config(config, vocab_size=502)
+    assert cfg.vocab_size == 502 and cfg.mask_id == 501
+    assert cfg.hidden_size == config.model.hidden_size
+    assert cfg.attention_impl is None and cfg.dtype == jnp.float32
+    with config.unlocked():
+        config.model.dtype = "bfloat16"
+        config.model.attention_impl = "cudnn"
+    cfg = models.ModelConfig.from_config(config, vocab_size=502)
+    assert cfg.dtype == jnp.bfloat16 and cfg.attention_impl == "cudnn"
+    with config.unlocked():
+        config.model.num_heads = 3
+    with pytest.raises(ValueError, match="num_heads"):
+        models.ModelConfig.from_config(config, vocab_size=502)
