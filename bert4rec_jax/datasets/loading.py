@@ -1,0 +1,321 @@
+"""`load_corpus`: a data set's name in, a `Corpus` out, prepared once and cached.
+
+The first load of a data set runs its TFDS builder (`download_and_prepare`: download or read the
+manual copy, parse, write TFDS records under `<data_dir>/<builder>/<config>/<version>`), reads the
+records back into flat numpy arrays and builds the `Corpus` (`corpus_from_sequences`). The corpus is
+then cached as one `.npz` (dense item ids plus the raw-id mappings) at `corpus_cache_path(...)`,
+i.e. `<data_dir>/bert4rec_corpus/<dataset>/<builder>-<config>-<version>-c<format>.npz`; later
+loads read only that file. A cache hit is logged ("Corpus cache hit ...") and can be checked
+beforehand with `corpus_cache_path(...).exists()`. Delete the file to rebuild the corpus (e.g.
+after replacing a manual copy).
+
+Failures leave nothing half-written: the cache file is written under a temporary name and renamed
+into place (`os.replace`, atomic on one file system); TFDS prepares into an `.incomplete` directory
+that it renames only on success; downloads go to a private directory under
+`<data_dir>/downloads/` that is removed afterwards; and directories this call created are
+removed again when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from bert4rec_jax.datasets import corpus as corpus_lib
+from bert4rec_jax.datasets import movielens, paper, readers, synthetic
+
+DATASETS = (
+    "synthetic",
+    "beauty",
+    "steam",
+    "ml-1m",
+    "ml-20m",
+    "ml-100k-raw",
+    "ml-1m-raw",
+    "ml-20m-raw",
+)
+# Bump when the cached arrays change meaning; old cache files are then ignored.
+CACHE_FORMAT = 1
+_CACHE_DIRNAME = "bert4rec_corpus"
+# Users per batch when reading TFDS records back; large batches keep the per-batch cost low.
+_READ_BATCH = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Which TFDS builder and config make a data set."""
+
+    builder_cls: type[tfds.core.GeneratorBasedBuilder]
+    config: str | tfds.core.BuilderConfig
+
+    @property
+    def config_name(self) -> str:
+        return self.config if isinstance(self.config, str) else self.config.name
+
+
+def _spec(dataset: str, synthetic_params: Mapping[str, Any] | None) -> _Spec:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid names are: {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        params = dict(synthetic_params or {})
+        unknown = sorted(set(params) - {"num_users", "num_items", "seed"})
+        if unknown:
+            raise ValueError(
+                f"unknown synthetic.* fields {unknown}; valid: num_users, num_items, seed"
+            )
+        config = synthetic.synthetic_config(
+            num_users=int(params.get("num_users", synthetic.DEFAULT_NUM_USERS)),
+            num_items=int(params.get("num_items", synthetic.DEFAULT_NUM_ITEMS)),
+            seed=int(params.get("seed", 0)),
+        )
+        return _Spec(synthetic.SyntheticSequences, config)
+    if dataset.endswith("-raw"):
+        return _Spec(movielens.MovielensSequences, dataset.removeprefix("ml-").removesuffix("-raw"))
+    return _Spec(paper.Bert4recPaper, dataset)
+
+
+def _data_root(data_dir: str) -> pathlib.Path:
+    return pathlib.Path(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
+
+
+def corpus_cache_path(
+    dataset: str, *, data_dir: str = "", synthetic: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """Where `load_corpus` caches a data set's corpus (the file may not exist yet).
+
+    Args:
+      dataset: one of `DATASETS`.
+      data_dir: as for `load_corpus`.
+      synthetic: as for `load_corpus`.
+
+    Returns:
+      The path of the cache file.
+    """
+    spec = _spec(dataset, synthetic)
+    version = spec.builder_cls.VERSION
+    name = f"{spec.builder_cls.name}-{spec.config_name}-{version}-c{CACHE_FORMAT}.npz"
+    return _data_root(data_dir) / _CACHE_DIRNAME / dataset / name
+
+
+def _write_cache(path: pathlib.Path, corpus: corpus_lib.Corpus) -> None:
+    """Writes the corpus atomically: a temporary file in the same directory, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                format=np.int64(CACHE_FORMAT),
+                name=np.str_(corpus.name),
+                offsets=corpus.offsets,
+                items=corpus.items,
+                raw_item_ids=corpus.raw_item_ids,
+                raw_user_ids=corpus.raw_user_ids,
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_cache(path: pathlib.Path) -> corpus_lib.Corpus | None:
+    """Reads a cached corpus, or returns None (with a warning) if the file is unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["format"]) != CACHE_FORMAT:
+                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
+            result = corpus_lib.Corpus(
+                name=str(z["name"]),
+                offsets=z["offsets"],
+                items=z["items"],
+                raw_item_ids=z["raw_item_ids"],
+                raw_user_ids=z["raw_user_ids"],
+            )
+        if result.offsets[-1] != result.num_interactions:
+            raise ValueError("offsets do not match items")
+        return result
+    except Exception as e:  # any unreadable cache is rebuilt, never trusted
+        logging.warning("Ignoring unreadable corpus cache %s (%s); rebuilding it", path, e)
+        return None
+
+
+def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
+    """The `train` split in batches of users: {"user_id": [b], "items": [b, (length)]}."""
+    if builder.info.file_format == tfds.core.FileFormat.TFRECORD:
+        # TFDS decodes records one by one; parsing whole batches of the same records with the
+        # same schema is several times faster (most of a 20M-interaction read-back).
+        files = [os.fspath(p) for p in builder.info.splits["train"].filepaths]
+        spec = {
+            "user_id": tf.io.FixedLenFeature([], tf.int64),
+            "items": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
+        }
+        return (
+            tf.data.TFRecordDataset(files)
+            .batch(_READ_BATCH)
+            .map(lambda records: tf.io.parse_example(records, spec))
+            .prefetch(2)
+        )
+    ds = builder.as_dataset(split="train", shuffle_files=False)
+    return ds.ragged_batch(_READ_BATCH).prefetch(2)
+
+
+def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
+    """Reads a prepared builder's `train` split back into sequences (users by raw id).
+
+    Args:
+      builder: a prepared builder with the project's schema (`paper.sequence_features`).
+
+    Returns:
+      The sequences; TFDS shuffles examples when writing, so users are re-sorted by raw id.
+    """
+    users, lengths, items = [], [], []
+    for batch in _train_batches(builder):
+        ragged = batch["items"]  # [batch, (length)]
+        users.append(batch["user_id"].numpy())
+        lengths.append(ragged.row_lengths().numpy())
+        items.append(ragged.flat_values.numpy())
+    if not users:
+        raise ValueError(f"TFDS data set {builder.info.full_name} has no examples")
+    lengths_all = np.concatenate(lengths).astype(np.int64)
+    offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
+    np.cumsum(lengths_all, out=offsets[1:])
+    return readers.Sequences(
+        np.concatenate(users).astype(np.int64), offsets, np.concatenate(items).astype(np.int64)
+    ).sorted_by_user()
+
+
+@contextlib.contextmanager
+def _remove_new_dirs_on_failure(paths: list[pathlib.Path]):
+    """On an exception, removes those of `paths` that this call created, if they are empty.
+
+    TFDS writes a `.config/metadata.json` into a builder's directory before it prepares; when
+    the directory is new, that file goes too, so that a failed first prepare leaves no file.
+    """
+    new = [p for p in paths if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in sorted(new, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(p / ".config", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only succeeds when empty
+        raise
+
+
+def _prepare_with_tfds(
+    dataset: str, spec: _Spec, root: pathlib.Path, manual_dir: str
+) -> corpus_lib.Corpus:
+    """Runs the TFDS builder (download or manual copy -> records) and builds the corpus."""
+    builder = spec.builder_cls(config=spec.config, data_dir=str(root))
+    download_dir = root / "downloads" / f"bert4rec-{uuid.uuid4().hex}"
+    created = [
+        root,
+        root / builder.name,
+        root / builder.name / spec.config_name,
+        root / "downloads",
+    ]
+    with _remove_new_dirs_on_failure(created):
+        start = time.perf_counter()
+        if builder.is_prepared():
+            logging.info("TFDS data set %s is already prepared", builder.info.full_name)
+        else:
+            logging.info(
+                "Preparing TFDS data set %s in %s (%s)",
+                builder.info.full_name,
+                root,
+                f"offline, from {manual_dir}" if manual_dir else "downloading",
+            )
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+            try:
+                builder.download_and_prepare(download_dir=download_dir, download_config=config)
+            finally:
+                shutil.rmtree(download_dir, ignore_errors=True)
+            logging.info(
+                "Prepared %s: %d users in %.1f s",
+                builder.info.full_name,
+                builder.info.splits["train"].num_examples,
+                time.perf_counter() - start,
+            )
+        sequences = sequences_from_tfds(builder)
+    return corpus_lib.corpus_from_sequences(
+        dataset, sequences.raw_user_ids, sequences.offsets, sequences.raw_items
+    )
+
+
+def load_corpus(
+    dataset: str,
+    *,
+    data_dir: str = "",
+    manual_dir: str = "",
+    synthetic: Mapping[str, Any] | None = None,
+) -> corpus_lib.Corpus:
+    """Loads a data set as a `Corpus`, preparing it through TFDS on first use and caching it.
+
+    Args:
+      dataset: one of `DATASETS`: "synthetic"; the paper's files "beauty", "steam", "ml-1m",
+        "ml-20m"; MovieLens from raw ratings "ml-100k-raw", "ml-1m-raw", "ml-20m-raw".
+      data_dir: where TFDS keeps prepared data and this function its corpus cache; "" = TFDS's
+        default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+      manual_dir: the offline path: a directory holding the source (e.g. `beauty.txt`, or
+        `ml-100k/u.data` or `ml-100k.zip`); nothing is downloaded when it is set.
+        "" = download, with checksum verification.
+      synthetic: for "synthetic" only: `num_users`, `num_items`, `seed` (defaults 2000, 500, 0).
+
+    Returns:
+      The corpus; users in ascending raw-id order, items remapped to 1..V by raw id.
+
+    Raises:
+      ValueError: an unknown data set, or one with no evaluable user.
+      FileNotFoundError: `manual_dir` set but missing or empty.
+      readers.DataFormatError: a missing, empty or malformed source file.
+      readers.ChecksumError: a download that is not the expected file.
+    """
+    spec = _spec(dataset, synthetic)
+    root = _data_root(data_dir)
+    cache = corpus_cache_path(dataset, data_dir=data_dir, synthetic=synthetic)
+    if cache.exists():
+        corpus = _read_cache(cache)
+        if corpus is not None:
+            logging.info(
+                "Corpus cache hit for %s at %s: %d users, %d items, %d interactions",
+                dataset,
+                cache,
+                corpus.num_users,
+                corpus.num_items,
+                corpus.num_interactions,
+            )
+            return corpus
+    if manual_dir and dataset != "synthetic":
+        manual = pathlib.Path(manual_dir)
+        if not manual.is_dir() or not any(manual.iterdir()):
+            raise FileNotFoundError(
+                f"manual_dir {manual_dir!r} does not exist or is empty; it should hold the "
+                f"source files of {dataset!r}"
+            )
+    start = time.perf_counter()
+    with _remove_new_dirs_on_failure([root / _CACHE_DIRNAME, cache.parent]):
+        corpus = _prepare_with_tfds(dataset, spec, root, manual_dir)
+        # Fails loudly, before anything is cached, if no user can be evaluated.
+        corpus_lib.leave_one_out(corpus)
+        _write_cache(cache, corpus)
+    logging.info(
+        "Built corpus %s in %.1f s: %d users, %d items, %d interactions; cached at %s",
+        dataset,
+        time.perf_counter() - start,
+        corpus.num_users,
+        corpus.num_items,
+        corpus.num_interactions,
+        cache,
+    )
+    return corpus

@@ -1,0 +1,144 @@
+"""TFDS builder for MovieLens 100K / 1M / 20M turned into sequences from the raw ratings.
+
+`movielens_sequences` (configs `100k`, `1m`, `20m`; `load_corpus` calls them `ml-100k-raw`,
+`ml-1m-raw`, `ml-20m-raw`) reads the GroupLens release's ratings file (`ml-100k/u.data`, tab
+separated; `ml-1m/ratings.dat`, `::` separated; `ml-20m/ratings.csv`, with a header) and builds
+the paper's sequences: every rating is an interaction, each user's ratings are sorted by
+(timestamp, raw item id) (the item id breaks ties between ratings with the same timestamp, a fixed
+rule so the result never depends on the file's line order), and users with fewer than 5 ratings
+are dropped (`readers.MIN_USER_INTERACTIONS`). Item ids are remapped later, by
+`corpus_from_sequences`.
+
+Where the release comes from:
+
+* Offline: if the manual directory exists and is not empty, it must hold either the zip
+  (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded.
+* Online: `<base>/ml-100k.zip`, where `<base>` is the environment variable
+  `BERT4REC_MOVIELENS_BASE_URL` if set, else `DEFAULT_BASE_URL`. The download is checked
+  against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's format)
+  whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised.
+
+Example schema: as every builder of the project (`paper.sequence_features`), one example per user
+`{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from bert4rec_jax.datasets import paper, readers
+
+BASE_URL_ENV = "BERT4REC_MOVIELENS_BASE_URL"
+DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
+
+
+@dataclasses.dataclass(kw_only=True)
+class MovieLensConfig(tfds.core.BuilderConfig):
+    """One MovieLens release.
+
+    Attributes:
+      variant: "100k", "1m" or "20m" (a key of `readers.MOVIELENS_FILES`).
+    """
+
+    variant: str = ""
+
+    @property
+    def release(self) -> str:
+        return f"ml-{self.variant}"
+
+
+def verify_release(path: os.PathLike, url_info, name: str) -> None:
+    """Raises `readers.ChecksumError` unless the file has the registered size and sha256."""
+    size = os.path.getsize(path)
+    if size != int(url_info.size):
+        raise readers.ChecksumError(name, "size", f"{int(url_info.size)} bytes", f"{size} bytes")
+    actual = readers.sha256_file(path)
+    if actual != url_info.checksum:
+        raise readers.ChecksumError(name, "sha256", url_info.checksum, actual)
+
+
+class MovielensSequences(tfds.core.GeneratorBasedBuilder):
+    """MovieLens ratings as time-ordered user sequences (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        MovieLensConfig(
+            name=variant,
+            description=f"MovieLens {variant.upper()} ratings as sequences ordered by time.",
+            variant=variant,
+        )
+        for variant in readers.MOVIELENS_FILES
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Optional: to work offline, put the GroupLens release (ml-100k.zip, or its extracted "
+        f"ml-100k/ folder; likewise ml-1m, ml-20m) from {DEFAULT_BASE_URL} in the manual directory."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            # Keep the source's user order; TFDS's shuffle only costs time here.
+            disable_shuffling=True,
+            description=__doc__,
+            features=paper.sequence_features(),
+            homepage="https://grouplens.org/datasets/movielens/",
+            citation=(
+                "@article{harper2015movielens, title={The MovieLens Datasets: History and "
+                "Context}, author={Harper, F. Maxwell and Konstan, Joseph A.}, journal={ACM TiiS},"
+                " year={2015}}"
+            ),
+        )
+
+    def _source(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+        config = self.builder_config
+        zip_name = f"{config.release}.zip"
+        canonical_url = f"{DEFAULT_BASE_URL}/{zip_name}"
+        url_info = (self.url_infos or {}).get(canonical_url)
+        if url_info is None:  # the package is broken, not the data
+            raise RuntimeError(f"no checksum registered for {canonical_url} in checksums.tsv")
+        manual_dir = paper.manual_dir_or_none(dl_manager)
+        if manual_dir is not None:
+            member = readers.MOVIELENS_FILES[config.variant][0]
+            if (manual_dir / member).is_file():
+                logging.info("Reading %s from the manual directory %s", member, manual_dir)
+                return manual_dir
+            archive = manual_dir / zip_name
+            if not archive.is_file():
+                raise readers.DataFormatError(
+                    str(manual_dir / member),
+                    None,
+                    f"file not found (nor {zip_name}) in the manual directory",
+                )
+            try:
+                verify_release(archive, url_info, str(archive))
+            except readers.ChecksumError as e:
+                logging.warning("%s; using it anyway", e)
+            logging.info("Reading %s from the manual directory %s", zip_name, manual_dir)
+            return archive
+        base = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        url = f"{base.rstrip('/')}/{zip_name}"
+        return paper.download_and_verify(
+            dl_manager, url, lambda path: verify_release(path, url_info, url)
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        source = self._source(dl_manager)
+        sequences = readers.read_movielens_ratings(source, self.builder_config.variant)
+        logging.info(
+            "Parsed MovieLens %s: %d users with >= %d ratings, %d interactions",
+            self.builder_config.variant,
+            sequences.num_users,
+            readers.MIN_USER_INTERACTIONS,
+            len(sequences.raw_items),
+        )
+        paper.check_evaluable(sequences, str(source))
+        return {"train": paper.examples_from_sequences(sequences)}
+
+    def _generate_examples(self, **kwargs):  # pragma: no cover - _split_generators yields them
+        raise NotImplementedError

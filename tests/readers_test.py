@@ -1,0 +1,237 @@
+"""Tests of the raw-file readers and the synthetic generator (no TFDS involved)."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from bert4rec_jax.datasets import readers, synthetic
+
+BEAUTY_BLOB_ID = "16718a33ebdb33504f257421b18ae8bf3ddfe327"
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def _as_lists(seqs: readers.Sequences):
+    return {
+        int(u): seqs.raw_items[seqs.offsets[k] : seqs.offsets[k + 1]].tolist()
+        for k, u in enumerate(seqs.raw_user_ids)
+    }
+
+
+def test_paper_file_keeps_line_order_and_sorts_users(tmp_path):
+    path = _write(tmp_path, "toy.txt", "7 30\n7 10\n7 20\n2 5\n2 6\r\n2 99\n")
+    seqs = readers.read_paper_file(path)
+    assert seqs.raw_user_ids.tolist() == [2, 7]
+    assert _as_lists(seqs) == {2: [5, 6, 99], 7: [30, 10, 20]}
+    assert seqs.offsets.dtype == np.int64 and seqs.raw_items.dtype == np.int64
+
+
+def test_paper_file_without_final_newline_and_tabs(tmp_path):
+    path = _write(tmp_path, "toy.txt", "1\t2\n1   3\n1 4")
+    assert _as_lists(readers.read_paper_file(path)) == {1: [2, 3, 4]}
+
+
+def test_blocks_are_stitched_at_line_boundaries(tmp_path, monkeypatch):
+    # Tiny blocks force lines to straddle block ends; results and line numbers must not change.
+    monkeypatch.setattr(readers, "_BLOCK_BYTES", 7)
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 41), 5)
+    items = rng.integers(1, 100_000, size=len(users))
+    text = "".join(f"{u} {i}\n" for u, i in zip(users, items, strict=True))
+    seqs = readers.read_paper_file(_write(tmp_path, "big.txt", text))
+    assert seqs.raw_items.tolist() == items.tolist()
+    bad = _write(tmp_path, "bad.txt", text + "41 1 2\n")
+    with pytest.raises(readers.DataFormatError, match=r"bad\.txt:201: expected 2 columns, found 3"):
+        readers.read_paper_file(bad)
+    blank_first = _write(tmp_path, "blank.txt", "\n" * 20 + text)
+    with pytest.raises(readers.DataFormatError, match=r"blank\.txt:1: empty line"):
+        readers.read_paper_file(blank_first)
+    blank_only = _write(tmp_path, "blanks.txt", "\n  \n" * 20)
+    with pytest.raises(readers.DataFormatError, match=r"blanks\.txt: file is empty"):
+        readers.read_paper_file(blank_only)
+
+
+@pytest.mark.parametrize(
+    "content, line, problem",
+    [
+        ("1 2\n1 3\n1 4 5\n", 3, "expected 2 columns, found 3"),
+        ("1 2\n1\n", 2, "expected 2 columns, found 1"),
+        ("1 2\n\n1 3\n", 2, "empty line"),
+        ("1 2\n1 x3\n", 2, "non-integer value (unexpected character 'x')"),
+        ("1 2\n1 3.5\n", 2, "non-integer value (unexpected character '.')"),
+        ("1 2\n1 -3\n", 2, "non-integer value (unexpected character '-')"),
+        ("1 2\n1 1234567890123456789\n", 2, "id longer than 18 digits"),
+        ("1 2\n2 3\n1 4\n", 3, "user 1 reappears after other users"),
+    ],
+)
+def test_paper_file_errors_name_file_line_and_problem(tmp_path, content, line, problem):
+    path = _write(tmp_path, "broken.txt", content)
+    with pytest.raises(readers.DataFormatError) as info:
+        readers.read_paper_file(path)
+    err = info.value
+    assert str(path) in str(err) and f"broken.txt:{line}:" in str(err)
+    assert problem in str(err)
+    assert (err.line, err.path) == (line, str(path))
+
+
+def test_non_contiguous_user_names_both_runs(tmp_path):
+    path = _write(tmp_path, "p.txt", "5 1\n5 2\n6 1\n6 2\n5 3\n6 3\n")
+    with pytest.raises(readers.DataFormatError, match=r"p\.txt:5: user 5 .*start at line 1"):
+        readers.read_paper_file(path)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(readers.DataFormatError, match=r"nothere\.txt: file not found"):
+        readers.read_paper_file(tmp_path / "nothere.txt")
+    for content in ("", "\n\n  \n"):
+        path = _write(tmp_path, "empty.txt", content)
+        with pytest.raises(readers.DataFormatError, match=r"empty\.txt: file is empty"):
+            readers.read_paper_file(path)
+
+
+def test_paper_zip_reads_the_single_text_member(tmp_path):
+    archive = tmp_path / "ml-20m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ml-20m.txt", "3 1\n3 2\n1 9\n")
+        z.writestr("__MACOSX/._ml-20m.txt", "junk")
+    assert _as_lists(readers.read_paper_file(archive)) == {1: [9], 3: [1, 2]}
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("other.txt", "1 1\n")
+    with pytest.raises(readers.DataFormatError, match="expected exactly one"):
+        readers.read_paper_file(archive)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("data/ml-20m.txt", "3 1\n3 x\n")
+    with pytest.raises(readers.DataFormatError, match=r"bad\.zip:data/ml-20m\.txt:2: non-integer"):
+        readers.read_paper_file(bad)
+
+
+def _ratings(rows, sep):
+    return "".join(sep.join(str(v) for v in row) + "\n" for row in rows)
+
+
+# User 1: six ratings, two at t=50 (items 40 and 4: the tie goes by item id).
+# User 2: four ratings, so it is dropped.
+RATINGS = [
+    (1, 10, 5, 100),
+    (2, 1, 3, 5),
+    (1, 40, 4, 50),
+    (1, 4, 3, 50),
+    (2, 2, 3, 6),
+    (1, 7, 1, 10),
+    (1, 8, 2, 300),
+    (2, 3, 3, 7),
+    (1, 9, 2, 200),
+    (2, 4, 3, 8),
+]
+EXPECTED = {1: [7, 4, 40, 10, 9, 8]}
+
+
+def test_movielens_100k_extracted_folder(tmp_path):
+    _write(tmp_path, "ml-100k/u.data", _ratings(RATINGS, "\t"))
+    assert _as_lists(readers.read_movielens_ratings(tmp_path, "100k")) == EXPECTED
+
+
+def test_movielens_1m_zip(tmp_path):
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ml-1m/ratings.dat", _ratings(RATINGS, "::"))
+    assert _as_lists(readers.read_movielens_ratings(archive, "1m")) == EXPECTED
+
+
+HEADER = "userId,movieId,rating,timestamp\n"
+
+
+def test_movielens_20m_csv_with_header_and_decimal_ratings(tmp_path):
+    rows = [(u, i, f"{r}.5", t) for u, i, r, t in RATINGS]
+    _write(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
+    assert _as_lists(readers.read_movielens_ratings(tmp_path, "20m")) == EXPECTED
+    rows[3] = (1, "4.5", "3.0", 50)
+    _write(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
+    with pytest.raises(readers.DataFormatError, match=r"ratings\.csv:5: non-integer id"):
+        readers.read_movielens_ratings(tmp_path, "20m")
+
+
+def test_movielens_errors(tmp_path):
+    with pytest.raises(readers.DataFormatError, match=r"ml-100k/u\.data: file not found"):
+        readers.read_movielens_ratings(tmp_path, "100k")
+    _write(tmp_path, "ml-100k/u.data", "1\t2\t3\t4\n1\t2\t3\n")
+    with pytest.raises(readers.DataFormatError, match=r"u\.data:2: expected 4 columns, found 3"):
+        readers.read_movielens_ratings(tmp_path, "100k")
+    _write(tmp_path, "ml-100k/u.data", _ratings(RATINGS[:4], "\t"))
+    with pytest.raises(readers.DataFormatError, match="no user has at least 5 ratings"):
+        readers.read_movielens_ratings(tmp_path, "100k")
+    with pytest.raises(ValueError, match="variant"):
+        readers.read_movielens_ratings(tmp_path, "25m")
+
+
+def test_real_movielens_100k(shared_data):
+    seqs = readers.read_movielens_ratings(shared_data, "100k")
+    assert seqs.num_users == 943 and len(seqs.raw_items) == 100_000
+    assert len(np.unique(seqs.raw_items)) == 1682
+
+
+def test_real_beauty_and_its_blob_id(shared_data):
+    assert readers.git_blob_id(shared_data / "beauty.txt") == BEAUTY_BLOB_ID
+    seqs = readers.read_paper_file(shared_data / "beauty.txt")
+    assert (seqs.num_users, len(seqs.raw_items)) == (40_226, 353_962)
+    assert len(np.unique(seqs.raw_items)) == 54_542
+    assert seqs.lengths.min() == 5 and seqs.lengths.max() == 293
+
+
+def test_checksums(tmp_path):
+    path = _write(tmp_path, "x", b"hello\n")
+    # `git hash-object` of "hello\n" and `sha256sum`.
+    assert readers.git_blob_id(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert (
+        readers.sha256_file(path)
+        == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+    )
+
+
+def test_sorted_by_user():
+    seqs = readers.Sequences(
+        np.array([9, 3, 5]), np.array([0, 2, 3, 6]), np.array([1, 2, 3, 4, 5, 6])
+    ).sorted_by_user()
+    assert _as_lists(seqs) == {3: [3], 5: [4, 5, 6], 9: [1, 2]}
+    assert seqs.raw_user_ids.tolist() == [3, 5, 9]
+
+
+def test_synthetic_is_deterministic_and_seed_dependent():
+    a = synthetic.generate_sequences(300, 100, seed=0)
+    b = synthetic.generate_sequences(300, 100, seed=0)
+    c = synthetic.generate_sequences(300, 100, seed=1)
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.raw_items, b.raw_items)
+    assert not (np.array_equal(a.offsets, c.offsets) and np.array_equal(a.raw_items, c.raw_items))
+    assert a.lengths.min() >= synthetic.MIN_LENGTH and a.lengths.max() <= synthetic.MAX_LENGTH
+    assert a.raw_items.min() >= 1 and a.raw_items.max() <= 100
+    assert a.raw_user_ids.tolist() == list(range(1, 301))
+
+
+def test_synthetic_next_item_is_predictable_from_the_history():
+    # Rule "last item + the user's most common step" vs the most popular item, on the last item.
+    seqs = synthetic.generate_sequences(2000, 500, seed=0)
+    hits_rule, hits_pop = 0, 0
+    popular = np.bincount(seqs.raw_items).argmax()
+    for u in range(seqs.num_users):
+        items = seqs.raw_items[seqs.offsets[u] : seqs.offsets[u + 1]]
+        steps = (np.diff(items[:-1]) + 250) % 500 - 250  # signed steps on the ring
+        values, counts = np.unique(steps, return_counts=True)
+        guess = (items[-2] - 1 + values[counts.argmax()]) % 500 + 1
+        hits_rule += guess == items[-1]
+        hits_pop += popular == items[-1]
+    assert hits_rule / seqs.num_users > 0.6
+    assert hits_pop / seqs.num_users < 0.02
+
+
+def test_synthetic_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_users"):
+        synthetic.generate_sequences(0, 100, 0)
+    with pytest.raises(ValueError, match="num_items"):
+        synthetic.generate_sequences(10, 3, 0)
