@@ -1,0 +1,151 @@
+"""Orbax checkpoints of a training run: the latest K states for resuming, the best parameters.
+
+A workdir holds:
+  config.json    the run's config, written once by process 0
+  checkpoints/   the last `keep` train states (step, params, optimizer state, rng); resume point
+  best/          the parameters that scored best on validation, with their metrics
+
+The data position is not stored: the input pipeline derives it from the step alone.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+CONFIG_FILE = "config.json"
+BEST_METRIC_KEY = "selection_score"
+
+
+def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the config beside the checkpoints (process 0 only; atomic rename)."""
+    if jax.process_index() != 0:
+        return
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """Reads the config a run saved in its workdir."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a bert4rec_jax workdir (no run has started there)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    # Lists come back where the config held tuples; the fields that are tuples say so.
+    for key in ("protocols", "ks"):
+        if key in data.get("eval", {}):
+            data["eval"][key] = tuple(data["eval"][key])
+    return ml_collections.ConfigDict(data)
+
+
+class Checkpointer:
+    """The two checkpoint managers of a workdir. Every process must call every method."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, use_async: bool = True):
+        workdir = pathlib.Path(workdir).absolute()
+        self._latest = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=use_async, create=True
+            ),
+        )
+        self._best = ocp.CheckpointManager(
+            workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                best_fn=lambda metrics: metrics[BEST_METRIC_KEY],
+                best_mode="max",
+                enable_async_checkpointing=use_async,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        """Saves a train state (asynchronously); a step already saved is skipped."""
+        if step in self._latest.all_steps():
+            return
+        self._latest.save(step, args=ocp.args.StandardSave(state))
+
+    def restore_latest(self, abstract_state: Any) -> Any | None:
+        """The latest saved state laid out like `abstract_state`, or None if there is none."""
+        step = self._latest.latest_step()
+        if step is None:
+            return None
+        logging.info("Resuming from checkpoint at step %d in %s", step, self._latest.directory)
+        return self._latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def save_best(self, step: int, params: Any, score: float) -> None:
+        """Offers parameters scored `score` on validation; Orbax keeps the best one."""
+        if step in self._best.all_steps():
+            return
+        self._best.save(
+            step, args=ocp.args.StandardSave(params), metrics={BEST_METRIC_KEY: float(score)}
+        )
+
+    def best_step(self) -> int | None:
+        return self._best.best_step()
+
+    def restore_best(self, abstract_params: Any) -> Any:
+        step = self._best.best_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint in {self._best.directory}")
+        return self._best.restore(step, args=ocp.args.StandardRestore(abstract_params))
+
+    def close(self) -> None:
+        """Waits for pending asynchronous saves; call before the process exits."""
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+        self._latest.close()
+        self._best.close()
+
+
+def restore_params(workdir: str | pathlib.Path, which: str = "best") -> tuple[Any, int]:
+    """Parameters of a finished or running workdir, for evaluation and export.
+
+    Args:
+      workdir: the run's workdir.
+      which: "best" (the best validation checkpoint; falls back to the latest state when the run
+        kept none, e.g. in paper split mode) or "latest".
+
+    Returns:
+      (params as a pytree of arrays, the step they come from).
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    if which == "best" and (workdir / "best").exists():
+        with ocp.CheckpointManager(
+            workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                read_only=True, create=False, best_fn=lambda m: m[BEST_METRIC_KEY], best_mode="max"
+            ),
+        ) as mgr:
+            step = mgr.best_step()
+            if step is not None:
+                return mgr.restore(step, args=ocp.args.StandardRestore()), step
+    if not (workdir / "checkpoints").exists():
+        raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir / 'checkpoints'})")
+    with ocp.CheckpointManager(workdir / "checkpoints", options=options) as mgr:
+        step = mgr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        state = mgr.restore(step, args=ocp.args.StandardRestore())
+    return state["params"], step

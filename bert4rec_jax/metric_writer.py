@@ -1,0 +1,67 @@
+"""Where a run's metrics go: TensorBoard event files, a JSON-lines file, and the console.
+
+Only process 0 writes; every other process gets a writer that does nothing, so callers need no
+`if process_index == 0` of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+
+import jax
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+    """Writes scalar metrics by step to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard`."""
+
+    def __init__(self, workdir: str | pathlib.Path):
+        self._active = jax.process_index() == 0
+        self._tb = None
+        self._jsonl = None
+        if not self._active:
+            return
+        workdir = pathlib.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / METRICS_FILE, "a")  # noqa: SIM115 - closed in close()
+        try:
+            # TensorFlow is already a dependency of the input pipeline; tf.summary writes the
+            # event files TensorBoard reads.
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+        except ImportError:
+            logging.warning("tensorflow is not installed: no TensorBoard event files")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self._active:
+            return
+        row = {"step": int(step)}
+        row.update({k: _json_number(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=int(step)):
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, float(v))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _json_number(v: float) -> float | str:
+    v = float(v)
+    return v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf; keep them readable
