@@ -1,4 +1,4 @@
-"""Default configuration: BERT4Rec on the built-in synthetic data set (no download, minutes on a CPU).
+"""Default config: BERT4Rec on the built-in synthetic data set (no download, minutes on a CPU).
 
     python -m bert4rec_jax.train --config=configs/default.py --workdir=/tmp/bert4rec_default
 
@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.layer_norm_eps = 1e-12  # the original code's LayerNorm epsilon
     c.model.init_std = 0.02  # truncated-normal initialiser's standard deviation
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
-    # Attention implementation for jax.nn.dot_product_attention: "" (JAX chooses), "xla", "cudnn".
+    # Attention: "" (JAX chooses), "xla", "cudnn" (needs bfloat16) for jax.nn.dot_product_attention,
+    # or "manual" (explicit softmax; used anyway while training with attention dropout).
     c.model.attention_impl = ""
 
     # ---- Input pipeline (cloze masking) -----------------------------------------------------

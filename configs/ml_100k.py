@@ -1,0 +1,34 @@
+"""BERT4Rec on MovieLens-100K from raw ratings (not in the paper; the ML-1m recipe, shorter).
+
+    python -m bert4rec_jax.train --config=configs/ml_100k.py --workdir=/tmp/bert4rec_ml100k \
+        --config.manual_dir=../shared/data   # offline copy holding ml-100k/u.data
+
+Uses the standard split: validation picks the best checkpoint, test reports it.
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.dataset = "ml-100k-raw"
+    c.split_mode = "standard"
+    c.model.max_len = 200
+    c.model.hidden_size = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.intermediate_size = 256
+    c.model.hidden_dropout = 0.2
+    c.model.attention_dropout = 0.2
+    c.input.mask_prob = 0.2
+    c.input.max_predictions = 40
+    c.input.sliding_step = 100
+    c.input.dupe_factor = 10
+    c.batch_size = 128
+    c.num_train_steps = 3000
+    c.learning_rate = 1e-3
+    c.warmup_steps = 100
+    c.eval.every_steps = 500
+    c.eval.protocols = ("pop100", "full")
+    c.eval.metric = "pop100/ndcg@10"
+    return c

@@ -1,0 +1,25 @@
+"""BERT4Rec on MovieLens-20m, the paper's preprocessed file and recipe.
+
+    python -m bert4rec_jax.train --config=configs/ml_20m.py --workdir=/tmp/bert4rec_ml20m
+
+Paper (Table 2, pop-100): HR@1 0.3440, HR@5 0.6323, HR@10 0.7473, NDCG@5 0.4967,
+NDCG@10 0.5340, MRR 0.4785.
+"""
+
+from configs import default, paper_recipe
+
+
+def get_config():
+    c = paper_recipe.apply(default.get_config())
+    c.dataset = "ml-20m"
+    c.model.max_len = 200
+    c.model.hidden_size = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.intermediate_size = 256
+    c.model.hidden_dropout = 0.1
+    c.model.attention_dropout = 0.1
+    c.input.mask_prob = 0.2
+    c.input.max_predictions = 20
+    c.input.sliding_step = 100  # 0.5 * max_len
+    return c

@@ -1,0 +1,206 @@
+"""Training: config checks, sharded step equivalence, exact resume, and real learning on ML-100K."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bert4rec_jax import checkpointing, optimizer, train_lib
+from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax.datasets.corpus import leave_one_out
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tmp_path, **overrides):
+    config = tiny.get_config()
+    config.data_dir = str(tmp_path / "data")
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("batch_size", 12),  # not divisible by the 8 test devices
+        ("input.max_predictions", 21),  # > max_len 20
+        ("input.mask_prob", 0.0),
+        ("input.mask_prob", 1.5),
+        ("dataset", "no-such-data"),
+        ("model.num_heads", 3),  # does not divide hidden_size 16
+        ("model.dtype", "float16"),
+        ("split_mode", "random"),
+        ("eval.protocols", ("pop100", "pop50")),
+        ("eval.metric", "full/ndcg@10"),  # protocol not evaluated
+        ("warmup_steps", 20),  # == num_train_steps
+    ],
+)
+def test_bad_config_fails_before_compiling_and_names_the_field(tmp_path, field, value):
+    config = tiny_config(tmp_path, **{field: value})
+    if field == "eval.metric":
+        config.eval.protocols = ("pop100",)
+    with pytest.raises(ValueError, match=re.escape(f"{field}=")):
+        train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    # Nothing was started: no data prepared, no workdir.
+    assert not (tmp_path / "work").exists()
+
+
+def _init_and_step(config, corpus, mesh, batch):
+    """Initial parameters, parameters after one step on `mesh`, and the step's metrics."""
+    model = train_lib.make_model(config, corpus)
+    tx, schedule = optimizer.from_config(config)
+    state = train_lib.create_train_state(model, tx, config, mesh)
+    params0 = jax.device_get(state.params)
+    step = train_lib.jit_train_step(train_lib.make_train_step(model, tx, schedule), state, mesh)
+    state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
+    return params0, jax.device_get(state.params), jax.device_get(metrics)
+
+
+def test_one_step_on_8_devices_equals_1_device(tmp_path):
+    from bert4rec_jax import input_pipeline
+
+    config = tiny_config(tmp_path, warmup_steps=0)  # so the first step's learning rate is not 0
+    corpus = train_lib.load_data(config)
+    split = leave_one_out(corpus, config.split_mode)
+    batch = next(
+        input_pipeline.train_batches(
+            corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+        )
+    )
+    params0, params1, m1 = _init_and_step(config, corpus, sharding_lib.make_mesh(1), batch)
+    _, params8, m8 = _init_and_step(config, corpus, sharding_lib.make_mesh(8), batch)
+    loss1 = m1["loss_sum"] / m1["weight_sum"]
+    loss8 = m8["loss_sum"] / m8["weight_sum"]
+    assert np.isfinite(loss1)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The step changed the parameters, so the comparison above compares something.
+    pairs = zip(jax.tree.leaves(params0), jax.tree.leaves(params1), strict=True)
+    moved = [np.abs(a - b).max() for a, b in pairs]
+    assert max(moved) > 1e-4
+
+
+def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path):
+    config = tiny_config(tmp_path)
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    results_full = train_lib.train_and_evaluate(config, str(full_dir))
+    assert results_full  # a finished run reports test metrics
+
+    assert train_lib.train_and_evaluate(config, str(resumed_dir), stop_at_step=7) == {}
+    assert checkpointing.Checkpointer(resumed_dir, keep=3).latest_step() == 7
+    results_resumed = train_lib.train_and_evaluate(config, str(resumed_dir))
+
+    full, full_step = checkpointing.restore_params(full_dir, "latest")
+    resumed, resumed_step = checkpointing.restore_params(resumed_dir, "latest")
+    assert full_step == resumed_step == config.num_train_steps
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert results_resumed == results_full
+    # Each training log step appears once: the resumed run went on from 7, not from 0.
+    rows = [json.loads(line) for line in open(resumed_dir / "metrics.jsonl")]
+    logged = [r["step"] for r in rows if "train/loss" in r]
+    assert logged == list(range(5, config.num_train_steps + 1, 5))
+
+
+def run_cli(module, *args):
+    """Runs one of the package's command lines as a user would, on one CPU device."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+# A short real training on MovieLens-100K (offline copy): a smaller window and a higher learning
+# rate than configs/ml_100k.py so that a few hundred CPU steps learn something measurable.
+ML100K_OVERRIDES = {
+    "model.max_len": 50,
+    "model.hidden_dropout": 0.1,
+    "model.attention_dropout": 0.1,
+    "input.sliding_step": 25,
+    "input.max_predictions": 20,
+    "input.mask_prob": 0.4,
+    "input.dupe_factor": 2,
+    "batch_size": 64,
+    "num_train_steps": 500,
+    "learning_rate": 5e-3,
+    "log_every_steps": 50,
+    "checkpoint_every_steps": 0,
+    "eval.every_steps": 250,
+    "eval.protocols": "pop100",
+}
+
+
+@pytest.fixture(scope="module")
+def ml100k_run(tmp_path_factory, shared_data):
+    """Trains through `python -m bert4rec_jax.train`; returns (config, workdir, test results)."""
+    tmp = tmp_path_factory.mktemp("ml100k")
+    workdir = tmp / "work"
+    overrides = dict(ML100K_OVERRIDES, data_dir=str(tmp / "data"), manual_dir=str(shared_data))
+    run_cli(
+        "bert4rec_jax.train",
+        "--config=configs/ml_100k.py",
+        f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    )
+    config = checkpointing.load_config(workdir)
+    results = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    return config, workdir, results
+
+
+def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
+    from bert4rec_jax import input_pipeline
+
+    config, workdir, _ = ml100k_run
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    train = [r for r in rows if "train/loss" in r]
+    assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.5
+
+    # Accuracy of always predicting the most popular item on the same kind of batches.
+    corpus = train_lib.load_data(config)
+    split = leave_one_out(corpus, config.split_mode)
+    top = int(np.argmax(corpus.popularity))
+    batches = input_pipeline.train_batches(
+        corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+    )
+    hits = weight = 0.0
+    for _ in range(20):
+        b = next(batches)
+        hits += float(((b["labels"] == top) * b["weights"]).sum())
+        weight += float(b["weights"].sum())
+    popular_accuracy = hits / weight
+    assert train[-1]["train/accuracy"] > 2 * popular_accuracy
+
+
+def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
+    _, workdir, results = ml100k_run
+    printed = run_cli(
+        "bert4rec_jax.evaluate", f"--workdir={workdir}", "--split=test", "--protocol=pop100"
+    ).stdout
+    assert "ndcg@10" in printed
+    model = json.loads((workdir / "eval_bert4rec_test.json").read_text())
+    run_cli(
+        "bert4rec_jax.evaluate", f"--workdir={workdir}", "--protocol=pop100", "--model=popularity"
+    )
+    popularity = json.loads((workdir / "eval_popularity_test.json").read_text())
+    # The CLI restores the parameters the run reported its test results with.
+    np.testing.assert_allclose(model["pop100/ndcg@10"], results["pop100/ndcg@10"], atol=1e-6)
+    assert model["pop100/ndcg@10"] > 2 * popularity["pop100/ndcg@10"]
