@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from absl import logging
 
 from bert4rec_jax import checkpointing, evaluation, input_pipeline, losses, models, optimizer
 from bert4rec_jax import sharding as sharding_lib
-from bert4rec_jax.datasets import DATASETS, load_corpus
+from bert4rec_jax.datasets import DATASETS, data_root, load_corpus
 from bert4rec_jax.datasets.corpus import SPLIT_MODES, Corpus, leave_one_out
 from bert4rec_jax.metric_writer import MetricWriter
 
@@ -103,17 +102,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise bad("eval.ks", tuple(e.ks), "cut-offs must be positive")
 
 
-def tfds_data_dir(config: ml_collections.ConfigDict) -> str:
-    """The data directory: the config's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    return config.data_dir or os.environ.get(
-        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")
-    )
-
-
 def load_data(config: ml_collections.ConfigDict) -> Corpus:
     return load_corpus(
         config.dataset,
-        data_dir=tfds_data_dir(config),
+        data_dir=config.data_dir,
         manual_dir=config.manual_dir,
         synthetic=config.synthetic.to_dict(),
     )
@@ -225,7 +217,7 @@ def make_evaluator(
     config: ml_collections.ConfigDict, corpus: Corpus, split, mesh: jax.sharding.Mesh
 ) -> evaluation.Evaluator:
     """The run's evaluator; sampled candidates are cached beside the data sets."""
-    cache_dir = pathlib.Path(tfds_data_dir(config)) / "bert4rec_candidates"
+    cache_dir = data_root(config.data_dir) / "bert4rec_candidates"
     return evaluation.Evaluator.from_config(corpus, split, config, mesh=mesh, cache_dir=cache_dir)
 
 

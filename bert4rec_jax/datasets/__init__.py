@@ -3,7 +3,7 @@
     from bert4rec_jax.datasets import DATASETS, load_corpus
     corpus = load_corpus("beauty", data_dir="/tmp/tfds", manual_dir="../shared/data")
 
-`load_corpus`, `corpus_cache_path` and `DATASETS` are imported lazily (PEP 562) so that
+`load_corpus`, `corpus_cache_path`, `data_root` and `DATASETS` are imported lazily (PEP 562) so that
 `from bert4rec_jax.datasets import corpus` stays light and does not pull in TensorFlow. Importing
 `bert4rec_jax.datasets.loading` registers the TFDS builders `bert4rec_paper`,
 `movielens_sequences` and `synthetic_sequences` with `tfds.builder` / `tfds.load`.
@@ -11,7 +11,7 @@
 
 from typing import Any
 
-_LAZY = ("DATASETS", "corpus_cache_path", "load_corpus")
+_LAZY = ("DATASETS", "corpus_cache_path", "data_root", "load_corpus")
 
 __all__ = list(_LAZY)
 

@@ -86,7 +86,8 @@ def _spec(dataset: str, synthetic_params: Mapping[str, Any] | None) -> _Spec:
     return _Spec(paper.Bert4recPaper, dataset)
 
 
-def _data_root(data_dir: str) -> pathlib.Path:
+def data_root(data_dir: str = "") -> pathlib.Path:
+    """`data_dir`, else TFDS's default data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
     return pathlib.Path(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
 
 
@@ -106,7 +107,7 @@ def corpus_cache_path(
     spec = _spec(dataset, synthetic)
     version = spec.builder_cls.VERSION
     name = f"{spec.builder_cls.name}-{spec.config_name}-{version}-c{CACHE_FORMAT}.npz"
-    return _data_root(data_dir) / _CACHE_DIRNAME / dataset / name
+    return data_root(data_dir) / _CACHE_DIRNAME / dataset / name
 
 
 def _write_cache(path: pathlib.Path, corpus: corpus_lib.Corpus) -> None:
@@ -282,7 +283,7 @@ def load_corpus(
       readers.ChecksumError: a download that is not the expected file.
     """
     spec = _spec(dataset, synthetic)
-    root = _data_root(data_dir)
+    root = data_root(data_dir)
     cache = corpus_cache_path(dataset, data_dir=data_dir, synthetic=synthetic)
     if cache.exists():
         corpus = _read_cache(cache)
