@@ -31,7 +31,9 @@ def main(argv: list[str]) -> None:
     from bert4rec_jax import checkpointing, evaluation, train_lib
     from bert4rec_jax import sharding as sharding_lib
     from bert4rec_jax.datasets.corpus import leave_one_out
+    from bert4rec_jax.metric_writer import quiet_library_logs
 
+    quiet_library_logs()
     config = checkpointing.load_config(FLAGS.workdir)
     if FLAGS.data_dir is not None:
         config.data_dir = FLAGS.data_dir

@@ -7,6 +7,7 @@ Only process 0 writes; every other process gets a writer that does nothing, so c
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import pathlib
 from collections.abc import Mapping
@@ -65,3 +66,12 @@ class MetricWriter:
 def _json_number(v: float) -> float | str:
     v = float(v)
     return v if math.isfinite(v) else str(v)  # JSON has no NaN/Inf; keep them readable
+
+
+def quiet_library_logs() -> None:
+    """Keeps the console readable: Orbax logs every save at INFO; only its warnings are shown."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)

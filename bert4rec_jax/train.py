@@ -24,6 +24,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    from bert4rec_jax.metric_writer import quiet_library_logs
+
+    quiet_library_logs()
     if FLAGS.distributed:
         jax.distributed.initialize()
     from bert4rec_jax import train_lib

@@ -62,8 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- Training ---------------------------------------------------------------------------
     c.seed = 0  # parameters, dropout and data order all derive from it
-    c.batch_size = 256  # global batch; divisible by the number of devices
-    c.num_train_steps = 2000
+    c.batch_size = 128  # global batch; divisible by the number of devices
+    c.num_train_steps = 1500  # the synthetic default: a few minutes on a laptop CPU
     c.learning_rate = 1e-3  # peak learning rate (the paper uses 1e-4 for its long runs)
     c.warmup_steps = 100  # linear warm-up, then linear decay to zero at num_train_steps
     c.weight_decay = 0.01  # decoupled; LayerNorm and bias parameters are not decayed
