@@ -27,9 +27,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from bert4rec_jax import losses, models, optimizer, sharding  # noqa: E402
+from bert4rec_jax import models, optimizer, sharding, steps  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,43 +95,12 @@ def build(shape: Shape, dtype, attention_impl: str | None, mesh):
         attention_impl=attention_impl,
     )
     model = models.BERT4Rec(cfg)
-    tx = optimizer.make_optimizer(optimizer.make_schedule(1e-3, 100, 10_000))
-    replicated = sharding.replicated(mesh)
+    schedule = optimizer.make_schedule(1e-3, 100, 10_000)
+    tx = optimizer.make_optimizer(schedule)
+    # The very step training runs (bert4rec_jax.steps), so what is timed is what is trained.
+    state = steps.create_train_state(model, tx, mesh, max_predictions=shape.predictions, seed=0)
+    step = steps.jit_train_step(steps.make_train_step(model, tx, schedule), state, mesh)
     data = sharding.data_sharded(mesh)
-
-    def init(key):
-        ids = jnp.ones((1, shape.max_len), jnp.int32)
-        pos = jnp.zeros((1, shape.predictions), jnp.int32)
-        params = model.init({"params": key}, ids, pos, train=False)["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(0))
-
-    def train_step(state, batch, key):
-        dropout_key = jax.random.fold_in(key, state["step"])
-
-        def loss_fn(params):
-            logits = model.apply(
-                {"params": params},
-                batch["ids"],
-                batch["positions"],
-                train=True,
-                rngs={"dropout": dropout_key},
-            )  # [B, P, V]
-            sums = losses.masked_cross_entropy(logits, batch["labels"], batch["weights"])
-            return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
-
-        grads, sums = jax.grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, sums
-
-    step = jax.jit(
-        train_step,
-        in_shardings=(replicated, data, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
     sharding.check_batch_size("batch", shape.batch, mesh)
     batch = {k: jax.device_put(v, data) for k, v in synthetic_batch(shape).items()}
     return step, state, batch
@@ -145,9 +113,8 @@ def fmt_bytes(n: float | None) -> str:
 def run(name: str, dtype_name: str, args, mesh) -> None:
     shape = SHAPES[name]
     step, state, batch = build(shape, DTYPES[dtype_name], args.attention_impl or None, mesh)
-    key = jax.random.key(1)
 
-    compiled = step.lower(state, batch, key).compile()
+    compiled = step.lower(state, batch).compile()
     try:
         mem = compiled.memory_analysis()
         compiled_bytes = (
@@ -157,11 +124,11 @@ def run(name: str, dtype_name: str, args, mesh) -> None:
         compiled_bytes = None
 
     for _ in range(args.warmup):
-        state, sums = step(state, batch, key)
+        state, sums = step(state, batch)
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(args.steps):
-        state, sums = step(state, batch, key)
+        state, sums = step(state, batch)
     jax.block_until_ready(state)
     elapsed = time.perf_counter() - start
 

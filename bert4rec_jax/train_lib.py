@@ -16,31 +16,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from bert4rec_jax import checkpointing, evaluation, input_pipeline, losses, models, optimizer
+from bert4rec_jax import checkpointing, evaluation, input_pipeline, models, optimizer, steps
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax.datasets import DATASETS, data_root, load_corpus
 from bert4rec_jax.datasets.corpus import SPLIT_MODES, Corpus, leave_one_out
 from bert4rec_jax.metric_writer import MetricWriter
 
 RESULTS_FILE = "test_results.json"
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array  # int32 []
-    params: Any
-    opt_state: Any
-    # uint32 [2]: key data of the run's base key. Dropout keys are fold_in(base, step), so a
-    # resumed run draws exactly the dropout masks an uninterrupted one would.
-    rng: jax.Array
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -113,85 +101,6 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
 
 def make_model(config: ml_collections.ConfigDict, corpus: Corpus) -> models.BERT4Rec:
     return models.BERT4Rec(models.ModelConfig.from_config(config, vocab_size=corpus.vocab_size))
-
-
-def create_train_state(
-    model: models.BERT4Rec,
-    tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-) -> TrainState:
-    """Initialises the state directly in its (replicated) sharding: nothing lands on host first."""
-    max_len, p = config.model.max_len, config.input.max_predictions
-
-    def init(key: jax.Array) -> TrainState:
-        init_key, run_key = jax.random.split(key)
-        ids = jnp.ones((1, max_len), jnp.int32)
-        positions = jnp.zeros((1, p), jnp.int32)
-        params = model.init({"params": init_key}, ids, positions, train=False)["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(run_key),
-        )
-
-    key = jax.random.key(config.seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract)
-    return jax.jit(init, out_shardings=shardings)(key)
-
-
-def make_train_step(
-    model: models.BERT4Rec, tx: optax.GradientTransformation, schedule: optax.Schedule
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """The pure training step: cloze cross-entropy, gradients, one optimizer update.
-
-    Returns metrics as sums (loss_sum, weight_sum, correct_sum) plus grad_norm and learning_rate,
-    so that they can be accumulated on device and averaged only when logged.
-    """
-
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-        def loss_fn(params):
-            logits = model.apply(
-                {"params": params},
-                batch["ids"],
-                batch["positions"],
-                train=True,
-                rngs={"dropout": dropout_key},
-            )  # [B, P, V]
-            sums = losses.masked_cross_entropy(logits, batch["labels"], batch["weights"])
-            return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
-
-        grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
-        metrics = dict(
-            sums,
-            grad_norm=jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
-            learning_rate=schedule(state.step),
-            steps=jnp.ones((), jnp.float32),
-        )
-        return new_state, metrics
-
-    return train_step
-
-
-def jit_train_step(train_step, state: TrainState, mesh: jax.sharding.Mesh):
-    """jit with explicit shardings: state replicated and donated, batch split over `data`."""
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    return jax.jit(
-        train_step,
-        in_shardings=(state_shardings, sharding_lib.data_sharded(mesh)),
-        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
 
 
 def model_fns(model: models.BERT4Rec) -> tuple[Callable, Callable]:
@@ -282,7 +191,9 @@ def train_and_evaluate(
 
     model = make_model(config, corpus)
     tx, schedule = optimizer.from_config(config)
-    state = create_train_state(model, tx, config, mesh)
+    state = steps.create_train_state(
+        model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
+    )
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
     restored = ckpt.restore_latest(state)
     if restored is not None:
@@ -290,7 +201,7 @@ def train_and_evaluate(
     start_step = int(state.step)
     total = config.num_train_steps
 
-    train_step = jit_train_step(make_train_step(model, tx, schedule), state, mesh)
+    train_step = steps.jit_train_step(steps.make_train_step(model, tx, schedule), state, mesh)
     validate = config.eval.every_steps > 0 and config.split_mode == "standard"
     evaluator = make_evaluator(config, corpus, split, mesh)
     encode_fn, score_fn = model_fns(model)

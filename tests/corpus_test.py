@@ -125,3 +125,15 @@ def test_synthetic_corpus_is_deterministic(tmp_path):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
     assert not (np.array_equal(a.offsets, c.offsets) and np.array_equal(a.items, c.items))
     corpus_lib.leave_one_out(a)  # every synthetic user is evaluable (length >= 5)
+
+
+@pytest.mark.parametrize("raw_max", [50, 10**12])  # the lookup-table path and the sorting path
+def test_item_remap_keeps_raw_order_and_mapping(raw_max):
+    rng = np.random.default_rng(0)
+    raw = rng.choice(np.arange(raw_max - 40, raw_max), size=200)
+    corpus = corpus_lib.corpus_from_sequences(
+        "t", np.arange(4), np.array([0, 50, 100, 150, 200]), raw
+    )
+    np.testing.assert_array_equal(corpus.raw_item_ids[1:], np.unique(raw))
+    np.testing.assert_array_equal(corpus.raw_item_ids[corpus.items], raw)
+    assert corpus.items.min() == 1 and corpus.items.max() == corpus.num_items

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert4rec_jax import checkpointing, optimizer, train_lib
+from bert4rec_jax import checkpointing, optimizer, steps, train_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
 from configs import tiny
@@ -60,9 +60,11 @@ def _init_and_step(config, corpus, mesh, batch):
     """Initial parameters, parameters after one step on `mesh`, and the step's metrics."""
     model = train_lib.make_model(config, corpus)
     tx, schedule = optimizer.from_config(config)
-    state = train_lib.create_train_state(model, tx, config, mesh)
+    state = steps.create_train_state(
+        model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
+    )
     params0 = jax.device_get(state.params)
-    step = train_lib.jit_train_step(train_lib.make_train_step(model, tx, schedule), state, mesh)
+    step = steps.jit_train_step(steps.make_train_step(model, tx, schedule), state, mesh)
     state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
     return params0, jax.device_get(state.params), jax.device_get(metrics)
 
