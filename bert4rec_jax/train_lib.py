@@ -270,15 +270,19 @@ def train_and_evaluate(
         writer.close()
 
     # Final: the best validated parameters (or the last ones when nothing was validated) on test.
-    params = state.params
+    params, params_step = state.params, step
     if validate and ckpt.best_step() is not None:
-        params = checkpointing.restore_params(workdir, "best")[0]
+        params, params_step = checkpointing.restore_params(workdir, "best")
         params = jax.device_put(params, sharding_lib.replicated(mesh))
     results = evaluator.evaluate(params, encode_fn, score_fn, "test", 0)
-    logging.info("Test results (step %d):\n%s", step, evaluation.format_table(results))
+    logging.info(
+        "Test results of the parameters of step %d:\n%s",
+        params_step,
+        evaluation.format_table(results),
+    )
     if jax.process_index() == 0:
-        path = pathlib.Path(workdir) / RESULTS_FILE
-        path.write_text(json.dumps({k: float(v) for k, v in results.items()}, indent=2))
+        record = {"step": params_step, **{k: float(v) for k, v in results.items()}}
+        (pathlib.Path(workdir) / RESULTS_FILE).write_text(json.dumps(record, indent=2))
     return results
 
 

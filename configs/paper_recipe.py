@@ -16,6 +16,7 @@ def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.warmup_steps = 100
     c.weight_decay = 0.01
     c.clip_norm = 5.0
+    c.adam_bias_correction = False  # the original's BERT AdamWeightDecayOptimizer has none
     c.input.dupe_factor = 10  # masked copies per window, precomputed
     c.input.fresh_masks = False
     c.input.mask_replacement = "mask"  # the paper's runs always replace by [MASK]

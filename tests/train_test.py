@@ -204,5 +204,6 @@ def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
     )
     popularity = json.loads((workdir / "eval_popularity_test.json").read_text())
     # The CLI restores the parameters the run reported its test results with.
+    assert model["step"] == results["step"]
     np.testing.assert_allclose(model["pop100/ndcg@10"], results["pop100/ndcg@10"], atol=1e-6)
     assert model["pop100/ndcg@10"] > 2 * popularity["pop100/ndcg@10"]
