@@ -52,6 +52,12 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(data)
 
 
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+    # Both managers save at the same step (validation and checkpoint steps coincide); on several
+    # processes Orbax's barriers are named by step, so they would collide without a prefix.
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class Checkpointer:
     """The two checkpoint managers of a workdir. Every process must call every method."""
 
@@ -60,7 +66,10 @@ class Checkpointer:
         self._latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=use_async, create=True
+                max_to_keep=keep,
+                enable_async_checkpointing=use_async,
+                create=True,
+                multiprocessing_options=_barrier_prefix("latest"),
             ),
         )
         self._best = ocp.CheckpointManager(
@@ -71,6 +80,7 @@ class Checkpointer:
                 best_mode="max",
                 enable_async_checkpointing=use_async,
                 create=True,
+                multiprocessing_options=_barrier_prefix("best"),
             ),
         )
 
@@ -103,6 +113,8 @@ class Checkpointer:
         return self._best.best_step()
 
     def restore_best(self, abstract_params: Any) -> Any:
+        """The best parameters laid out like `abstract_params` (waits for pending saves)."""
+        self._best.wait_until_finished()
         step = self._best.best_step()
         if step is None:
             raise FileNotFoundError(f"no best checkpoint in {self._best.directory}")
@@ -119,6 +131,9 @@ class Checkpointer:
 def restore_params(workdir: str | pathlib.Path, which: str = "best") -> tuple[Any, int]:
     """Parameters of a finished or running workdir, for evaluation and export.
 
+    They are restored onto this process's first device whatever mesh saved them, so a run trained
+    on many devices (or processes) can be evaluated or exported on one.
+
     Args:
       workdir: the run's workdir.
       which: "best" (the best validation checkpoint; falls back to the latest state when the run
@@ -130,22 +145,38 @@ def restore_params(workdir: str | pathlib.Path, which: str = "best") -> tuple[An
     workdir = pathlib.Path(workdir).absolute()
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     if which == "best" and (workdir / "best").exists():
-        with ocp.CheckpointManager(
-            workdir / "best",
-            options=ocp.CheckpointManagerOptions(
-                read_only=True, create=False, best_fn=lambda m: m[BEST_METRIC_KEY], best_mode="max"
-            ),
-        ) as mgr:
-            step = mgr.best_step()
-            if step is not None:
-                return mgr.restore(step, args=ocp.args.StandardRestore()), step
-    if not (workdir / "checkpoints").exists():
-        raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir / 'checkpoints'})")
-    with ocp.CheckpointManager(workdir / "checkpoints", options=options) as mgr:
-        step = mgr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        state = mgr.restore(step, args=ocp.args.StandardRestore())
+        params, step = _restore_on_one_device(workdir / "best", best=True)
+        if params is not None:
+            return params, step
+    state, step = _restore_on_one_device(workdir / "checkpoints", best=False)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
     return state["params"], step
+
+
+def _restore_on_one_device(directory: pathlib.Path, *, best: bool) -> tuple[Any, int | None]:
+    """The best or latest item of a manager's directory, on one device; (None, None) if none."""
+    if not directory.exists():
+        return None, None
+    options = ocp.CheckpointManagerOptions(
+        read_only=True,
+        create=False,
+        best_fn=(lambda m: m[BEST_METRIC_KEY]) if best else None,
+        best_mode="max",
+    )
+    with ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    ) as mgr:
+        step = mgr.best_step() if best else mgr.latest_step()
+        if step is None:
+            return None, None
+        # The saved shardings name the training mesh's devices; without a target of our own,
+        # Orbax refuses to restore on another topology.
+        metadata = mgr.item_metadata(step)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            getattr(metadata, "tree", metadata),
+        )
+        return mgr.restore(step, args=ocp.args.StandardRestore(target)), step

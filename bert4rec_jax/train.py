@@ -3,8 +3,12 @@
     python -m bert4rec_jax.train --config=configs/default.py --workdir=/tmp/bert4rec
 
 Any config field can be overridden: `--config.num_train_steps=500 --config.model.dtype=bfloat16`.
-Rerunning with the same workdir resumes from its latest checkpoint. On a multi-host slice, run the
-same command on every host (see launch/); JAX finds its peers from the environment.
+Rerunning with the same workdir resumes from its latest checkpoint.
+
+Several processes (hosts) train as one job when each runs the same command with `--distributed`:
+on TPU pods and SLURM clusters JAX finds its peers from the environment; elsewhere give
+`--coordinator_address`, `--num_processes` and `--process_id` (launch/local_multiprocess.sh does
+this for processes on one machine).
 """
 
 from absl import app, flags, logging
@@ -15,6 +19,9 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host; see launch/)."
 )
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+flags.DEFINE_integer("num_processes", None, "Processes in the job (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -28,7 +35,14 @@ def main(argv: list[str]) -> None:
 
     quiet_library_logs()
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        # CPU devices need a collectives library to reach other processes; the setting only
+        # concerns the CPU backend, so it is harmless beside GPUs and TPUs.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     from bert4rec_jax import train_lib
 
     logging.info(

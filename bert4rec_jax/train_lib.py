@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from bert4rec_jax import checkpointing, evaluation, input_pipeline, models, optimizer, steps
 from bert4rec_jax import sharding as sharding_lib
@@ -91,12 +92,22 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 
 def load_data(config: ml_collections.ConfigDict) -> Corpus:
-    return load_corpus(
-        config.dataset,
-        data_dir=config.data_dir,
-        manual_dir=config.manual_dir,
-        synthetic=config.synthetic.to_dict(),
-    )
+    """The run's corpus. With several processes, process 0 prepares it first and the others
+    then read its cache, so they never prepare the same files at once."""
+
+    def load() -> Corpus:
+        return load_corpus(
+            config.dataset,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            synthetic=config.synthetic.to_dict(),
+        )
+
+    if jax.process_count() == 1:
+        return load()
+    corpus = load() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("bert4rec_jax: corpus prepared")
+    return corpus if corpus is not None else load()
 
 
 def make_model(config: ml_collections.ConfigDict, corpus: Corpus) -> models.BERT4Rec:
@@ -265,15 +276,16 @@ def train_and_evaluate(
             if preempted:
                 logging.info("Stopping at step %d as asked (stop_at_step)", step)
                 return {}
+        # The best validated parameters (or the last ones when nothing was validated) go to
+        # the test split, laid out like the training parameters.
+        params, params_step = state.params, step
+        if validate and ckpt.best_step() is not None:
+            params_step = ckpt.best_step()
+            params = ckpt.restore_best(state.params)
     finally:
         ckpt.close()
         writer.close()
 
-    # Final: the best validated parameters (or the last ones when nothing was validated) on test.
-    params, params_step = state.params, step
-    if validate and ckpt.best_step() is not None:
-        params, params_step = checkpointing.restore_params(workdir, "best")
-        params = jax.device_put(params, sharding_lib.replicated(mesh))
     results = evaluator.evaluate(params, encode_fn, score_fn, "test", 0)
     logging.info(
         "Test results of the parameters of step %d:\n%s",

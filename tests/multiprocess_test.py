@@ -1,0 +1,61 @@
+"""A real multi-process job: two JAX processes on localhost (gloo) train as one.
+
+Each process feeds only its own slice of every global batch, so two processes of two devices
+must train the same model as one process of four devices.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from bert4rec_jax import checkpointing, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run(command, devices_per_process, **env):
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+        **env,
+    )
+    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
+    flags = ["--config=configs/tiny.py", f"--config.data_dir={tmp_path / 'data'}"]
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    out = _run(
+        ["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags],
+        devices_per_process=2,
+        PORT=str(_free_port()),
+    )
+    assert "JAX process 1/2, 2 local / 4 global devices" in out.stderr
+    _run(
+        [sys.executable, "-m", "bert4rec_jax.train", f"--workdir={single}", *flags],
+        devices_per_process=4,
+    )
+
+    multi_params, multi_step = checkpointing.restore_params(multi, "latest")
+    single_params, single_step = checkpointing.restore_params(single, "latest")
+    assert multi_step == single_step == 20
+    for a, b in zip(jax.tree.leaves(multi_params), jax.tree.leaves(single_params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    multi_results = json.loads((multi / train_lib.RESULTS_FILE).read_text())
+    single_results = json.loads((single / train_lib.RESULTS_FILE).read_text())
+    assert multi_results.keys() == single_results.keys()
+    for key, value in single_results.items():
+        np.testing.assert_allclose(multi_results[key], value, atol=1e-6, err_msg=key)
