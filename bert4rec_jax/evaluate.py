@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         config.manual_dir = FLAGS.manual_dir
     config.eval.protocols = tuple(FLAGS.protocol)
     mesh = sharding_lib.make_mesh()
-    train_lib.validate_config(config, sharding_lib.data_parallelism(mesh))
+    train_lib.validate_config(config, mesh)
 
     corpus = train_lib.load_data(config)
     split = leave_one_out(corpus, config.split_mode)
@@ -52,7 +52,6 @@ def main(argv: list[str]) -> None:
     else:
         params, step = checkpointing.restore_params(FLAGS.workdir, FLAGS.checkpoint)
         encode_fn, score_fn = train_lib.model_fns(train_lib.make_model(config, corpus))
-    params = jax.device_put(params, sharding_lib.replicated(mesh))
     results = evaluator.evaluate(params, encode_fn, score_fn, FLAGS.split, FLAGS.num_users)
 
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"

@@ -32,12 +32,12 @@ from bert4rec_jax.metric_writer import MetricWriter
 RESULTS_FILE = "test_results.json"
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
     """Fails, naming the field, on values that would otherwise fail late or silently.
 
     Args:
       config: the run's config.
-      num_devices: devices on the mesh's data axis.
+      mesh: the mesh the batches are split over.
 
     Raises:
       ValueError: on the first bad field.
@@ -50,16 +50,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise bad("dataset", config.dataset, f"unknown data set; choose one of {DATASETS}")
     if config.split_mode not in SPLIT_MODES:
         raise bad("split_mode", config.split_mode, f"must be one of {SPLIT_MODES}")
-    if config.batch_size <= 0 or config.batch_size % num_devices:
-        raise bad(
-            "batch_size",
-            config.batch_size,
-            f"must be a positive multiple of the {num_devices} devices",
-        )
-    if config.batch_size % jax.process_count():
-        raise bad(
-            "batch_size", config.batch_size, f"must divide by {jax.process_count()} processes"
-        )
+    # Every process holds as many devices, so a multiple of the devices splits over processes.
+    sharding_lib.check_batch_size("batch_size", config.batch_size, mesh)
     # The model's and the pipeline's own fields are checked where they are read, with the same
     # kind of message; building both configs here runs those checks before any data is loaded.
     models.ModelConfig.from_config(config, vocab_size=3)
@@ -85,8 +77,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                 f"must be '<protocol>/<metric>' with a protocol in "
                 f"eval.protocols={tuple(e.protocols)}",
             )
-    if e.batch_size <= 0 or e.batch_size % num_devices:
-        raise bad("eval.batch_size", e.batch_size, f"must be a positive multiple of {num_devices}")
+    sharding_lib.check_batch_size("eval.batch_size", e.batch_size, mesh)
     if any(k <= 0 for k in e.ks):
         raise bad("eval.ks", tuple(e.ks), "cut-offs must be positive")
 
@@ -183,7 +174,7 @@ def train_and_evaluate(
       the run stopped before num_train_steps.
     """
     mesh = sharding_lib.make_mesh()
-    validate_config(config, sharding_lib.data_parallelism(mesh))
+    validate_config(config, mesh)
     input_config = input_pipeline.InputConfig.from_config(config)
     workdir = str(pathlib.Path(workdir).absolute())
 

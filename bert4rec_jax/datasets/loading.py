@@ -175,7 +175,7 @@ def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
     """Reads a prepared builder's `train` split back into sequences (users by raw id).
 
     Args:
-      builder: a prepared builder with the project's schema (`paper.sequence_features`).
+      builder: a prepared builder with the project's schema (`paper.sequence_info`).
 
     Returns:
       The sequences; TFDS shuffles examples when writing, so users are re-sorted by raw id.

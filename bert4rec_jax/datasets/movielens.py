@@ -18,7 +18,7 @@ Where the release comes from:
   against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's format)
   whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised.
 
-Example schema: as every builder of the project (`paper.sequence_features`), one example per user
+Example schema: as every builder of the project (`paper.sequence_info`), one example per user
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
 """
 
@@ -81,12 +81,9 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            # Keep the source's user order; TFDS's shuffle only costs time here.
-            disable_shuffling=True,
-            description=__doc__,
-            features=paper.sequence_features(),
+        return paper.sequence_info(
+            self,
+            __doc__,
             homepage="https://grouplens.org/datasets/movielens/",
             citation=(
                 "@article{harper2015movielens, title={The MovieLens Datasets: History and "

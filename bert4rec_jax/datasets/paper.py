@@ -20,7 +20,7 @@ Where the file comes from:
   published). On a mismatch the downloaded file is deleted and `readers.ChecksumError` names the
   file, the expected and the actual id.
 
-Example schema (shared by every builder of the project, see `sequence_features`):
+Example schema (shared by every builder of the project, see `sequence_info`):
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
 """
 
@@ -50,9 +50,15 @@ PAPER_FILES = {
 }
 
 
-def sequence_features() -> tfds.features.FeaturesDict:
-    """The example schema of every builder of the project: one example per user."""
-    return tfds.features.FeaturesDict(
+def sequence_info(
+    builder: tfds.core.DatasetBuilder,
+    description: str,
+    *,
+    homepage: str | None = None,
+    citation: str | None = None,
+) -> tfds.core.DatasetInfo:
+    """The DatasetInfo of every builder of the project: one example per user, source order."""
+    features = tfds.features.FeaturesDict(
         {
             "user_id": np.int64,  # the source's user id
             # The source's item ids, oldest first. A 1-D Tensor rather than Sequence(int64): the
@@ -60,6 +66,15 @@ def sequence_features() -> tfds.features.FeaturesDict:
             # made preparing 20M interactions ~20x slower.
             "items": tfds.features.Tensor(shape=(None,), dtype=np.int64),
         }
+    )
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        # Keep the source's user order; TFDS's shuffle only costs time here.
+        disable_shuffling=True,
+        description=description,
+        features=features,
+        homepage=homepage,
+        citation=citation,
     )
 
 
@@ -145,12 +160,9 @@ class Bert4recPaper(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            # Keep the source's user order; TFDS's shuffle only costs time here.
-            disable_shuffling=True,
-            description=__doc__,
-            features=sequence_features(),
+        return sequence_info(
+            self,
+            __doc__,
             homepage="https://github.com/FeiSun/BERT4Rec",
             citation=(
                 "@inproceedings{sun2019bert4rec, title={BERT4Rec: Sequential Recommendation with "

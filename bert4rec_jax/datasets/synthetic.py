@@ -131,14 +131,7 @@ class SyntheticSequences(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            # Keep the source's user order; TFDS's shuffle only costs time here.
-            disable_shuffling=True,
-            description=__doc__,
-            features=paper.sequence_features(),
-            supervised_keys=None,
-        )
+        return paper.sequence_info(self, __doc__)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download
