@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bert4rec_jax import models, optimizer, sharding, steps  # noqa: E402
+from bert4rec_jax import models, optimizer, sharding  # noqa: E402
+from bert4rec_jax import train_step as train_step_lib  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +98,13 @@ def build(shape: Shape, dtype, attention_impl: str | None, mesh):
     model = models.BERT4Rec(cfg)
     schedule = optimizer.make_schedule(1e-3, 100, 10_000)
     tx = optimizer.make_optimizer(schedule)
-    # The very step training runs (bert4rec_jax.steps), so what is timed is what is trained.
-    state = steps.create_train_state(model, tx, mesh, max_predictions=shape.predictions, seed=0)
-    step = steps.jit_train_step(steps.make_train_step(model, tx, schedule), state, mesh)
+    # The very step training runs (bert4rec_jax.train_step), so what is timed is what is trained.
+    state = train_step_lib.create_train_state(
+        model, tx, mesh, max_predictions=shape.predictions, seed=0
+    )
+    step = train_step_lib.jit_train_step(
+        train_step_lib.make_train_step(model, tx, schedule), state, mesh
+    )
     data = sharding.data_sharded(mesh)
     sharding.check_batch_size("batch", shape.batch, mesh)
     batch = {k: jax.device_put(v, data) for k, v in synthetic_batch(shape).items()}

@@ -3,11 +3,13 @@
     python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --split=test --protocol=pop100,full
     python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --model=popularity
 
-Writes the numbers as JSON beside the checkpoints: <workdir>/eval_<model>_<split>.json.
+Only what evaluation needs is checked, so any protocol can be asked for and a run trained on many
+devices is evaluated on one. Writes the numbers as JSON beside the checkpoints:
+<workdir>/eval_<model>_<split>.json.
 """
 
+import dataclasses
 import json
-import pathlib
 
 from absl import app, flags, logging
 
@@ -28,37 +30,38 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from bert4rec_jax import checkpointing, evaluation, train_lib
-    from bert4rec_jax import sharding as sharding_lib
-    from bert4rec_jax.datasets.corpus import leave_one_out
+    from bert4rec_jax import checkpointing, evaluation, experiment, sharding
     from bert4rec_jax.metric_writer import quiet_library_logs
 
     quiet_library_logs()
-    config = checkpointing.load_config(FLAGS.workdir)
+    workdir = checkpointing.absolute(FLAGS.workdir)
+    config = checkpointing.load_config(workdir)
     if FLAGS.data_dir is not None:
         config.data_dir = FLAGS.data_dir
     if FLAGS.manual_dir is not None:
         config.manual_dir = FLAGS.manual_dir
     config.eval.protocols = tuple(FLAGS.protocol)
-    mesh = sharding_lib.make_mesh()
-    train_lib.validate_config(config, mesh)
-
-    corpus = train_lib.load_data(config)
-    split = leave_one_out(corpus, config.split_mode)
-    evaluator = train_lib.make_evaluator(config, corpus, split, mesh)
+    exp = experiment.Experiment.from_config(config)
     if FLAGS.model == "popularity":
-        encode_fn, score_fn, params = evaluation.popularity_fns(corpus)
+        fns, params = evaluation.popularity_fns(exp.corpus)
         step = None
     else:
-        params, step = checkpointing.restore_params(FLAGS.workdir, FLAGS.checkpoint)
-        encode_fn, score_fn = train_lib.model_fns(train_lib.make_model(config, corpus))
-    results = evaluator.evaluate(params, encode_fn, score_fn, FLAGS.split, FLAGS.num_users)
+        fns = exp.scoring_fns
+        params, step = checkpointing.restore_params(workdir, FLAGS.checkpoint)
+    mesh = sharding.make_mesh()
+    # The scoring batch only sets how many users are scored at once, never the metrics: fit it
+    # to this machine's devices, whatever the run was trained on.
+    devices = sharding.data_parallelism(mesh)
+    batch_size = -(-exp.eval_config.batch_size // devices) * devices
+    eval_config = dataclasses.replace(exp.eval_config, batch_size=batch_size)
+    evaluator = exp.evaluator(mesh, fns, eval_config)
+    results = evaluator.evaluate(params, FLAGS.split, FLAGS.num_users)
 
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"
     print(f"{config.dataset}, {FLAGS.split} split, {where}:")
     print(evaluation.format_table(results))
-    out = pathlib.Path(FLAGS.workdir) / f"eval_{FLAGS.model}_{FLAGS.split}.json"
     if jax.process_index() == 0:
+        out = workdir / f"eval_{FLAGS.model}_{FLAGS.split}.json"
         record = {"step": step, "split": FLAGS.split, "model": FLAGS.model}
         record.update({k: float(v) for k, v in results.items()})
         out.write_text(json.dumps(record, indent=2))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import math
-import pathlib
 from collections.abc import Mapping
 
 import jax
 from absl import logging
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -21,15 +21,19 @@ METRICS_FILE = "metrics.jsonl"
 class MetricWriter:
     """Writes scalar metrics by step to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard`."""
 
-    def __init__(self, workdir: str | pathlib.Path):
+    def __init__(self, workdir: epath.PathLike):
         self._active = jax.process_index() == 0
         self._tb = None
         self._jsonl = None
         if not self._active:
             return
-        workdir = pathlib.Path(workdir)
+        workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / METRICS_FILE, "a")  # noqa: SIM115 - closed in close()
+        path = workdir / METRICS_FILE
+        # Cloud storage has no append: a resumed run rewrites what the file held, then goes on.
+        previous = path.read_text() if path.exists() else ""
+        self._jsonl = path.open("w")  # closed in close()
+        self._jsonl.write(previous)
         try:
             # TensorFlow is already a dependency of the input pipeline; tf.summary writes the
             # event files TensorBoard reads.

@@ -27,7 +27,8 @@ Parameters (the `params` collection):
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -351,3 +352,30 @@ class BERT4Rec(nn.Module):
           [B, P, vocab_size] float32 logits.
         """
         return self.item_scores(self.predict_hidden(ids, positions, train=train))
+
+
+class ScoringFns(NamedTuple):
+    """How a model scores items for one user, split in two so candidates can vary per protocol.
+
+    encode: (params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H], the head features at
+      the [MASK] position.
+    score: (params, h [B, H], item_ids [C] or [B, C] int32) -> float32 scores [B, C].
+    """
+
+    encode: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    score: Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+def scoring_fns(model: BERT4Rec) -> ScoringFns:
+    """The model's `ScoringFns` (no dropout): what evaluation, export and serving call."""
+
+    def encode(params, ids, mask_pos):  # [B, N], [B] -> [B, H]
+        h = model.apply(
+            {"params": params}, ids, mask_pos[:, None], train=False, method=BERT4Rec.predict_hidden
+        )
+        return h[:, 0]
+
+    def score(params, h, item_ids):  # [B, H], [C] or [B, C] -> [B, C]
+        return model.apply({"params": params}, h, item_ids, method=BERT4Rec.item_scores)
+
+    return ScoringFns(encode, score)

@@ -10,6 +10,9 @@ import pytest
 from bert4rec_jax import evaluation as ev
 from bert4rec_jax import sharding
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
+from bert4rec_jax.evaluation import candidates as cand
+from bert4rec_jax.evaluation import ranking
+from bert4rec_jax.models import ScoringFns
 
 
 def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
@@ -33,6 +36,14 @@ def random_corpus(
     corpus = make_corpus(sequences)
     assert corpus.num_items == num_items
     return corpus
+
+
+def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
+    """An Evaluator on all 8 test devices; `config` holds EvalConfig fields."""
+    fns = fns or ev.popularity_fns(corpus)[0]
+    return ev.Evaluator(
+        corpus, split, ev.EvalConfig(**config), fns, mesh=sharding.make_mesh(), cache_dir=cache_dir
+    )
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -75,8 +86,8 @@ def test_inputs_valid_and_test_truncation():
     corpus = make_corpus([list(range(1, 11)), [11, 12, 13], [14, 15, 16, 17]])
     split = leave_one_out(corpus)
     max_len = 5
-    valid_ids, valid_pos = ev.build_inputs(corpus, split, "valid", max_len)
-    test_ids, test_pos = ev.build_inputs(corpus, split, "test", max_len)
+    valid_ids, valid_pos = ranking.build_inputs(corpus, split, "valid", max_len)
+    test_ids, test_pos = ranking.build_inputs(corpus, split, "test", max_len)
     mask = corpus.mask_id
     # User 0: 1..10; valid target 9, test target 10; the last max_len - 1 = 4 items are kept.
     np.testing.assert_array_equal(valid_ids[0], [5, 6, 7, 8, mask])
@@ -97,8 +108,8 @@ def test_inputs_valid_and_test_truncation():
 def test_inputs_paper_mode_same_histories():
     corpus = make_corpus([list(range(1, 11)), [11, 12, 13]])
     for which in ev.SPLITS:
-        a = ev.build_inputs(corpus, leave_one_out(corpus, "standard"), which, 6)
-        b = ev.build_inputs(corpus, leave_one_out(corpus, "paper"), which, 6)
+        a = ranking.build_inputs(corpus, leave_one_out(corpus, "standard"), which, 6)
+        b = ranking.build_inputs(corpus, leave_one_out(corpus, "paper"), which, 6)
         np.testing.assert_array_equal(a[0], b[0])
 
 
@@ -111,7 +122,7 @@ def test_negatives_are_valid(protocol, which):
     corpus = random_corpus(num_users=300, num_items=400, max_length=60, seed=1, repeats=True)
     split = leave_one_out(corpus)
     n = 100
-    candidates = ev.draw_candidates(corpus, split, which, protocol, n, seed=7)
+    candidates = cand.draw_candidates(corpus, split, which, protocol, n, seed=7)
     assert candidates.shape == (len(split.eval_users), 1 + n) and candidates.dtype == np.int32
     np.testing.assert_array_equal(candidates[:, 0], split.targets(which))
     negatives = candidates[:, 1:]
@@ -125,10 +136,10 @@ def test_negatives_are_valid(protocol, which):
 def test_same_seed_same_candidates_other_seed_other_candidates():
     corpus = random_corpus(num_users=50, num_items=300, max_length=20, seed=2)
     split = leave_one_out(corpus)
-    a = ev.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
-    b = ev.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
-    c = ev.draw_candidates(corpus, split, "test", "pop100", 20, seed=4)
-    d = ev.draw_candidates(corpus, split, "valid", "pop100", 20, seed=3)
+    a = cand.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
+    b = cand.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
+    c = cand.draw_candidates(corpus, split, "test", "pop100", 20, seed=4)
+    d = cand.draw_candidates(corpus, split, "valid", "pop100", 20, seed=3)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a[:, 1:], c[:, 1:])
     assert not np.array_equal(a[:, 1:], d[:, 1:])
@@ -138,30 +149,29 @@ def test_candidates_saved_once_and_reused(tmp_path, monkeypatch):
     corpus = random_corpus(num_users=40, num_items=200, max_length=20, seed=3)
     split = leave_one_out(corpus)
     args = (corpus, split, "valid", "pop100", 10, 5)
-    first = ev.load_candidates(*args, cache_dir=tmp_path)
-    path = ev.candidates_path(tmp_path, corpus, split, "valid", "pop100", 10, 5)
+    first = cand.load_candidates(*args, cache_dir=tmp_path)
+    path = cand.candidates_path(tmp_path, corpus, split, "valid", "pop100", 10, 5)
     assert path.exists() and path.parent == tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
     assert "toy_standard_valid_pop100_n10_seed5" in path.name
     path.write_bytes(b"not a zip file")  # an unreadable file is drawn again, with the same result
-    np.testing.assert_array_equal(ev.load_candidates(*args, cache_dir=tmp_path), first)
+    np.testing.assert_array_equal(cand.load_candidates(*args, cache_dir=tmp_path), first)
 
     def must_not_draw(*args, **kwargs):
         raise AssertionError("the saved candidates should have been loaded")
 
-    monkeypatch.setattr(ev, "draw_candidates", must_not_draw)
-    np.testing.assert_array_equal(ev.load_candidates(*args, cache_dir=tmp_path), first)
+    monkeypatch.setattr(cand, "draw_candidates", must_not_draw)
+    np.testing.assert_array_equal(cand.load_candidates(*args, cache_dir=tmp_path), first)
     # The Evaluator goes through the same cache.
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=8, mesh=sharding.make_mesh(), num_negatives=10,
-        candidate_seed=5, cache_dir=tmp_path,
-    )  # fmt: skip
+    evaluator = make_evaluator(
+        corpus, split, max_len=8, num_negatives=10, candidate_seed=5, cache_dir=tmp_path
+    )
     np.testing.assert_array_equal(evaluator.candidates("valid", "pop100"), first)
     # Another corpus under the same name gets another file, never the stale candidates.
     other = random_corpus(num_users=40, num_items=200, max_length=20, seed=4)
-    assert ev.candidates_path(tmp_path, other, leave_one_out(other), "valid", "pop100", 10, 5) != (
-        path
-    )
+    assert cand.candidates_path(
+        tmp_path, other, leave_one_out(other), "valid", "pop100", 10, 5
+    ) != (path)
 
 
 def test_sampler_matches_exact_without_replacement_probabilities():
@@ -173,7 +183,7 @@ def test_sampler_matches_exact_without_replacement_probabilities():
         [p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(1, 7) if j != i) for i in range(7)]
     )
     rows = 200_000
-    drawn = ev.sample_without_replacement(
+    drawn = cand.sample_without_replacement(
         weights, np.zeros(rows + 1, np.int64), np.zeros(0, np.int64), 2, np.random.default_rng(0)
     )
     assert (drawn[:, 0] != drawn[:, 1]).all()
@@ -194,7 +204,7 @@ def test_popularity_draws_follow_popularity():
     sequences += [[i, i + 1] for i in range(1, num_items + 1, 2)]  # covers the catalogue
     corpus = make_corpus(sequences)
     split = leave_one_out(corpus)
-    negatives = ev.draw_candidates(corpus, split, "test", "pop100", 1, seed=0)[:, 1]
+    negatives = cand.draw_candidates(corpus, split, "test", "pop100", 1, seed=0)[:, 1]
     w = corpus.popularity.astype(np.float64)
     expected = np.zeros(num_items + 1)
     for user in split.eval_users:
@@ -215,7 +225,7 @@ def test_popularity_draws_follow_popularity():
 def test_sampler_finishes_rows_whose_history_holds_the_weight():
     # Item 1 holds almost all the weight but is forbidden: rejection alone would never finish.
     weights = np.concatenate([[0.0, 1e9], np.ones(19)])  # items 1..20
-    drawn = ev.sample_without_replacement(
+    drawn = cand.sample_without_replacement(
         weights, np.array([0, 1, 2]), np.array([1, 1]), 19, np.random.default_rng(0)
     )
     for row in drawn:
@@ -225,18 +235,18 @@ def test_sampler_finishes_rows_whose_history_holds_the_weight():
 def test_users_with_few_items_left_get_all_of_them_then_padding():
     corpus = make_corpus([list(range(1, 9)), [9, 10, 1]])  # user 0 rated 8 of the 10 items
     split = leave_one_out(corpus)
-    candidates = ev.draw_candidates(corpus, split, "test", "pop100", 4, seed=0)
+    candidates = cand.draw_candidates(corpus, split, "test", "pop100", 4, seed=0)
     assert sorted(candidates[0, 1:]) == [0, 0, 9, 10]
     assert (candidates[0, 3:] == 0).all()  # padding at the end of the row
     assert len(set(candidates[1, 1:])) == 4 and not {9, 10, 1} & set(candidates[1, 1:])
     # Padding never counts: a constant model ranks user 0's target behind its 2 real negatives.
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=4, mesh=sharding.make_mesh(), protocols=("pop100",),
+    popularity, params = ev.popularity_fns(corpus)
+    constant = lambda p, h, item_ids: jnp.zeros((h.shape[0], item_ids.shape[-1]), jnp.float32)
+    evaluator = make_evaluator(
+        corpus, split, ScoringFns(popularity.encode, constant), max_len=4, protocols=("pop100",),
         num_negatives=4, batch_size=8,
     )  # fmt: skip
-    encode_fn, _, params = ev.popularity_fns(corpus)
-    constant = lambda p, h, item_ids: jnp.zeros((h.shape[0], item_ids.shape[-1]), jnp.float32)
-    ranks = evaluator.rank_targets(params, encode_fn, constant, "test", ["pop100"], np.arange(2))
+    ranks = evaluator.rank_targets(params, "test", ["pop100"], np.arange(2))
     np.testing.assert_array_equal(ranks["pop100"], [2, 4])
 
 
@@ -263,15 +273,15 @@ def integer_model(num_items: int, seed: int):
             return h @ emb.T + params["bias"][item_ids]
         return jnp.einsum("bh,bch->bc", h, emb) + params["bias"][item_ids]
 
-    return encode_fn, score_fn, params
+    return ScoringFns(encode_fn, score_fn), params
 
 
-def brute_force_ranks(corpus, split, which, max_len, encode_fn, score_fn, params, exclude):
+def brute_force_ranks(corpus, split, which, max_len, fns, params, exclude):
     """The pessimistic rank of every target over the catalogue, in numpy, one user at a time."""
-    ids, mask_pos = ev.build_inputs(corpus, split, which, max_len)
-    h = np.asarray(encode_fn(params, jnp.asarray(ids), jnp.asarray(mask_pos)))
+    ids, mask_pos = ranking.build_inputs(corpus, split, which, max_len)
+    h = np.asarray(fns.encode(params, jnp.asarray(ids), jnp.asarray(mask_pos)))
     all_items = np.arange(1, corpus.num_items + 1)
-    scores = np.asarray(score_fn(params, jnp.asarray(h), jnp.asarray(all_items)))  # [E, V]
+    scores = np.asarray(fns.score(params, jnp.asarray(h), jnp.asarray(all_items)))  # [E, V]
     ends = split.history_ends(corpus, which)
     ranks = []
     for row, user in enumerate(split.eval_users):
@@ -290,7 +300,7 @@ def brute_force_ranks(corpus, split, which, max_len, encode_fn, score_fn, params
 @pytest.mark.parametrize("exclude, width_cap", [(True, 1024), (True, 0), (False, 1024)])
 def test_full_ranking_equals_brute_force(exclude, width_cap, monkeypatch):
     # width_cap 0: histories padded per batch (as for long histories) instead of to one width.
-    monkeypatch.setattr(ev, "_SINGLE_HISTORY_WIDTH_MAX", width_cap)
+    monkeypatch.setattr(ranking, "_SINGLE_HISTORY_WIDTH_MAX", width_cap)
     # 37 items in chunks of 10 (the last chunk is short), 41 users in batches of 16 on 8 devices,
     # repeated items in histories (the target may also be in its own history).
     corpus = random_corpus(num_users=40, num_items=37, max_length=30, seed=5, repeats=True)
@@ -298,36 +308,34 @@ def test_full_ranking_equals_brute_force(exclude, width_cap, monkeypatch):
     assert len(split.eval_users) % 16 and corpus.num_items % 10
     mesh = sharding.make_mesh()
     assert sharding.data_parallelism(mesh) == 8
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=12, mesh=mesh, protocols=("full",), batch_size=16,
-        item_chunk=10, exclude_history=exclude,
-    )  # fmt: skip
     rows = np.arange(len(split.eval_users))
-    models = {"integer": integer_model(corpus.num_items, seed=6), "popularity": None}
-    models["popularity"] = ev.popularity_fns(corpus)
-    for which in ev.SPLITS:
-        for encode_fn, score_fn, params in models.values():
-            got = evaluator.rank_targets(params, encode_fn, score_fn, which, ["full"], rows)
-            want = brute_force_ranks(corpus, split, which, 12, encode_fn, score_fn, params, exclude)
+    for fns, params in (integer_model(corpus.num_items, seed=6), ev.popularity_fns(corpus)):
+        evaluator = make_evaluator(
+            corpus, split, fns, max_len=12, protocols=("full",), batch_size=16, item_chunk=10,
+            exclude_history=exclude,
+        )  # fmt: skip
+        for which in ev.SPLITS:
+            got = evaluator.rank_targets(params, which, ["full"], rows)
+            want = brute_force_ranks(corpus, split, which, 12, fns, params, exclude)
             np.testing.assert_array_equal(got["full"], want)
 
 
 def test_sampled_ranking_equals_brute_force():
     corpus = random_corpus(num_users=30, num_items=80, max_length=15, seed=8)
     split = leave_one_out(corpus)
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=10, mesh=sharding.make_mesh(), protocols=("pop100", "uniform100"),
-        num_negatives=20, batch_size=8, candidate_seed=3,
+    fns, params = integer_model(corpus.num_items, seed=9)
+    evaluator = make_evaluator(
+        corpus, split, fns, max_len=10, protocols=("pop100", "uniform100"), num_negatives=20,
+        batch_size=8, candidate_seed=3,
     )  # fmt: skip
-    encode_fn, score_fn, params = integer_model(corpus.num_items, seed=9)
     rows = np.arange(len(split.eval_users))
     for protocol in ("pop100", "uniform100"):
         candidates = evaluator.candidates("test", protocol)
         ids, mask_pos = evaluator.inputs("test")
-        h = encode_fn(params, jnp.asarray(ids), jnp.asarray(mask_pos))
-        scores = np.asarray(score_fn(params, h, jnp.asarray(candidates)))  # [E, 21]
+        h = fns.encode(params, jnp.asarray(ids), jnp.asarray(mask_pos))
+        scores = np.asarray(fns.score(params, h, jnp.asarray(candidates)))  # [E, 21]
         want = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)
-        got = evaluator.rank_targets(params, encode_fn, score_fn, "test", [protocol], rows)
+        got = evaluator.rank_targets(params, "test", [protocol], rows)
         np.testing.assert_array_equal(got[protocol], want)
 
 
@@ -347,9 +355,9 @@ def test_oracle_and_constant_models():
     corpus = consecutive_corpus()
     split = leave_one_out(corpus, "standard")
     n = 100
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=6, mesh=sharding.make_mesh(), protocols=ev.PROTOCOLS,
-        num_negatives=n, ks=(1, 5, n, n + 1), batch_size=16, item_chunk=64,
+    settings = dict(
+        max_len=6, protocols=ev.PROTOCOLS, num_negatives=n, ks=(1, 5, n, n + 1), batch_size=16,
+        item_chunk=64,
     )  # fmt: skip
 
     def oracle_encode(params, ids, mask_pos):  # h = the id that follows the last input item
@@ -369,14 +377,23 @@ def test_oracle_and_constant_models():
     def constant_score(params, h, item_ids):
         return jnp.zeros((h.shape[0], item_ids.shape[-1]), jnp.float32)
 
+    oracle_model = make_evaluator(
+        corpus, split, ScoringFns(oracle_encode, oracle_score), **settings
+    )
+    constant_model = make_evaluator(
+        corpus, split, ScoringFns(constant_encode, constant_score), **settings
+    )
+    nan_model = make_evaluator(
+        corpus, split, ScoringFns(oracle_encode, nan_elsewhere_score), **settings
+    )
     for which in ev.SPLITS:
-        oracle = evaluator.evaluate({}, oracle_encode, oracle_score, which)
+        oracle = oracle_model.evaluate({}, which)
         for protocol in ev.PROTOCOLS:
             assert oracle[f"{protocol}/hr@1"] == 1.0
             assert oracle[f"{protocol}/mrr"] == 1.0
         assert oracle["num_users"] == len(split.eval_users)
 
-        constant = evaluator.evaluate({}, constant_encode, constant_score, which)
+        constant = constant_model.evaluate({}, which)
         for protocol in ev.SAMPLED_PROTOCOLS:
             # Every negative ties with the target and ranks above it: rank = n for every user.
             assert constant[f"{protocol}/hr@1"] == 0.0
@@ -391,35 +408,33 @@ def test_oracle_and_constant_models():
         for metric, value in expected.items():
             assert constant[f"full/{metric}"] == pytest.approx(value)
         # NaN candidates never flatter: they count as ranked above the target, like ties.
-        assert evaluator.evaluate({}, oracle_encode, nan_elsewhere_score, which) == constant
+        assert nan_model.evaluate({}, which) == constant
 
 
 def test_num_users_sample_is_fixed_and_nan_is_loud():
     corpus = consecutive_corpus(seed=1)
     split = leave_one_out(corpus)
-    evaluator = ev.Evaluator(
-        corpus, split, max_len=6, mesh=sharding.make_mesh(), protocols=("uniform100",),
-        num_negatives=10, batch_size=8,
-    )  # fmt: skip
+    settings = dict(max_len=6, protocols=("uniform100",), num_negatives=10, batch_size=8)
+    popularity, params = ev.popularity_fns(corpus)
+    evaluator = make_evaluator(corpus, split, popularity, **settings)
     sample = evaluator.user_sample(10)
     assert len(sample) == 10 and len(set(sample)) == 10
     np.testing.assert_array_equal(sample, evaluator.user_sample(10))
-    encode_fn, score_fn, params = ev.popularity_fns(corpus)
-    assert evaluator.evaluate(params, encode_fn, score_fn, "valid", num_users=10)["num_users"] == 10
+    assert evaluator.evaluate(params, "valid", num_users=10)["num_users"] == 10
 
     def nan_score(params, h, item_ids):
         return jnp.full((h.shape[0], item_ids.shape[-1]), jnp.nan, jnp.float32)
 
+    nan_model = make_evaluator(corpus, split, ScoringFns(popularity.encode, nan_score), **settings)
     with pytest.raises(FloatingPointError, match="NaN"):
-        evaluator.evaluate(params, encode_fn, nan_score, "valid")
+        nan_model.evaluate(params, "valid")
 
 
 def test_bad_settings_fail_early():
     corpus = consecutive_corpus()
     split = leave_one_out(corpus)
-    mesh = sharding.make_mesh()
     with pytest.raises(ValueError, match="eval.batch_size"):
-        ev.Evaluator(corpus, split, max_len=6, mesh=mesh, batch_size=12)
+        make_evaluator(corpus, split, max_len=6, batch_size=12)
     with pytest.raises(ValueError, match="eval.protocols"):
-        ev.Evaluator(corpus, split, max_len=6, mesh=mesh, protocols=("pop50",))
+        make_evaluator(corpus, split, max_len=6, protocols=("pop50",))
     assert jax.device_count() == 8

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from bert4rec_jax import checkpointing, optimizer, steps, train_lib
+from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
 from configs import tiny
 
@@ -58,13 +59,15 @@ def test_bad_config_fails_before_compiling_and_names_the_field(tmp_path, field, 
 
 def _init_and_step(config, corpus, mesh, batch):
     """Initial parameters, parameters after one step on `mesh`, and the step's metrics."""
-    model = train_lib.make_model(config, corpus)
+    model = models.BERT4Rec(models.ModelConfig.from_config(config, corpus.vocab_size))
     tx, schedule = optimizer.from_config(config)
-    state = steps.create_train_state(
+    state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
     )
     params0 = jax.device_get(state.params)
-    step = steps.jit_train_step(steps.make_train_step(model, tx, schedule), state, mesh)
+    step = train_step_lib.jit_train_step(
+        train_step_lib.make_train_step(model, tx, schedule), state, mesh
+    )
     state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
     return params0, jax.device_get(state.params), jax.device_get(metrics)
 
@@ -73,7 +76,7 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
     from bert4rec_jax import input_pipeline
 
     config = tiny_config(tmp_path, warmup_steps=0)  # so the first step's learning rate is not 0
-    corpus = train_lib.load_data(config)
+    corpus = experiment.load_data(config)
     split = leave_one_out(corpus, config.split_mode)
     batch = next(
         input_pipeline.train_batches(
@@ -177,7 +180,7 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.5
 
     # Accuracy of always predicting the most popular item on the same kind of batches.
-    corpus = train_lib.load_data(config)
+    corpus = experiment.load_data(config)
     split = leave_one_out(corpus, config.split_mode)
     top = int(np.argmax(corpus.popularity))
     batches = input_pipeline.train_batches(
@@ -207,3 +210,76 @@ def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
     assert model["step"] == results["step"]
     np.testing.assert_allclose(model["pop100/ndcg@10"], results["pop100/ndcg@10"], atol=1e-6)
     assert model["pop100/ndcg@10"] > 2 * popularity["pop100/ndcg@10"]
+
+
+# ---- evaluating a workdir, and early stopping across restarts -------------------------------
+
+
+@pytest.mark.slow
+def test_workdir_trained_on_8_devices_evaluates_on_1_with_any_protocol(tmp_path):
+    # Trained in this process on the 8 test devices; `evaluate` runs on 1 device, whose count
+    # the training batch need not suit, and is asked for full ranking alone.
+    config = tiny_config(tmp_path, batch_size=24)  # 24 is a multiple of 8, not of 16
+    workdir = tmp_path / "work"
+    trained = train_lib.train_and_evaluate(config, str(workdir))
+    printed = run_cli(
+        "bert4rec_jax.evaluate", f"--workdir={workdir}", "--split=test", "--protocol=full"
+    ).stdout
+    assert re.search(r"^full\s+\d\.\d{4}", printed, re.MULTILINE), printed
+    assert "pop100" not in printed
+    run_cli("bert4rec_jax.evaluate", f"--workdir={workdir}", "--protocol=pop100,full")
+    evaluated = json.loads((workdir / "eval_bert4rec_test.json").read_text())
+    recorded = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    assert evaluated["step"] == recorded["step"]
+    for key, value in trained.items():
+        np.testing.assert_allclose(evaluated[key], value, rtol=0, atol=1e-6, err_msg=key)
+
+
+def early_stopping_config(tmp_path):
+    """Validates every 2 steps and stops after 2 validations without gain, well before 60."""
+    return tiny_config(
+        tmp_path,
+        num_train_steps=60,
+        warmup_steps=2,
+        learning_rate=3e-2,  # a rate that soon stops helping, so the stop comes early
+        checkpoint_every_steps=4,
+        **{"eval.every_steps": 2, "eval.early_stopping_patience": 2, "eval.protocols": ("pop100",)},
+    )
+
+
+def validation_scores(workdir, metric="valid/pop100/ndcg@10"):
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [(r["step"], r[metric]) for r in rows if metric in r]
+
+
+@pytest.mark.slow
+def test_early_stopping_survives_a_restart_and_a_stopped_run_stays_stopped(tmp_path):
+    config = early_stopping_config(tmp_path)
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    results = train_lib.train_and_evaluate(config, str(full_dir))
+    scores = validation_scores(full_dir)
+    stopped_at = scores[-1][0]
+    assert stopped_at < config.num_train_steps, "early stopping never triggered"
+
+    # Interrupt the second run right after its first validation without gain (it saves a
+    # checkpoint there): a loop that forgot the count would need two more and stop later.
+    best, interrupt = -1.0, None
+    for step, score in scores:
+        if score <= best:
+            interrupt = step
+            break
+        best = max(best, score)
+    assert interrupt is not None and interrupt < stopped_at
+    assert train_lib.train_and_evaluate(config, str(resumed_dir), stop_at_step=interrupt) == {}
+    resumed = train_lib.train_and_evaluate(config, str(resumed_dir))
+    assert validation_scores(resumed_dir) == scores
+    assert resumed == results
+    assert checkpointing.Checkpointer(resumed_dir, keep=3).latest_step() == stopped_at
+
+    # Rerunning the stopped workdir trains nothing and writes the same test results.
+    before = (full_dir / "metrics.jsonl").read_text()
+    recorded = (full_dir / train_lib.RESULTS_FILE).read_text()
+    (full_dir / train_lib.RESULTS_FILE).unlink()
+    assert train_lib.train_and_evaluate(config, str(full_dir)) == results
+    assert (full_dir / "metrics.jsonl").read_text() == before
+    assert (full_dir / train_lib.RESULTS_FILE).read_text() == recorded

@@ -101,7 +101,7 @@ def make_train_step(
         )
         metrics = dict(
             sums,
-            grad_norm=jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
+            grad_norm=optax.tree.norm(grads),
             # The optimizer's update count equals state.step, so this is the rate just applied.
             learning_rate=schedule(state.step),
             steps=jnp.ones((), jnp.float32),

@@ -1,0 +1,24 @@
+"""Leave-one-out evaluation, in three parts with one job each.
+
+candidates.py  the sampled protocols' negatives: drawing, and a cache on disk
+metrics.py     ranks -> HR@k, NDCG@k, MRR, and the results table
+ranking.py     inputs, the jitted rankers on the mesh, `EvalConfig` and the `Evaluator`
+
+  evaluator = Evaluator(corpus, split, EvalConfig.from_config(config), fns, mesh=mesh)
+  results = evaluator.evaluate(params, "valid")
+"""
+
+from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
+from bert4rec_jax.evaluation.metrics import format_table, ranking_metrics
+from bert4rec_jax.evaluation.ranking import EvalConfig, Evaluator, popularity_fns
+
+__all__ = [
+    "PROTOCOLS",
+    "SAMPLED_PROTOCOLS",
+    "SPLITS",
+    "EvalConfig",
+    "Evaluator",
+    "format_table",
+    "popularity_fns",
+    "ranking_metrics",
+]

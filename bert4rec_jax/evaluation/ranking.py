@@ -1,0 +1,482 @@
+"""Ranking on the mesh: each evaluated user's input, the target's rank among its candidates.
+
+Every evaluated user (see `corpus.leave_one_out`) is scored once per held-out item, `which` =
+"valid" (the second to last item) or "test" (the last):
+
+* Input: the user's history (valid: the training items; test: training + validation items),
+  truncated to its last `max_len - 1` items, then [MASK]; padding 0 after it (the original code pads
+  at the end too). The model's hidden state at the [MASK] position scores the candidates.
+* Candidates (see `candidates.py` for the sampled ones), target in column 0:
+  - "pop100", "uniform100": the target and its sampled negatives.
+  - "full": every item of the catalogue; with `exclude_history` the user's input history (all of
+    it, not only the last max_len - 1 items) is dropped, the target always kept. Padding (0) and
+    [MASK] (V + 1) are never candidates. Scored on device in item chunks, never materialising a
+    users x items matrix larger than one [batch, item_chunk] block.
+* Metrics over the target's 0-based rank, averaged over users (`metrics.ranking_metrics`).
+
+Tie rule (pessimistic): the target's rank is the number of candidates scoring strictly higher than
+the target PLUS the number of OTHER candidates scoring exactly the same. A target tied with a
+negative therefore never ranks above it: a model that gives every item the same score gets
+HR@k = 0 for every k <= the number of negatives, and MRR = 1 / number of candidates.
+
+NaN scores never flatter a model: a NaN target score raises `FloatingPointError`, and a candidate
+scoring NaN counts as ranked above the target.
+
+The model's scoring functions are handed to the `Evaluator` when it is built (`ScoringFns`), so this
+module knows nothing of the model:
+`encode(params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H]` and
+`score(params, h [B, H], item_ids [C] or [B, C] int32) -> scores [B, C]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh
+
+from bert4rec_jax import sharding
+from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
+from bert4rec_jax.evaluation import candidates as candidates_lib
+from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
+from bert4rec_jax.evaluation.metrics import ranking_metrics
+from bert4rec_jax.models import ScoringFns
+
+# Full ranking pads every batch's histories to one width (one compilation) when the longest
+# evaluated history fits in this many items; longer ones (ML-1m, ML-20m) pad per batch to a power
+# of two, to keep the per-chunk exclusion work proportional to the batch's own histories.
+_SINGLE_HISTORY_WIDTH_MAX = 1024
+# A ranker: (params, h [B, H], per-user arrays {name: [B, ...]}) -> (ranks [B] int32, nan [B] bool).
+Ranker = Callable[[Any, jax.Array, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What evaluation reads, taken from the ConfigDict once (`model.max_len` and `eval.*`).
+
+    Attributes:
+      max_len: the model's input length (inputs: the last max_len - 1 items + [MASK]).
+      protocols: any of "pop100", "uniform100", "full".
+      num_negatives: negatives per user of the sampled protocols.
+      ks: cut-offs of HR@k and NDCG@k.
+      batch_size: users per global scoring batch; a multiple of the mesh's data axis.
+      item_chunk: items scored at once in full ranking.
+      exclude_history: full ranking drops the user's input history from the candidates.
+      candidate_seed: seed of the sampled negatives and of the `num_users` subsample.
+      every_steps: validate every this many training steps (and at the last); 0 = never.
+      num_valid_users: users sampled for validation during training; 0 = all.
+      metric: "<protocol>/<metric>" that selects the best checkpoint, e.g. "pop100/ndcg@10".
+      early_stopping_patience: validations without gain before training stops; 0 = never.
+    """
+
+    max_len: int
+    protocols: tuple[str, ...] = ("pop100", "full")
+    num_negatives: int = 100
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    batch_size: int = 512
+    item_chunk: int = 16384
+    exclude_history: bool = True
+    candidate_seed: int = 1234
+    every_steps: int = 0
+    num_valid_users: int = 0
+    metric: str = "pop100/ndcg@10"
+    early_stopping_patience: int = 0
+
+    def __post_init__(self):
+        # Field names are the config's, so a bad command-line override is easy to find.
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"eval.protocols={self.protocols}: each must be one of {PROTOCOLS}")
+        if self.num_negatives < 1 and any(p in SAMPLED_PROTOCOLS for p in self.protocols):
+            raise ValueError(f"eval.num_negatives={self.num_negatives} must be positive")
+        if self.item_chunk < 1:
+            raise ValueError(f"eval.item_chunk={self.item_chunk} must be positive")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"eval.ks={self.ks} must be positive cut-offs")
+        if self.max_len < 2:
+            raise ValueError(f"model.max_len={self.max_len}: need one history item and [MASK]")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size={self.batch_size} must be positive")
+        for name in ("every_steps", "num_valid_users", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
+
+    @classmethod
+    def from_config(cls, config: Any) -> EvalConfig:
+        """Reads `model.max_len` and `eval.*` from an ml_collections.ConfigDict."""
+        e = config.eval
+        return cls(
+            max_len=int(config.model.max_len),
+            protocols=tuple(e.protocols),
+            num_negatives=int(e.num_negatives),
+            ks=tuple(int(k) for k in e.ks),
+            batch_size=int(e.batch_size),
+            item_chunk=int(e.item_chunk),
+            exclude_history=bool(e.exclude_history),
+            candidate_seed=int(e.candidate_seed),
+            every_steps=int(e.every_steps),
+            num_valid_users=int(e.num_valid_users),
+            metric=str(e.metric),
+            early_stopping_patience=int(e.early_stopping_patience),
+        )
+
+    def metric_names(self) -> tuple[str, ...]:
+        """Every "<protocol>/<metric>" key `Evaluator.evaluate` returns."""
+        per_protocol = [f"{m}@{k}" for k in self.ks for m in ("hr", "ndcg")] + ["mrr"]
+        return tuple(f"{p}/{m}" for p in self.protocols for m in per_protocol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def build_inputs(
+    corpus: Corpus, split: Split, which: str, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Builds every evaluated user's model input for one split.
+
+    Args:
+      corpus: the corpus.
+      split: its leave-one-out split.
+      which: "valid" or "test".
+      max_len: positions of the model's input; the history keeps its last `max_len - 1` items.
+
+    Returns:
+      ids: int32 [num_eval, max_len]; history items oldest first, then [MASK], then padding 0.
+      mask_pos: int32 [num_eval]; the column of [MASK] in each row.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len={max_len}: need at least one history item and [MASK]")
+    ends = split.history_ends(corpus, which)  # [E]
+    starts = np.maximum(corpus.offsets[split.eval_users], ends - (max_len - 1))  # [E]
+    lengths = ends - starts  # [E], in 1..max_len - 1
+    cols = np.arange(max_len)  # [N]
+    index = np.minimum(starts[:, None] + cols[None, :], len(corpus.items) - 1)  # [E, N]
+    ids = np.where(cols[None, :] < lengths[:, None], corpus.items[index], PAD_ID).astype(np.int32)
+    ids[np.arange(len(ids)), lengths] = corpus.mask_id
+    return ids, lengths.astype(np.int32)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _padded_rows(
+    items: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_width: int = 8
+) -> np.ndarray:
+    """int32 [R, W]: items[starts[r]:ends[r]] per row, padded with 0 to a power-of-two width W.
+
+    Widths are rounded up to powers of two so that batches of different history lengths reuse a
+    handful of compiled shapes; `min_width` lets a caller fix one width for every batch.
+    """
+    lengths = ends - starts
+    width = max(min_width, _pow2(int(lengths.max(initial=0))))
+    cols = np.arange(width)
+    index = np.minimum(starts[:, None] + cols[None, :], max(len(items) - 1, 0))
+    return np.where(cols[None, :] < lengths[:, None], items[index], PAD_ID).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rankers: one jitted function per protocol, all of the same signature
+# ---------------------------------------------------------------------------------------------
+
+
+def sampled_ranker(score_fn: Callable[..., jax.Array]) -> Ranker:
+    """Ranks the target (column 0 of arrays["candidates"] [B, C]) among its sampled negatives."""
+
+    def ranks(params, h, arrays):
+        candidates = arrays["candidates"]  # [B, C]
+        scores = score_fn(params, h, candidates).astype(jnp.float32)  # [B, C]
+        target = scores[:, :1]  # [B, 1]
+        others = scores[:, 1:]  # [B, C - 1]
+        real = candidates[:, 1:] != PAD_ID  # [B, C - 1]; padding fills rows of short users
+        # Pessimistic ties: every other candidate not scoring below the target ranks above it
+        # (as in full ranking, a NaN candidate counts above the target).
+        rank = jnp.sum(real & ~(others < target), axis=1, dtype=jnp.int32)
+        return rank, jnp.isnan(target[:, 0])
+
+    return ranks
+
+
+def full_ranker(
+    score_fn: Callable[..., jax.Array], num_items: int, item_chunk: int, exclude_history: bool
+) -> Ranker:
+    """Ranks arrays["targets"] [B] among every item, minus arrays["history"] [B, W] if excluded.
+
+    One jitted computation: a fori_loop over item chunks keeps, per user, the count of items
+    scoring >= the target (pessimistic ties), so no [B, num_items] matrix ever exists.
+    """
+    num_chunks = -(-num_items // item_chunk)
+
+    def ranks(params, h, arrays):
+        targets, history = arrays["targets"], arrays["history"]  # [B], [B, W]
+        batch = h.shape[0]
+        target_score = score_fn(params, h, targets[:, None])[:, 0].astype(jnp.float32)  # [B]
+        offsets = jnp.arange(item_chunk, dtype=jnp.int32)  # [chunk]
+
+        def mark(local):  # [W] -> [chunk]; per row, so the batch stays sharded without gathers
+            return jnp.zeros(item_chunk, bool).at[local].set(True, mode="drop")
+
+        def body(c, above):
+            start = 1 + c * item_chunk  # items are 1..num_items
+            item_ids = start + offsets  # [chunk]
+            real = item_ids <= num_items  # the last chunk runs past the catalogue
+            scores = score_fn(params, h, jnp.minimum(item_ids, num_items))  # [B, chunk]
+            scores = scores.astype(jnp.float32)
+            # The target is not its own tie; items past the catalogue do not exist.
+            counted = real[None, :] & (item_ids[None, :] != targets[:, None])  # [B, chunk]
+            if exclude_history:
+                local = history - start  # [B, W]; padding and other chunks' items fall outside
+                local = jnp.where((history != PAD_ID) & (local >= 0), local, item_chunk)
+                seen = jax.vmap(mark)(local)  # [B, chunk]
+                counted &= ~seen
+            # "not below" rather than ">=": a NaN candidate counts above the target, for free (a
+            # separate NaN reduction per chunk costs about a fifth of the ranking time on CPU).
+            above += jnp.sum(counted & ~(scores < target_score[:, None]), axis=1, dtype=jnp.int32)
+            return above
+
+        above = jax.lax.fori_loop(0, num_chunks, body, jnp.zeros(batch, jnp.int32))
+        return above, jnp.isnan(target_score)
+
+    return ranks
+
+
+class Evaluator:
+    """Scores the evaluated users of one corpus with one model's scoring functions.
+
+    Built once per (corpus, split, config, scoring functions): inputs and candidates are built
+    once per held-out item and reused, and each protocol's ranker is jitted once, here.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        split: Split,
+        config: EvalConfig,
+        fns: ScoringFns,
+        *,
+        mesh: Mesh,
+        cache_dir: epath.PathLike | None = None,
+    ):
+        """Checks the settings against the mesh and jits the encoder and the rankers.
+
+        Args:
+          corpus: the corpus.
+          split: its leave-one-out split.
+          config: the evaluation settings.
+          fns: the model's encode and score functions.
+          mesh: batches are split over its data axis, parameters replicated.
+          cache_dir: where sampled candidates are saved and reused; None = never saved.
+        """
+        sharding.check_batch_size("eval.batch_size", config.batch_size, mesh)
+        self.corpus = corpus
+        self.split = split
+        self.config = config
+        self.mesh = mesh
+        self.cache_dir = cache_dir
+        self._item_chunk = min(config.item_chunk, corpus.num_items)
+        self._inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._candidates: dict[tuple[str, str], np.ndarray] = {}
+        replicated = sharding.replicated(mesh)
+        data = sharding.data_sharded(mesh)
+        # Batches are split over 'data' (inputs arrive as global arrays sharded that way),
+        # parameters replicated. The hidden states stay sharded on device for the rankers; the
+        # small rank vectors come back replicated so that every process can read them.
+        self._encode = jax.jit(
+            fns.encode, in_shardings=(replicated, data, data), out_shardings=data
+        )
+        self._rankers = {}
+        for protocol in config.protocols:
+            if protocol == "full":
+                ranker = full_ranker(
+                    fns.score, corpus.num_items, self._item_chunk, config.exclude_history
+                )
+            else:
+                ranker = sampled_ranker(fns.score)
+            self._rankers[protocol] = jax.jit(
+                ranker, in_shardings=(replicated, data, data), out_shardings=replicated
+            )
+
+    def inputs(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32 [num_eval, max_len], mask_pos int32 [num_eval]) of one held-out item."""
+        if which not in self._inputs:
+            self._inputs[which] = build_inputs(self.corpus, self.split, which, self.config.max_len)
+        return self._inputs[which]
+
+    def candidates(self, which: str, protocol: str) -> np.ndarray:
+        """int32 [num_eval, 1 + num_negatives] of a sampled protocol, target first; cached."""
+        key = (which, protocol)
+        if key not in self._candidates:
+            self._candidates[key] = candidates_lib.load_candidates(
+                self.corpus,
+                self.split,
+                which,
+                protocol,
+                self.config.num_negatives,
+                self.config.candidate_seed,
+                self.cache_dir,
+            )
+        return self._candidates[key]
+
+    def user_sample(self, num_users: int) -> np.ndarray:
+        """int64 [n]: sorted rows of split.eval_users; the same seeded sample on every call."""
+        total = len(self.split.eval_users)
+        if num_users <= 0 or num_users >= total:
+            return np.arange(total)
+        rng = np.random.default_rng(self.config.candidate_seed)
+        return np.sort(rng.choice(total, size=num_users, replace=False))
+
+    def _batches(self, rows: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Splits `rows` into global batches padded to batch_size: (padded rows, real count)."""
+        out = []
+        size = self.config.batch_size
+        for begin in range(0, len(rows), size):
+            chunk = rows[begin : begin + size]
+            pad = size - len(chunk)
+            # Dummy rows repeat the first real row; their results are dropped.
+            out.append((np.concatenate([chunk, np.full(pad, chunk[0], chunk.dtype)]), len(chunk)))
+        return out
+
+    def _put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Global arrays from a full global batch: each process contributes its own rows."""
+        count = jax.process_count()
+        index = jax.process_index()
+        local = {}
+        for name, array in arrays.items():
+            per_process = len(array) // count
+            local[name] = array[index * per_process : (index + 1) * per_process]
+        return sharding.global_batch(self.mesh, local)
+
+    def _ranker_inputs(self, which: str, protocol: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-user arrays a protocol's ranker reads, for some rows of split.eval_users."""
+        if protocol != "full":
+            return {"candidates": self.candidates(which, protocol)[rows]}
+        targets = self.split.targets(which)[rows].astype(np.int32)
+        if not self.config.exclude_history:
+            return {"targets": targets, "history": np.zeros((len(rows), 1), np.int32)}
+        starts = self.corpus.offsets[self.split.eval_users]
+        ends = self.split.history_ends(self.corpus, which)
+        return {
+            "targets": targets,
+            "history": _padded_rows(
+                self.corpus.items, starts[rows], ends[rows], self._history_width(which)
+            ),
+        }
+
+    def _history_width(self, which: str) -> int:
+        """One padded history width for every batch when the longest history allows it."""
+        starts = self.corpus.offsets[self.split.eval_users]
+        longest = _pow2(int((self.split.history_ends(self.corpus, which) - starts).max(initial=1)))
+        return longest if longest <= _SINGLE_HISTORY_WIDTH_MAX else 8
+
+    def rank_targets(
+        self, params: Any, which: str, protocols: Sequence[str], rows: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The targets' 0-based pessimistic ranks for some rows of split.eval_users.
+
+        Each user is encoded once; every protocol then scores the same hidden states.
+
+        Args:
+          params: the parameters, replicated over the mesh.
+          which: "valid" or "test".
+          protocols: some of the protocols the evaluator was built for.
+          rows: int [R], rows of split.eval_users.
+
+        Returns:
+          {protocol: int64 [R] ranks}.
+
+        Raises:
+          FloatingPointError: when the model scores NaN for a target (NaN candidates count as
+            ranked above the target).
+        """
+        unknown = [p for p in protocols if p not in self._rankers]
+        if unknown:
+            raise ValueError(
+                f"protocols {unknown} are not among eval.protocols={self.config.protocols}"
+            )
+        ids, mask_pos = self.inputs(which)
+        batches = self._batches(rows)
+        # Dispatch is asynchronous: the host prepares the next batch while the device computes.
+        hidden = [
+            self._encode(params, *self._put({"ids": ids[r], "mask_pos": mask_pos[r]}).values())
+            for r, _ in batches
+        ]  # [B, H] per batch, sharded over 'data'
+        out = {}
+        for protocol in protocols:
+            pending = [
+                (
+                    self._rankers[protocol](
+                        params, h, self._put(self._ranker_inputs(which, protocol, r))
+                    ),
+                    real,
+                )
+                for (r, real), h in zip(batches, hidden, strict=True)
+            ]
+            ranks = [np.asarray(rank)[:real] for (rank, _), real in pending]
+            nans = np.concatenate([np.asarray(nan)[:real] for (_, nan), real in pending] or [[]])
+            if nans.any():
+                raise FloatingPointError(
+                    f"the model scored NaN for the target of {int(nans.sum())} of {len(rows)} "
+                    f"users ({protocol}, {which})"
+                )
+            out[protocol] = np.concatenate(ranks or [np.zeros(0)]).astype(np.int64)
+        return out
+
+    def evaluate(self, params: Any, which: str = "valid", num_users: int = 0) -> dict[str, float]:
+        """Evaluates the parameters on one held-out item under every protocol.
+
+        Args:
+          params: the parameters the scoring functions take.
+          which: "valid" or "test".
+          num_users: 0 = every evaluated user; else a fixed seeded sample of that many.
+
+        Returns:
+          {"<protocol>/hr@k", "<protocol>/ndcg@k", "<protocol>/mrr": mean over users, ...,
+           "num_users": users evaluated}.
+        """
+        if which not in SPLITS:
+            raise ValueError(f"which must be one of {SPLITS}, got {which!r}")
+        rows = self.user_sample(num_users)
+        params = jax.device_put(params, sharding.replicated(self.mesh))
+        ranks = self.rank_targets(params, which, self.config.protocols, rows)
+        results: dict[str, float] = {}
+        for protocol in self.config.protocols:
+            for name, value in ranking_metrics(ranks[protocol], self.config.ks).items():
+                results[f"{protocol}/{name}"] = value
+        results["num_users"] = float(len(rows))
+        return results
+
+
+def popularity_fns(corpus: Corpus) -> tuple[ScoringFns, dict[str, jax.Array]]:
+    """A trivial baseline that scores every item by its popularity, whoever the user is.
+
+    The counts are `corpus.popularity` (over the full sequences, held-out items included, as the
+    original's negative sampler), so this baseline peeks slightly at the targets: it is a floor that
+    a trained model should clear, not a fair competitor.
+
+    Args:
+      corpus: the corpus.
+
+    Returns:
+      (scoring functions, their params) for an `Evaluator`.
+    """
+    counts = np.zeros(corpus.vocab_size, np.float32)  # [V + 2]; padding and [MASK] score 0
+    counts[: corpus.num_items + 1] = corpus.popularity
+    params = {"popularity": jnp.asarray(counts)}
+
+    def encode(params, ids, mask_pos):
+        del params, mask_pos
+        return jnp.zeros((ids.shape[0], 1), jnp.float32)  # [B, 1]; only the batch size matters
+
+    def score(params, h, item_ids):
+        scores = params["popularity"][item_ids]  # [C] or [B, C]
+        return jnp.broadcast_to(scores, (h.shape[0], scores.shape[-1]))
+
+    return ScoringFns(encode, score), params
