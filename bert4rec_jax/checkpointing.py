@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
 import jax
@@ -21,9 +22,29 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
 BEST_METRIC_KEY = "selection_score"
+# Checkpoints that could not be restored are moved here (never deleted) when an older one can.
+UNUSABLE_DIRNAME = "unusable_checkpoints"
+# Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
+# that agrees on all of them ("dataset", "synthetic" and "file" fix the item vocabulary).
+SHAPE_FIELDS = (
+    "dataset",
+    "synthetic",
+    "file",
+    "model.max_len",
+    "model.hidden_size",
+    "model.num_layers",
+    "model.num_heads",
+    "model.intermediate_size",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A workdir's checkpoints cannot be used: none is readable, or they belong to another
+    model. Nothing in the workdir was changed."""
 
 
 @dataclasses.dataclass
@@ -73,6 +94,39 @@ def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(data)
 
 
+def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
+    """Refuses a config whose parameters could not be those of the workdir's checkpoints.
+
+    Compares `SHAPE_FIELDS` with the config saved in the workdir, before anything is written.
+
+    Raises:
+      CheckpointError: naming each field that differs, with both values.
+    """
+    workdir = epath.Path(workdir)
+    if not (workdir / CONFIG_FILE).exists() or not (workdir / "checkpoints").exists():
+        return
+    saved = load_config(workdir)
+    differences = []
+    for field in SHAPE_FIELDS:
+        before, now = _field(saved, field), _field(config, field)
+        if before != now:
+            differences.append(f"{field}={now!r} (the checkpoints have {before!r})")
+    if differences:
+        raise CheckpointError(
+            f"{workdir} holds checkpoints of another model: {'; '.join(differences)}. Use another "
+            f"--workdir, or set these fields back. Nothing was changed."
+        )
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if key not in node:
+            return None
+        node = node[key]
+    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
     # Both managers save at the same step (validation and checkpoint steps coincide); on several
     # processes Orbax's barriers are named by step, so they would collide without a prefix.
@@ -83,18 +137,22 @@ class Checkpointer:
     """The two checkpoint managers of a workdir. Every process must call every method."""
 
     def __init__(self, workdir: epath.PathLike, *, keep: int, use_async: bool = True):
-        workdir = absolute(workdir)
+        self._workdir = absolute(workdir)
         self._latest = ocp.CheckpointManager(
-            workdir / "checkpoints",
+            self._workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=use_async,
                 create=True,
                 multiprocessing_options=_barrier_prefix("latest"),
             ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "loop": ocp.JsonCheckpointHandler(),
+            },
         )
         self._best = ocp.CheckpointManager(
-            workdir / "best",
+            self._workdir / "best",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1,
                 best_fn=lambda metrics: metrics[BEST_METRIC_KEY],
@@ -121,22 +179,67 @@ class Checkpointer:
         )
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, LoopState] | None:
-        """The latest saved state, laid out like `abstract_state`, and the loop's state.
+        """The newest usable saved state, laid out like `abstract_state`, and the loop's state.
+
+        A checkpoint that cannot be read (truncated, partial, corrupted) is skipped with a warning
+        naming it, and the one before it is tried. When an older one restores, the unreadable
+        newer ones are moved to `<workdir>/unusable_checkpoints/` (kept, not deleted), so that
+        training can save those steps again.
 
         Returns:
           (state, loop state), or None when there is no checkpoint.
+
+        Raises:
+          CheckpointError: no checkpoint is usable (nothing is moved), or one holds parameters of
+            other shapes than `abstract_state` (another model or vocabulary).
         """
-        step = self._latest.latest_step()
-        if step is None:
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        if not steps:
             return None
-        logging.info("Resuming from checkpoint at step %d in %s", step, self._latest.directory)
-        restored = self._latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
-            ),
+        unusable = []
+        for step in steps:
+            where = self._latest.directory / str(step)
+            try:
+                # Shapes first: a checkpoint of another model is an error, not a damaged file.
+                saved = self._latest.item_metadata(step)["state"]
+                _check_shapes(where, getattr(saved, "tree", saved), abstract_state)
+                restored = self._latest.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
+                    ),
+                )
+                loop = LoopState(**restored["loop"])
+            except CheckpointError:
+                raise
+            except Exception as e:  # any unreadable checkpoint: try the one before it
+                logging.warning(
+                    "Skipping unusable checkpoint %s (%s: %s)", where, type(e).__name__, e
+                )
+                unusable.append((step, f"{where}: {type(e).__name__}: {e}"))
+                continue
+            if unusable:
+                self._set_aside([s for s, _ in unusable])
+            logging.info("Resuming from checkpoint at step %d in %s", step, self._latest.directory)
+            return restored["state"], loop
+        raise CheckpointError(
+            f"no usable checkpoint in {self._latest.directory}; nothing was changed. Each one "
+            f"failed: " + "; ".join(why for _, why in unusable) + ". Move the directory away to "
+            "start afresh."
         )
-        return restored["state"], LoopState(**restored["loop"])
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable checkpoints out of the manager's directory (process 0 does it)."""
+        target = self._workdir / UNUSABLE_DIRNAME
+        if jax.process_index() == 0:
+            target.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                destination = target / f"{step}-{uuid.uuid4().hex[:8]}"
+                (self._latest.directory / str(step)).rename(destination)
+                logging.warning("Moved unusable checkpoint of step %d to %s", step, destination)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("bert4rec_jax: unusable checkpoints set aside")
+        self._latest.reload()
 
     def save_best(self, step: int, params: Any, score: float) -> None:
         """Offers parameters scored `score` on validation; Orbax keeps the best one."""
@@ -163,6 +266,27 @@ class Checkpointer:
         self._best.wait_until_finished()
         self._latest.close()
         self._best.close()
+
+
+def _check_shapes(where: epath.Path, saved: Any, abstract_state: Any) -> None:
+    """Raises CheckpointError naming the first array whose saved shape differs from the model's."""
+    saved_leaves = {_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        name = "/".join(_names(path))
+        have = saved_leaves.get(_names(path))
+        if have is None:
+            continue  # a missing array is a damaged checkpoint; restoring it reports that
+        if tuple(have.shape) != tuple(leaf.shape):
+            raise CheckpointError(
+                f"{where} holds {name} of shape {tuple(have.shape)}, but this config builds "
+                f"{tuple(leaf.shape)}: the checkpoints belong to another model or vocabulary "
+                f"(see {', '.join(SHAPE_FIELDS)}). Nothing was changed."
+            )
+
+
+def _names(path: tuple) -> tuple[str, ...]:
+    """A tree path as names, alike for a dataclass's attributes and a saved dict's keys."""
+    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
 
 
 def absolute(path: epath.PathLike) -> epath.Path:

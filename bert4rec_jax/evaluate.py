@@ -15,7 +15,9 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's workdir (holds config.json, checkpoints).")
-flags.DEFINE_enum("split", "test", ["test", "valid"], "Which held-out item to rank.")
+flags.DEFINE_enum(
+    "split", "test", ["test", "valid"], "Which held-out item to rank (`which` in the code)."
+)
 flags.DEFINE_list("protocol", ["pop100"], "Comma-separated: pop100, uniform100, full.")
 flags.DEFINE_enum("model", "bert4rec", ["bert4rec", "popularity"], "What scores the items.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which saved parameters to use.")

@@ -19,7 +19,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bert4rec_jax import checkpointing, evaluation, experiment, input_pipeline, optimizer
+from bert4rec_jax import (
+    checkpointing,
+    evaluation,
+    experiment,
+    input_pipeline,
+    optimizer,
+    preemption,
+)
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.checkpointing import LoopState
@@ -154,6 +161,7 @@ def train_and_evaluate(
     input_config = input_pipeline.InputConfig.from_config(config)
     workdir = checkpointing.absolute(workdir)
 
+    checkpointing.check_compatible(workdir, config)
     exp = experiment.Experiment.from_config(config)
     logging.info("%s", exp.describe())
     checkpointing.save_config(workdir, config)
@@ -199,22 +207,30 @@ def train_and_evaluate(
             )
             progress = _Progress(total, config.batch_size, last_step=start)
             sums = None  # metric sums since the last log line, on device
-            for step in range(start + 1, last + 1):
-                state, metrics = train_step(state, sharding_lib.global_batch(mesh, next(batches)))
-                sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-                if is_time(step, config.log_every_steps, total):
-                    _log_train_metrics(writer, step, total, jax.device_get(sums), progress)
-                    sums = None
-                if validates(config) and is_time(step, config.eval.every_steps, total):
-                    loop = validate(evaluator, state.params, step, loop, ckpt, writer)
-                if loop.stopped_early or is_time(step, config.checkpoint_every_steps, last):
-                    if sums is not None:  # never save parameters a non-finite loss produced
-                        _check_finite(jax.device_get(sums), step)
-                    ckpt.save(step, state, loop)
-                if loop.stopped_early:
-                    break
+            with preemption.StopRequests() as stop:
+                for step in range(start + 1, last + 1):
+                    batch = sharding_lib.global_batch(mesh, next(batches))
+                    state, metrics = train_step(state, batch)
+                    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+                    if is_time(step, config.log_every_steps, total):
+                        _log_train_metrics(writer, step, total, jax.device_get(sums), progress)
+                        sums = None
+                    if validates(config) and is_time(step, config.eval.every_steps, total):
+                        loop = validate(evaluator, state.params, step, loop, ckpt, writer)
+                    stopping = loop.stopped_early or stop.requested(step)
+                    if stopping or is_time(step, config.checkpoint_every_steps, last):
+                        if sums is not None:  # never save parameters a non-finite loss produced
+                            _check_finite(jax.device_get(sums), step)
+                        ckpt.save(step, state, loop)
+                    if stopping:
+                        break
             if int(state.step) < total and not loop.stopped_early:
-                logging.info("Stopping at step %d as asked (stop_at_step)", int(state.step))
+                why = f"on {stop.signal_name}" if stop.signal_name else "as asked (stop_at_step)"
+                logging.info(
+                    "Stopping at step %d %s; checkpoint saved, rerun the same command to resume",
+                    int(state.step),
+                    why,
+                )
                 return {}
         # The best validated parameters (or the last ones when nothing was validated) go to
         # the test split, laid out like the training parameters.

@@ -9,26 +9,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
-from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(tmp_path, **overrides):
-    config = tiny.get_config()
-    config.data_dir = str(tmp_path / "data")
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 @pytest.mark.parametrize(

@@ -143,24 +143,24 @@ class Split:
     def train_sequence(self, corpus: Corpus, user: int) -> np.ndarray:
         return corpus.items[corpus.offsets[user] : self.train_ends[user]]
 
-    def history_ends(self, corpus: Corpus, split: str) -> np.ndarray:
+    def history_ends(self, corpus: Corpus, which: str) -> np.ndarray:
         """int64 [num_eval]: where each evaluated user's input history ends in `corpus.items`.
 
         Validation inputs use the training items only; test inputs use training + validation.
         """
         ends = corpus.offsets[self.eval_users + 1]
-        if split == "valid":
+        if which == "valid":
             return ends - 2
-        if split == "test":
+        if which == "test":
             return ends - 1
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
 
-    def targets(self, split: str) -> np.ndarray:
-        if split == "valid":
+    def targets(self, which: str) -> np.ndarray:
+        if which == "valid":
             return self.valid_targets
-        if split == "test":
+        if which == "test":
             return self.test_targets
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
 
 
 def leave_one_out(corpus: Corpus, mode: str = "standard") -> Split:
