@@ -12,8 +12,11 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from bert4rec_jax import checkpointing, train_lib
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -85,6 +85,7 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
     assert max(moved) > 1e-4
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path):
     config = tiny_config(tmp_path)
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
@@ -159,6 +160,7 @@ def ml100k_run(tmp_path_factory, shared_data):
     return config, workdir, results
 
 
+@pytest.mark.slow
 def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     from bert4rec_jax import input_pipeline
 
@@ -183,6 +185,7 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     assert train[-1]["train/accuracy"] > 2 * popular_accuracy
 
 
+@pytest.mark.slow
 def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
     _, workdir, results = ml100k_run
     printed = run_cli(
