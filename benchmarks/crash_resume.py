@@ -222,20 +222,10 @@ def run_once(
 def read_state(workdir: pathlib.Path, step: int) -> Any:
     """The whole train state of one complete checkpoint, as numpy arrays."""
     import jax
-    import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(
-        workdir / "checkpoints", options=options, item_handlers=ocp.StandardCheckpointHandler()
-    ) as mgr:
-        metadata = mgr.item_metadata(step)
-        # The saved shardings name the saving process's device; restore onto ours.
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            getattr(metadata, "tree", metadata),
-        )
-        return jax.device_get(mgr.restore(step, args=ocp.args.StandardRestore(target)))
+    from bert4rec_jax import checkpointing
+
+    return jax.device_get(checkpointing.restore_train_state(workdir, step)[0])
 
 
 def same_bits(a: Any, b: Any) -> bool:

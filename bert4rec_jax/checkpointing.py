@@ -29,17 +29,17 @@ BEST_METRIC_KEY = "selection_score"
 # Checkpoints that could not be restored are moved here (never deleted) when an older one can.
 UNUSABLE_DIRNAME = "unusable_checkpoints"
 # Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
-# that agrees on all of them ("dataset", "synthetic" and "file" fix the item vocabulary).
+# that agrees on all of them. The data set's own group of fields (`synthetic.*` or `file.*`, see
+# DATASET_FIELDS) counts too: with "dataset" it fixes the item vocabulary.
 SHAPE_FIELDS = (
     "dataset",
-    "synthetic",
-    "file",
     "model.max_len",
     "model.hidden_size",
     "model.num_layers",
     "model.num_heads",
     "model.intermediate_size",
 )
+DATASET_FIELDS = {"synthetic": "synthetic", "file": "file"}
 
 
 class CheckpointError(RuntimeError):
@@ -107,10 +107,14 @@ def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict)
         return
     saved = load_config(workdir)
     differences = []
-    for field in SHAPE_FIELDS:
-        before, now = _field(saved, field), _field(config, field)
-        if before != now:
-            differences.append(f"{field}={now!r} (the checkpoints have {before!r})")
+    own = DATASET_FIELDS.get(config.dataset)
+    for field in SHAPE_FIELDS + ((own,) if own else ()):
+        before, now = _leaves(field, _field(saved, field)), _leaves(field, _field(config, field))
+        for name in sorted(before.keys() | now.keys()):
+            if before.get(name) != now.get(name):
+                differences.append(
+                    f"{name}={now.get(name)!r} (the checkpoints have {before.get(name)!r})"
+                )
     if differences:
         raise CheckpointError(
             f"{workdir} holds checkpoints of another model: {'; '.join(differences)}. Use another "
@@ -125,6 +129,16 @@ def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
             return None
         node = node[key]
     return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
+def _leaves(name: str, value: Any) -> dict[str, Any]:
+    """{dotted name: value} of a field, a group of fields (dict) flattened to its leaves."""
+    if not isinstance(value, dict):
+        return {name: value}
+    out = {}
+    for key, inner in value.items():
+        out.update(_leaves(f"{name}.{key}", inner))
+    return out
 
 
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
@@ -170,6 +184,9 @@ class Checkpointer:
         """Saves a train state and the loop's state (asynchronously); a saved step is skipped."""
         if step in self._latest.all_steps():
             return
+        # A checkpoint must never outlive the best parameters its loop state points at: a run
+        # killed between the two asynchronous saves would otherwise resume without them.
+        self._best.wait_until_finished()
         self._latest.save(
             step,
             args=ocp.args.Composite(
@@ -280,7 +297,7 @@ def _check_shapes(where: epath.Path, saved: Any, abstract_state: Any) -> None:
             raise CheckpointError(
                 f"{where} holds {name} of shape {tuple(have.shape)}, but this config builds "
                 f"{tuple(leaf.shape)}: the checkpoints belong to another model or vocabulary "
-                f"(see {', '.join(SHAPE_FIELDS)}). Nothing was changed."
+                f"(see {', '.join(SHAPE_FIELDS)} and the data set's fields). Nothing was changed."
             )
 
 
@@ -316,14 +333,35 @@ def restore_params(workdir: epath.PathLike, which: str = "best") -> tuple[Any, i
         params, step = _restore_on_one_device(workdir / "best", best=True)
         if params is not None:
             return params, step
-    state, step = _restore_on_one_device(workdir / "checkpoints", best=False)
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    state, step = restore_train_state(workdir)
     return state["params"], step
 
 
-def _restore_on_one_device(directory: epath.Path, *, best: bool) -> tuple[Any, int | None]:
-    """The best parameters, or the latest train state, on one device; (None, None) if none."""
+def restore_train_state(workdir: epath.PathLike, step: int | None = None) -> tuple[Any, int]:
+    """A saved train state (a dict: step, params, opt_state, rng) on this process's first device.
+
+    Args:
+      workdir: the run's workdir.
+      step: which checkpoint; None = the latest.
+
+    Returns:
+      (the state, its step).
+
+    Raises:
+      FileNotFoundError: when there is no such checkpoint.
+    """
+    directory = absolute(workdir) / "checkpoints"
+    state, found = _restore_on_one_device(directory, best=False, step=step)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}")
+    return state, found
+
+
+def _restore_on_one_device(
+    directory: epath.Path, *, best: bool, step: int | None = None
+) -> tuple[Any, int | None]:
+    """The best parameters, or a train state (default the latest), on one device; (None, None)
+    if there is none."""
     if not directory.exists():
         return None, None
     options = ocp.CheckpointManagerOptions(
@@ -337,8 +375,9 @@ def _restore_on_one_device(directory: epath.Path, *, best: bool) -> tuple[Any, i
         ocp.StandardCheckpointHandler() if best else {"state": ocp.StandardCheckpointHandler()}
     )
     with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as mgr:
-        step = mgr.best_step() if best else mgr.latest_step()
         if step is None:
+            step = mgr.best_step() if best else mgr.latest_step()
+        if step is None or step not in mgr.all_steps():
             return None, None
         # The saved shardings name the training mesh's devices; without a target of our own,
         # Orbax refuses to restore on another topology.

@@ -21,7 +21,15 @@ METRICS_FILE = "metrics.jsonl"
 class MetricWriter:
     """Writes scalar metrics by step to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard`."""
 
-    def __init__(self, workdir: epath.PathLike):
+    def __init__(self, workdir: epath.PathLike, *, start_step: int = 0):
+        """Opens the writers.
+
+        Args:
+          workdir: the run's workdir.
+          start_step: the step the run resumes from. Rows of later steps already in
+            metrics.jsonl were written after the checkpoint the run resumes from (by a run that
+            was then killed): they are dropped, so that each step is logged once.
+        """
         self._active = jax.process_index() == 0
         self._tb = None
         self._jsonl = None
@@ -31,9 +39,12 @@ class MetricWriter:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / METRICS_FILE
         # Cloud storage has no append: a resumed run rewrites what the file held, then goes on.
-        previous = path.read_text() if path.exists() else ""
+        previous = path.read_text().splitlines(keepends=True) if path.exists() else []
+        kept = [
+            line for line in previous if line.strip() and json.loads(line)["step"] <= start_step
+        ]
         self._jsonl = path.open("w")  # closed in close()
-        self._jsonl.write(previous)
+        self._jsonl.writelines(kept)
         try:
             # TensorFlow is already a dependency of the input pipeline; tf.summary writes the
             # event files TensorBoard reads.

@@ -179,7 +179,7 @@ def train_and_evaluate(
     # A preempted run stops where asked; otherwise the end is the last step.
     last = total if stop_at_step is None else min(total, max(stop_at_step, start))
     evaluator = exp.evaluator(mesh)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, start_step=start)
     try:
         if loop.stopped_early or start >= total:
             why = "stopped early" if loop.stopped_early else "reached its last step"
