@@ -92,6 +92,7 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
             data_dir=config.data_dir,
             manual_dir=config.manual_dir,
             synthetic=config.synthetic.to_dict(),
+            file=config.get("file"),
         )
 
     if jax.process_count() == 1:
