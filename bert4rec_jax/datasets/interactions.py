@@ -39,6 +39,7 @@ blank lines included; a quoted value that spans lines shifts the count) or the r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -395,7 +396,11 @@ _TIMESTAMP_KINDS = (
 
 
 def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _Locate):
-    """A timestamp column as int64 (integers, or nanoseconds for times) or float64 [rows]."""
+    """A timestamp column as a sortable int64 or float64 array [rows].
+
+    Integers and floats as they are, times and dates as counts of their own unit, ISO-8601
+    strings as nanoseconds: only the order within the column matters.
+    """
     kind = column.type
     if column.null_count:
         row = _first_index(pc.is_null(column).to_numpy(zero_copy_only=False))
@@ -408,8 +413,10 @@ def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _L
             raise _fail(locate, name, _first_index(np.isnan(values)), column_name, "NaN timestamp")
         return values
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        target = pa.timestamp("ns", getattr(kind, "tz", None))
-        return pc.cast(column, target).cast(pa.int64()).to_numpy()
+        # Counts of the column's own unit (days for date32): only the order within one column
+        # matters, and no unit conversion can overflow.
+        as_int = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+        return pc.cast(column, as_int).to_numpy().astype(np.int64, copy=False)
     if not _is_text(kind):
         raise readers.DataFormatError(
             name,
@@ -463,12 +470,15 @@ def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _L
 # ---- Formats ----------------------------------------------------------------------------------
 
 
-def _local_or_open(path: epath.Path):
-    """A local path as a string (pyarrow's own, fastest reader) or an open file object."""
+@contextlib.contextmanager
+def _opened(path: epath.Path):
+    """A local path as a string (pyarrow's own, fastest reader), else an open file object."""
     text = os.fspath(path)
     if "://" not in text and os.path.exists(text):
-        return text
-    return path.open("rb")
+        yield text
+        return
+    with path.open("rb") as f:
+        yield f
 
 
 def _read_paper(path: epath.Path, name: str) -> _Columns:
@@ -499,10 +509,11 @@ def _read_parquet(path: epath.Path, name: str, options: FileOptions) -> _Columns
                 f"no column {missing[0]!r} ({_field_of(options, missing[0])}); the file's "
                 f"columns are: {', '.join(schema.names)}",
             )
-        source = _local_or_open(path)
-        parquet = pq.ParquetFile(source, read_dictionary=string_columns)
-        group_rows = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
-        table = parquet.read(columns=options.wanted_columns, use_threads=True)
+        with _opened(path) as source:
+            parquet = pq.ParquetFile(source, read_dictionary=string_columns)
+            metadata = parquet.metadata
+            group_rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+            table = parquet.read(columns=options.wanted_columns, use_threads=True)
     except pa.ArrowException as e:
         raise readers.DataFormatError(name, None, f"cannot read as Parquet ({e})") from e
     if table.num_rows == 0:
@@ -561,12 +572,13 @@ def _read_csv(path: epath.Path, name: str, options: FileOptions) -> _Columns:
         return _physical_line(path, row + 1 + has_header), ""
 
     def read() -> pa.Table:
-        return pacsv.read_csv(
-            _local_or_open(path),
-            read_options=read_options,
-            parse_options=parse_options,
-            convert_options=convert_options,
-        )
+        with _opened(path) as source:
+            return pacsv.read_csv(
+                source,
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
 
     try:
         try:
@@ -642,14 +654,15 @@ def _csv_error_with_line(
         column_names=read_options.column_names,
     )
     try:
-        reader = pacsv.open_csv(
-            _local_or_open(path),
-            read_options=serial,
-            parse_options=parse_options,
-            convert_options=convert_options,
-        )
-        for _ in reader:
-            pass
+        with _opened(path) as source:
+            reader = pacsv.open_csv(
+                source,
+                read_options=serial,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+            for _ in reader:
+                pass
     except pa.ArrowInvalid as e:
         error = e
     message = str(error)

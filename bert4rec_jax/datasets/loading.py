@@ -164,19 +164,22 @@ def _cache_path(dataset: str, spec: _Spec, data_dir: str) -> epath.Path:
 
 def _write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
     """Writes the corpus under a temporary name in the same directory, then renames it."""
+    # Serialised in memory first: np.savez seeks in its output, which object stores' file
+    # objects do not allow; the corpus is small next to what preparing it took.
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.int64(CACHE_FORMAT),
+        name=np.str_(corpus.name),
+        offsets=corpus.offsets,
+        items=corpus.items,
+        raw_item_ids=corpus.raw_item_ids,
+        raw_user_ids=corpus.raw_user_ids,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        with tmp.open("wb") as f:
-            np.savez(
-                f,
-                format=np.int64(CACHE_FORMAT),
-                name=np.str_(corpus.name),
-                offsets=corpus.offsets,
-                items=corpus.items,
-                raw_item_ids=corpus.raw_item_ids,
-                raw_user_ids=corpus.raw_user_ids,
-            )
+        tmp.write_bytes(buffer.getvalue())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -288,7 +291,7 @@ def _prepare_with_tfds(
                 "Preparing TFDS data set %s in %s (%s)",
                 builder.info.full_name,
                 root,
-                f"offline, from {manual_dir}" if manual_dir else "downloading if needed",
+                _source_description(spec, manual_dir),
             )
             config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
             try:
@@ -310,6 +313,15 @@ def _prepare_with_tfds(
     return corpus_lib.corpus_from_sequences(
         dataset, raw_user_ids, sequences.offsets, sequences.raw_items, item_vocab=item_vocab
     )
+
+
+def _source_description(spec: _Spec, manual_dir: str) -> str:
+    options = getattr(spec.config, "options", None)
+    if isinstance(options, interactions.FileOptions):
+        return f"from {options.path}"
+    if manual_dir:
+        return f"offline, from {manual_dir}"
+    return "downloading if needed"
 
 
 def load_corpus(

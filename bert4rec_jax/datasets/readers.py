@@ -72,13 +72,14 @@ class SourceUnavailableError(ConnectionError):
 
     Attributes:
       url: the address that failed.
-      filename: the file the data set needs, as it would be named in a manual directory.
+      needed_file: the file the data set needs, as it would be named in a manual directory.
     """
 
-    def __init__(self, url: str, filename: str, reason: str, advice: str):
-        self.url = url
-        self.filename = filename
+    def __init__(self, url: str, needed_file: str, reason: str, advice: str):
         super().__init__(f"cannot download {url} ({reason}). {advice}")
+        # Not `filename`: OSError would then print itself as "[Errno None] None: <filename>".
+        self.url = url
+        self.needed_file = needed_file
 
 
 class ChecksumError(OSError):
