@@ -108,7 +108,9 @@ def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> epath.Path 
         return None
 
 
-def manual_config(config: tfds.core.BuilderConfig, source: epath.PathLike):
+def manual_config(
+    config: tfds.core.BuilderConfig, source: epath.PathLike
+) -> tfds.core.BuilderConfig:
     """The config under which a manual copy is prepared: `<name>-manual-<content key>`.
 
     TFDS reuses a prepared config whatever its source; naming the config after the manual copy's
@@ -143,6 +145,11 @@ def check_reachable(url: str, filename: str, advice: str) -> None:
     retries, before it starts, tells the same thing at once. Servers that refuse HEAD (405, 501)
     are left to the real download.
 
+    Args:
+      url: the source about to be downloaded.
+      filename: the file the data set needs (kept on the error).
+      advice: the error's second sentence: how to work offline (`offline_advice`).
+
     Raises:
       readers.SourceUnavailableError: the server cannot be reached or answers with an error.
     """
@@ -169,6 +176,9 @@ def offline_advice(dataset: str, filename: str, url: str, env: str, alternative:
       url: where to get it.
       env: the environment variable that sets a mirror.
       alternative: another form the manual directory may hold, e.g. the extracted zip.
+
+    Returns:
+      The advice, a few sentences.
     """
     alternative = f" (or {alternative})" if alternative else ""
     return (
