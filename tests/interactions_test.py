@@ -214,12 +214,18 @@ def test_large_file_in_many_blocks_with_mixed_timestamp_blocks(tmp_path, monkeyp
             None,
             "no user left after filtering: no user has at least 4 interactions",
         ),
+        (
+            "user,item,time\nbob,tt1,5\nbob,tt\udcff2,6\n",
+            {},
+            3,
+            "column 'item': id is not valid UTF-8",
+        ),
         ("", {}, None, "file is empty"),
         ("\ufeffuser,item,time\n\n", {}, None, "file is empty"),
     ],
 )
 def test_csv_errors_name_file_line_and_column(tmp_path, text, fields, line, problem):
-    path = _write(tmp_path, "bad.csv", text)
+    path = _write(tmp_path, "bad.csv", text.encode("utf-8", "surrogateescape"))
     options = {**COLUMNS, "min_user_interactions": 1, **fields}
     with pytest.raises(readers.DataFormatError) as info:
         _read(path, **options)
@@ -285,6 +291,12 @@ def test_parquet_errors_name_row_group_and_column(tmp_path):
     negative = _parquet(tmp_path, table.set_column(0, "user_id", pa.array([1, 1, -2, 2, 3])))
     with pytest.raises(readers.DataFormatError, match=r"row group 1, row 0 .*negative id -2"):
         _read(str(negative), min_user_interactions=1)
+    floats = _parquet(tmp_path, table.set_column(0, "user_id", pa.array([1.0, 1, 2, 2, 3])))
+    with pytest.raises(
+        readers.DataFormatError,
+        match=r"column 'user_id' has type double; ids must be integers or strings",
+    ):
+        _read(str(floats), min_user_interactions=1)
     with pytest.raises(readers.DataFormatError, match=r"cannot read as Parquet"):
         _read(_write(tmp_path, "not.parquet", "user_id,item_id\n1,2\n"))
 
