@@ -415,12 +415,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 def prepare_data(data_dir: pathlib.Path) -> None:
     """Prepares the tiny config's corpus once, so that no two processes prepare it at once and
     every start reads the cache."""
-    from bert4rec_jax import train_lib
+    from bert4rec_jax import experiment
     from configs import tiny
 
     config = tiny.get_config()
     config.data_dir = str(data_dir)
-    train_lib.load_data(config)
+    experiment.load_data(config)
 
 
 if __name__ == "__main__":

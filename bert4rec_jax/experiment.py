@@ -59,6 +59,8 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
             data_dir=config.data_dir,
             manual_dir=config.manual_dir,
             synthetic=config.synthetic.to_dict(),
+            # .get: the config.json of a run older than `file.*` has no such group.
+            file=config.get("file"),
         )
 
     if jax.process_count() == 1:

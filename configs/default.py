@@ -13,8 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # ---- Data -------------------------------------------------------------------------------
-    # One of: synthetic, beauty, steam, ml-1m, ml-20m (the paper's preprocessed files), or
-    # ml-100k-raw, ml-1m-raw, ml-20m-raw (MovieLens from raw ratings, our preprocessing).
+    # One of: synthetic, beauty, steam, ml-1m, ml-20m (the paper's preprocessed files),
+    # ml-100k-raw, ml-1m-raw, ml-20m-raw (MovieLens from raw ratings, our preprocessing), or
+    # file (your own interaction file, see c.file below).
     c.dataset = "synthetic"
     # Where TFDS caches prepared data sets and we cache prepared corpora; "" = TFDS's default
     # (~/tensorflow_datasets or $TFDS_DATA_DIR).
@@ -30,6 +31,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.synthetic.num_users = 2000  # users
     c.synthetic.num_items = 500  # items in the catalogue
     c.synthetic.seed = 0  # the generator's seed; the same seed gives the same data set
+    # Only for dataset=file: your own interactions, one row per interaction (user, item, and
+    # optionally a timestamp; other columns are ignored). Each user's items are ordered by
+    # timestamp (ties keep file order), or by file order without one. Filters run in this order:
+    # drop_repeats, then min_item_interactions, then min_user_interactions.
+    c.file = ml_collections.ConfigDict()
+    c.file.path = ""  # the file: local or gs://...; edits are noticed (content is hashed)
+    c.file.format = ""  # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension
+    c.file.columns = ""  # headerless CSV/TSV: names of its columns, "user_id,item_id,rating,ts"
+    c.file.delimiter = ""  # CSV/TSV separator, one character ("\t" = tab); "" = , or tab
+    c.file.user_column = "user_id"  # integer or string ids
+    c.file.item_column = "item_id"  # integer or string ids
+    c.file.timestamp_column = ""  # integers, floats or ISO-8601 strings; "" = file order
+    c.file.min_user_interactions = 5  # users with fewer interactions are dropped (the paper's)
+    c.file.min_item_interactions = 0  # items with fewer interactions are dropped; 0 = off
+    c.file.drop_repeats = False  # drop an item that repeats the user's previous one
 
     # ---- Model ------------------------------------------------------------------------------
     c.model = ml_collections.ConfigDict()

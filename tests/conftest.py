@@ -11,7 +11,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 # ../shared/data beside the checkout: the paper's Beauty file and MovieLens 100K (never committed).
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+# BERT4REC_SHARED_DATA overrides it, e.g. for a git worktree that does not sit beside shared/.
+SHARED_DATA = pathlib.Path(
+    os.environ.get("BERT4REC_SHARED_DATA")
+    or pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 
 @pytest.fixture(scope="session")

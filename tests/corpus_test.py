@@ -137,3 +137,23 @@ def test_item_remap_keeps_raw_order_and_mapping(raw_max):
     np.testing.assert_array_equal(corpus.raw_item_ids[1:], np.unique(raw))
     np.testing.assert_array_equal(corpus.raw_item_ids[corpus.items], raw)
     assert corpus.items.min() == 1 and corpus.items.max() == corpus.num_items
+
+
+def test_string_raw_ids_through_a_vocabulary():
+    # Indices into a sorted vocabulary; the unused "b" gets no dense id.
+    vocab = np.array(["a", "b", "c", "tt0114709"])
+    corpus = corpus_lib.corpus_from_sequences(
+        "s",
+        np.array(["u1", "u2"]),
+        np.array([0, 2, 5]),
+        np.array([3, 0, 2, 2, 0]),
+        item_vocab=vocab,
+    )
+    assert corpus.raw_item_ids.tolist() == ["", "a", "c", "tt0114709"]
+    assert corpus.raw_user_ids.tolist() == ["u1", "u2"]
+    assert corpus.items.tolist() == [3, 1, 2, 2, 1]
+    assert corpus_lib.padding_raw_id(corpus.raw_item_ids) == ""
+    ints = corpus_lib.corpus_from_sequences("i", np.array([1]), np.array([0, 2]), np.array([9, 4]))
+    assert ints.raw_item_ids.tolist() == [-1, 4, 9] and ints.raw_item_ids.dtype == np.int64
+    with pytest.raises(ValueError, match="raw ids must be integers or strings, got an array of"):
+        corpus_lib.raw_id_array(np.array([1.5, 2.5]))

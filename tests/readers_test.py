@@ -49,9 +49,12 @@ def test_blocks_are_stitched_at_line_boundaries(tmp_path, monkeypatch):
     bad = _write(tmp_path, "bad.txt", text + "41 1 2\n")
     with pytest.raises(readers.DataFormatError, match=r"bad\.txt:201: expected 2 columns, found 3"):
         readers.read_paper_file(bad)
-    blank_first = _write(tmp_path, "blank.txt", "\n" * 20 + text)
-    with pytest.raises(readers.DataFormatError, match=r"blank\.txt:1: empty line"):
+    # Blank lines are skipped, also when they straddle blocks, and line numbers stay physical.
+    blank_first = _write(tmp_path, "blank.txt", "\n" * 20 + text + "\n  \n" + "41 1 2\n")
+    with pytest.raises(readers.DataFormatError, match=r"blank\.txt:223: expected 2 columns"):
         readers.read_paper_file(blank_first)
+    blank_lines = _write(tmp_path, "blanks_inside.txt", "\n" * 20 + text.replace("\n", "\n\n"))
+    assert readers.read_paper_file(blank_lines).raw_items.tolist() == items.tolist()
     blank_only = _write(tmp_path, "blanks.txt", "\n  \n" * 20)
     with pytest.raises(readers.DataFormatError, match=r"blanks\.txt: file is empty"):
         readers.read_paper_file(blank_only)
@@ -62,7 +65,8 @@ def test_blocks_are_stitched_at_line_boundaries(tmp_path, monkeypatch):
     [
         ("1 2\n1 3\n1 4 5\n", 3, "expected 2 columns, found 3"),
         ("1 2\n1\n", 2, "expected 2 columns, found 1"),
-        ("1 2\n\n1 3\n", 2, "empty line"),
+        ("1 2\n\n1 3 4\n", 3, "expected 2 columns, found 3"),
+        ("\ufeff1 2\n1 \ufeff3\n", 2, "non-integer value (unexpected byte 0xef)"),
         ("1 2\n1 x3\n", 2, "non-integer value (unexpected character 'x')"),
         ("1 2\n1 3.5\n", 2, "non-integer value (unexpected character '.')"),
         ("1 2\n1 -3\n", 2, "non-integer value (unexpected character '-')"),
@@ -78,6 +82,21 @@ def test_paper_file_errors_name_file_line_and_problem(tmp_path, content, line, p
     assert str(path) in str(err) and f"broken.txt:{line}:" in str(err)
     assert problem in str(err)
     assert (err.line, err.path) == (line, str(path))
+
+
+def test_byte_order_mark_and_blank_lines_are_tolerated(tmp_path):
+    # Editors and spreadsheet exports add a UTF-8 BOM and blank (or whitespace-only) lines.
+    text = "\ufeff7 30\n\n7 10\r\n   \n\t\n7 20\n\n\n2 5\n2 6\n\n"
+    seqs = readers.read_paper_file(_write(tmp_path, "bom.txt", text))
+    assert _as_lists(seqs) == {2: [5, 6], 7: [30, 10, 20]}
+    # A BOM-only or blank-only file is still empty.
+    with pytest.raises(readers.DataFormatError, match=r"bom_only\.txt: file is empty"):
+        readers.read_paper_file(_write(tmp_path, "bom_only.txt", "\ufeff\n \n"))
+    # MovieLens 20M's CSV: the header is the first non-blank line, after a BOM.
+    rows = [(u, i, f"{r}.5", t) for u, i, r, t in RATINGS]
+    body = _ratings(rows, ",").replace("\n", "\n\n", 3)
+    _write(tmp_path, "ml-20m/ratings.csv", "\ufeff\n" + HEADER + body)
+    assert _as_lists(readers.read_movielens_ratings(tmp_path, "20m")) == EXPECTED
 
 
 def test_non_contiguous_user_names_both_runs(tmp_path):

@@ -6,7 +6,8 @@
 `load_corpus`, `corpus_cache_path`, `data_root` and `DATASETS` are imported lazily (PEP 562) so that
 `from bert4rec_jax.datasets import corpus` stays light and does not pull in TensorFlow. Importing
 `bert4rec_jax.datasets.loading` registers the TFDS builders `bert4rec_paper`,
-`movielens_sequences` and `synthetic_sequences` with `tfds.builder` / `tfds.load`.
+`movielens_sequences`, `synthetic_sequences` and `custom_interactions` (your own file,
+`load_corpus("file", file={"path": ...})`) with `tfds.builder` / `tfds.load`.
 """
 
 from typing import Any

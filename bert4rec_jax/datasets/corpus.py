@@ -3,7 +3,8 @@
 A `Corpus` holds every user's chronological item sequence as two flat numpy arrays (CSR style:
 `offsets` + `items`), never as Python dicts of lists, so that a 20M-interaction data set costs a few
 hundred MB and every operation on it is vectorised. Item ids are dense: 0 is padding, 1..V are items
-and V + 1 is [MASK]. The raw ids of the source travel with it so that exports can speak raw ids.
+and V + 1 is [MASK]. The raw ids of the source travel with it so that exports can speak raw ids;
+they are integers (int64) or strings (a numpy unicode array), whatever the source used.
 
 The leave-one-out split (`leave_one_out`) is derived from the corpus, not stored beside it:
 for a user with n >= 3 interactions the last item is the test target and the second to last the
@@ -33,9 +34,10 @@ class Corpus:
       name: the data set's name, e.g. "beauty".
       offsets: int64 [num_users + 1]; user u's items are `items[offsets[u]:offsets[u + 1]]`.
       items: int32 [num_interactions]; dense item ids in 1..num_items, oldest first.
-      raw_item_ids: int64 [num_items + 1]; `raw_item_ids[i]` is the source's id of item i
-        (`raw_item_ids[0] = -1` stands for padding). Sorted, so dense ids keep the raw order.
-      raw_user_ids: int64 [num_users]; the source's id of each user.
+      raw_item_ids: [num_items + 1], int64 or unicode (`<U`); `raw_item_ids[i]` is the source's
+        id of item i. Entry 0 stands for padding: -1 for integer ids, "" for string ids (neither
+        is a valid raw id). Sorted from 1 on, so dense ids keep the raw order.
+      raw_user_ids: [num_users], int64 or unicode; the source's id of each user.
     """
 
     name: str
@@ -80,16 +82,52 @@ class Corpus:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
 
+def padding_raw_id(raw_ids: np.ndarray) -> int | str:
+    """The raw id that stands for padding in an array of raw ids: -1, or "" for strings."""
+    return "" if raw_ids.dtype.kind == "U" else -1
+
+
+def raw_id_array(raw_ids) -> np.ndarray:
+    """Raw ids as the corpus keeps them: int64 for integers, numpy unicode for strings.
+
+    Args:
+      raw_ids: integers, or strings (a unicode or object array of str).
+
+    Returns:
+      int64 [n] or `<U` [n].
+
+    Raises:
+      ValueError: for any other kind of id (floats, bytes, mixed objects).
+    """
+    raw_ids = np.asarray(raw_ids)
+    if raw_ids.dtype.kind in "iu":
+        return raw_ids.astype(np.int64)
+    if raw_ids.dtype.kind == "U":
+        return raw_ids
+    if raw_ids.dtype.kind == "O" and all(isinstance(v, str) for v in raw_ids.tolist()):
+        return raw_ids.astype(str) if raw_ids.size else np.zeros(0, dtype="<U1")
+    raise ValueError(f"raw ids must be integers or strings, got an array of {raw_ids.dtype}")
+
+
 def corpus_from_sequences(
-    name: str, raw_user_ids: np.ndarray, offsets: np.ndarray, raw_items: np.ndarray
+    name: str,
+    raw_user_ids: np.ndarray,
+    offsets: np.ndarray,
+    raw_items: np.ndarray,
+    *,
+    item_vocab: np.ndarray | None = None,
 ) -> Corpus:
     """Builds a corpus from per-user sequences of raw item ids, remapping items to 1..V.
 
     Args:
       name: the data set's name.
-      raw_user_ids: int64 [num_users].
+      raw_user_ids: [num_users], integers or strings.
       offsets: int64 [num_users + 1], CSR offsets into `raw_items`.
-      raw_items: int64 [num_interactions], raw item ids, each user's oldest first.
+      raw_items: [num_interactions], each user's oldest first: raw item ids (integers), or,
+        when `item_vocab` is given, indices into it.
+      item_vocab: [vocab], sorted unique raw item ids (integers or strings) that `raw_items`
+        indexes; the way to pass string ids without repeating each string at every interaction.
+        Items of the vocabulary that no sequence uses get no dense id.
 
     Returns:
       The corpus; dense item ids follow the sorted raw ids.
@@ -110,12 +148,18 @@ def corpus_from_sequences(
     else:
         raw_item_ids, inverse = np.unique(raw_items, return_inverse=True)
         items = inverse + 1
+    if item_vocab is not None:
+        # The vocabulary is sorted, so indices in ascending order are raw ids in ascending order.
+        raw_item_ids = raw_id_array(item_vocab)[raw_item_ids]
+    raw_item_ids = raw_id_array(raw_item_ids)
     return Corpus(
         name=name,
         offsets=np.asarray(offsets, dtype=np.int64),
         items=items.astype(np.int32),
-        raw_item_ids=np.concatenate([[-1], raw_item_ids]).astype(np.int64),
-        raw_user_ids=np.asarray(raw_user_ids, dtype=np.int64),
+        raw_item_ids=np.concatenate(
+            [np.array([padding_raw_id(raw_item_ids)], dtype=raw_item_ids.dtype), raw_item_ids]
+        ),
+        raw_user_ids=raw_id_array(raw_user_ids),
     )
 
 

@@ -1,28 +1,38 @@
 """`load_corpus`: a data set's name in, a `Corpus` out, prepared once and cached.
 
-The first load of a data set runs its TFDS builder (`download_and_prepare`: download or read the
-manual copy, parse, write TFDS records under `<data_dir>/<builder>/<config>/<version>`), reads the
-records back into flat numpy arrays and builds the `Corpus` (`corpus_from_sequences`). The corpus is
-then cached as one `.npz` (dense item ids plus the raw-id mappings) at `corpus_cache_path(...)`,
-i.e. `<data_dir>/bert4rec_corpus/<dataset>/<builder>-<config>-<version>-c<format>.npz`; later
-loads read only that file. A cache hit is logged ("Corpus cache hit ...") and can be checked
-beforehand with `corpus_cache_path(...).exists()`. Delete the file to rebuild the corpus (e.g.
-after replacing a manual copy).
+Every data set, your own file included, takes one path. The first load runs its TFDS builder
+(`download_and_prepare`: download, or read the manual copy or your file, parse, write TFDS records
+under `<data_dir>/<builder>/<config>/<version>`), reads the records back into flat numpy arrays
+and builds the `Corpus` (`corpus_from_sequences`). The corpus is then cached as one `.npz` (dense
+item ids plus the raw-id mappings) at `corpus_cache_path(...)`, i.e.
+`<data_dir>/bert4rec_corpus/<dataset>/<builder>-<config>-<version>-c<format>.npz`; later loads
+read only that file. A cache hit is logged ("Corpus cache hit ...") and can be checked beforehand
+with `corpus_cache_path(...).exists()`.
+
+What a source file holds is part of the key: a manual copy is prepared under the config
+`<name>-manual-<key>` and your own file under `<stem>-<key>`, where the key hashes the file's
+whole content (`readers.content_fingerprint`; plus the reading options for your own file). A
+replaced or edited file is therefore noticed and prepared anew, on every host that sees the same
+bytes; the price is one read of the file per load (~0.7 s per 500 MB), also on a cache hit.
+Downloads are verified by checksum, so they keep the plain config name.
+
+Paths (`data_dir`, `manual_dir`, `file.path`) go through `etils.epath`, so they may be `gs://...`
+(TFDS and Orbax use the same library). The cache's temporary-name-then-rename is atomic only on a
+local file system; on object stores the rename is a copy, still never visible half-written under
+the final name.
 
 Failures leave nothing half-written: the cache file is written under a temporary name and renamed
-into place (`os.replace`, atomic on one file system); TFDS prepares into an `.incomplete` directory
-that it renames only on success; downloads go to a private directory under
-`<data_dir>/downloads/` that is removed afterwards; and directories this call created are
-removed again when it fails.
+into place; TFDS prepares into an `.incomplete` directory that it renames only on success;
+downloads go to a private directory under `<data_dir>/downloads/` that is removed afterwards; and
+directories this call created are removed again when it fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
-import pathlib
-import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -32,9 +42,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import movielens, paper, readers, synthetic
+from bert4rec_jax.datasets import custom, interactions, movielens, paper, readers, synthetic
 
 DATASETS = (
     "synthetic",
@@ -45,9 +56,11 @@ DATASETS = (
     "ml-100k-raw",
     "ml-1m-raw",
     "ml-20m-raw",
+    "file",
 )
 # Bump when the cached arrays change meaning; old cache files are then ignored.
-CACHE_FORMAT = 1
+# 2: raw ids may be strings (unicode arrays, padding ""); manual copies keyed by content.
+CACHE_FORMAT = 2
 _CACHE_DIRNAME = "bert4rec_corpus"
 # Users per batch when reading TFDS records back; large batches keep the per-batch cost low.
 _READ_BATCH = 8192
@@ -58,14 +71,20 @@ class _Spec:
     """Which TFDS builder and config make a data set."""
 
     builder_cls: type[tfds.core.GeneratorBasedBuilder]
-    config: str | tfds.core.BuilderConfig
+    config: tfds.core.BuilderConfig
 
     @property
     def config_name(self) -> str:
-        return self.config if isinstance(self.config, str) else self.config.name
+        return self.config.name
 
 
-def _spec(dataset: str, synthetic_params: Mapping[str, Any] | None) -> _Spec:
+def _spec(
+    dataset: str,
+    synthetic_params: Mapping[str, Any] | None,
+    manual_dir: str = "",
+    file: Mapping[str, Any] | None = None,
+) -> _Spec:
+    """The builder and config of a data set; hashes the source file where there is one."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid names are: {', '.join(DATASETS)}")
     if dataset == "synthetic":
@@ -81,59 +100,95 @@ def _spec(dataset: str, synthetic_params: Mapping[str, Any] | None) -> _Spec:
             seed=int(params.get("seed", 0)),
         )
         return _Spec(synthetic.SyntheticSequences, config)
+    if dataset == "file":
+        options = interactions.FileOptions.from_mapping(file or {})
+        if not epath.Path(options.path).is_file():
+            raise readers.DataFormatError(options.path, None, "file not found (file.path)")
+        return _Spec(custom.CustomInteractions, custom.file_config(options))
     if dataset.endswith("-raw"):
-        return _Spec(movielens.MovielensSequences, dataset.removeprefix("ml-").removesuffix("-raw"))
-    return _Spec(paper.Bert4recPaper, dataset)
+        builder_cls = movielens.MovielensSequences
+        name = dataset.removeprefix("ml-").removesuffix("-raw")
+    else:
+        builder_cls, name = paper.Bert4recPaper, dataset
+    config = builder_cls.builder_configs[name]
+    if manual_dir:
+        _check_manual_dir(manual_dir, dataset)
+        config = paper.manual_config(config, builder_cls.manual_source(config, manual_dir))
+    return _Spec(builder_cls, config)
 
 
-def data_root(data_dir: str = "") -> pathlib.Path:
+def _check_manual_dir(manual_dir: str, dataset: str) -> None:
+    manual = epath.Path(manual_dir)
+    if not manual.is_dir() or not any(manual.iterdir()):
+        raise FileNotFoundError(
+            f"manual_dir {manual_dir!r} does not exist or is empty; it should hold the "
+            f"source files of {dataset!r}"
+        )
+
+
+def data_root(data_dir: str = "") -> epath.Path:
     """`data_dir`, else TFDS's default data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    return pathlib.Path(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
+    return epath.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
 
 
 def corpus_cache_path(
-    dataset: str, *, data_dir: str = "", synthetic: Mapping[str, Any] | None = None
-) -> pathlib.Path:
+    dataset: str,
+    *,
+    data_dir: str = "",
+    manual_dir: str = "",
+    synthetic: Mapping[str, Any] | None = None,
+    file: Mapping[str, Any] | None = None,
+) -> epath.Path:
     """Where `load_corpus` caches a data set's corpus (the file may not exist yet).
+
+    With a manual copy or your own file, this reads the file to hash its content.
 
     Args:
       dataset: one of `DATASETS`.
       data_dir: as for `load_corpus`.
+      manual_dir: as for `load_corpus`.
       synthetic: as for `load_corpus`.
+      file: as for `load_corpus`.
 
     Returns:
       The path of the cache file.
     """
-    spec = _spec(dataset, synthetic)
+    return _cache_path(dataset, _spec(dataset, synthetic, manual_dir, file), data_dir)
+
+
+def _cache_path(dataset: str, spec: _Spec, data_dir: str) -> epath.Path:
     version = spec.builder_cls.VERSION
     name = f"{spec.builder_cls.name}-{spec.config_name}-{version}-c{CACHE_FORMAT}.npz"
     return data_root(data_dir) / _CACHE_DIRNAME / dataset / name
 
 
-def _write_cache(path: pathlib.Path, corpus: corpus_lib.Corpus) -> None:
-    """Writes the corpus atomically: a temporary file in the same directory, then a rename."""
+def _write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
+    """Writes the corpus under a temporary name in the same directory, then renames it."""
+    # Serialised in memory first: np.savez seeks in its output, which object stores' file
+    # objects do not allow; the corpus is small next to what preparing it took.
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.int64(CACHE_FORMAT),
+        name=np.str_(corpus.name),
+        offsets=corpus.offsets,
+        items=corpus.items,
+        raw_item_ids=corpus.raw_item_ids,
+        raw_user_ids=corpus.raw_user_ids,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                format=np.int64(CACHE_FORMAT),
-                name=np.str_(corpus.name),
-                offsets=corpus.offsets,
-                items=corpus.items,
-                raw_item_ids=corpus.raw_item_ids,
-                raw_user_ids=corpus.raw_user_ids,
-            )
-        os.replace(tmp, path)
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _read_cache(path: pathlib.Path) -> corpus_lib.Corpus | None:
+def _read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
     """Reads a cached corpus, or returns None (with a warning) if the file is unusable."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             if int(z["format"]) != CACHE_FORMAT:
                 raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
             result = corpus_lib.Corpus(
@@ -197,7 +252,7 @@ def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
 
 
 @contextlib.contextmanager
-def _remove_new_dirs_on_failure(paths: list[pathlib.Path]):
+def _remove_new_dirs_on_failure(paths: list[epath.Path]):
     """On an exception, removes those of `paths` that this call created, if they are empty.
 
     TFDS writes a `.config/metadata.json` into a builder's directory before it prepares; when
@@ -208,17 +263,18 @@ def _remove_new_dirs_on_failure(paths: list[pathlib.Path]):
         yield
     except BaseException:
         for p in sorted(new, key=lambda p: len(p.parts), reverse=True):
-            shutil.rmtree(p / ".config", ignore_errors=True)
-            with contextlib.suppress(OSError):
-                p.rmdir()  # only succeeds when empty
+            (p / ".config").rmtree(missing_ok=True)
+            # Only succeeds when empty (epath raises ValueError for a non-empty directory).
+            with contextlib.suppress(OSError, ValueError):
+                p.rmdir()
         raise
 
 
 def _prepare_with_tfds(
-    dataset: str, spec: _Spec, root: pathlib.Path, manual_dir: str
+    dataset: str, spec: _Spec, root: epath.Path, manual_dir: str
 ) -> corpus_lib.Corpus:
-    """Runs the TFDS builder (download or manual copy -> records) and builds the corpus."""
-    builder = spec.builder_cls(config=spec.config, data_dir=str(root))
+    """Runs the TFDS builder (download, manual copy or file -> records) and builds the corpus."""
+    builder = spec.builder_cls(config=spec.config, data_dir=os.fspath(root))
     download_dir = root / "downloads" / f"bert4rec-{uuid.uuid4().hex}"
     created = [
         root,
@@ -235,13 +291,13 @@ def _prepare_with_tfds(
                 "Preparing TFDS data set %s in %s (%s)",
                 builder.info.full_name,
                 root,
-                f"offline, from {manual_dir}" if manual_dir else "downloading",
+                _source_description(spec, manual_dir),
             )
             config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
             try:
                 builder.download_and_prepare(download_dir=download_dir, download_config=config)
             finally:
-                shutil.rmtree(download_dir, ignore_errors=True)
+                download_dir.rmtree(missing_ok=True)
             logging.info(
                 "Prepared %s: %d users in %.1f s",
                 builder.info.full_name,
@@ -249,9 +305,23 @@ def _prepare_with_tfds(
                 time.perf_counter() - start,
             )
         sequences = sequences_from_tfds(builder)
+    raw_user_ids, item_vocab = sequences.raw_user_ids, None
+    if isinstance(builder.info.metadata, custom.RawIds):
+        # The records hold indices into the vocabularies of raw ids (see custom.py).
+        raw_user_ids = builder.info.metadata["user_ids"][raw_user_ids]
+        item_vocab = builder.info.metadata["item_ids"]
     return corpus_lib.corpus_from_sequences(
-        dataset, sequences.raw_user_ids, sequences.offsets, sequences.raw_items
+        dataset, raw_user_ids, sequences.offsets, sequences.raw_items, item_vocab=item_vocab
     )
+
+
+def _source_description(spec: _Spec, manual_dir: str) -> str:
+    options = getattr(spec.config, "options", None)
+    if isinstance(options, interactions.FileOptions):
+        return f"from {options.path}"
+    if manual_dir:
+        return f"offline, from {manual_dir}"
+    return "downloading if needed"
 
 
 def load_corpus(
@@ -260,31 +330,40 @@ def load_corpus(
     data_dir: str = "",
     manual_dir: str = "",
     synthetic: Mapping[str, Any] | None = None,
+    file: Mapping[str, Any] | None = None,
 ) -> corpus_lib.Corpus:
     """Loads a data set as a `Corpus`, preparing it through TFDS on first use and caching it.
 
     Args:
       dataset: one of `DATASETS`: "synthetic"; the paper's files "beauty", "steam", "ml-1m",
-        "ml-20m"; MovieLens from raw ratings "ml-100k-raw", "ml-1m-raw", "ml-20m-raw".
+        "ml-20m"; MovieLens from raw ratings "ml-100k-raw", "ml-1m-raw", "ml-20m-raw"; "file",
+        your own interaction file.
       data_dir: where TFDS keeps prepared data and this function its corpus cache; "" = TFDS's
-        default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+        default ($TFDS_DATA_DIR or ~/tensorflow_datasets). May be `gs://...`.
       manual_dir: the offline path: a directory holding the source (e.g. `beauty.txt`, or
         `ml-100k/u.data` or `ml-100k.zip`); nothing is downloaded when it is set.
-        "" = download, with checksum verification.
+        "" = download, with checksum verification. Ignored by "synthetic" and "file".
       synthetic: for "synthetic" only: `num_users`, `num_items`, `seed` (defaults 2000, 500, 0).
+      file: for "file" only: `config.file`, the fields of `interactions.FileOptions` (`path`,
+        `format`, `columns`, `delimiter`, `user_column`, `item_column`, `timestamp_column`,
+        `min_user_interactions`, `min_item_interactions`, `drop_repeats`).
 
     Returns:
-      The corpus; users in ascending raw-id order, items remapped to 1..V by raw id.
+      The corpus; users in ascending raw-id order, items remapped to 1..V by raw id. Raw ids
+      are int64, or unicode strings where your file's ids are strings.
 
     Raises:
-      ValueError: an unknown data set, or one with no evaluable user.
+      ValueError: an unknown data set or `file.*` field, or a data set with no evaluable user.
       FileNotFoundError: `manual_dir` set but missing or empty.
       readers.DataFormatError: a missing, empty or malformed source file.
       readers.ChecksumError: a download that is not the expected file.
+      readers.SourceUnavailableError: a download whose server cannot be reached (offline).
     """
-    spec = _spec(dataset, synthetic)
+    if dataset in ("synthetic", "file"):
+        manual_dir = ""
+    spec = _spec(dataset, synthetic, manual_dir, file)
     root = data_root(data_dir)
-    cache = corpus_cache_path(dataset, data_dir=data_dir, synthetic=synthetic)
+    cache = _cache_path(dataset, spec, data_dir)
     if cache.exists():
         corpus = _read_cache(cache)
         if corpus is not None:
@@ -297,13 +376,6 @@ def load_corpus(
                 corpus.num_interactions,
             )
             return corpus
-    if manual_dir and dataset != "synthetic":
-        manual = pathlib.Path(manual_dir)
-        if not manual.is_dir() or not any(manual.iterdir()):
-            raise FileNotFoundError(
-                f"manual_dir {manual_dir!r} does not exist or is empty; it should hold the "
-                f"source files of {dataset!r}"
-            )
     start = time.perf_counter()
     with _remove_new_dirs_on_failure([root / _CACHE_DIRNAME, cache.parent]):
         corpus = _prepare_with_tfds(dataset, spec, root, manual_dir)

@@ -12,11 +12,15 @@ are dropped (`readers.MIN_USER_INTERACTIONS`). Item ids are remapped later, by
 Where the release comes from:
 
 * Offline: if the manual directory exists and is not empty, it must hold either the zip
-  (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded.
+  (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded. As for the
+  paper's files, `load_corpus` prepares a manual copy under a config named after its content
+  (`paper.manual_config`), so a replaced copy is noticed.
 * Online: `<base>/ml-100k.zip`, where `<base>` is the environment variable
   `BERT4REC_MOVIELENS_BASE_URL` if set, else `DEFAULT_BASE_URL`. The download is checked
   against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's format)
-  whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised.
+  whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised. An
+  unreachable server fails at once with `readers.SourceUnavailableError` (see
+  `paper.download_and_verify`).
 
 Example schema: as every builder of the project (`paper.sequence_info`), one example per user
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
@@ -26,10 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from bert4rec_jax.datasets import paper, readers
 
@@ -54,7 +58,7 @@ class MovieLensConfig(tfds.core.BuilderConfig):
 
 def verify_release(path: os.PathLike, url_info, name: str) -> None:
     """Raises `readers.ChecksumError` unless the file has the registered size and sha256."""
-    size = os.path.getsize(path)
+    size = epath.Path(path).stat().length
     if size != int(url_info.size):
         raise readers.ChecksumError(name, "size", f"{int(url_info.size)} bytes", f"{size} bytes")
     actual = readers.sha256_file(path)
@@ -92,7 +96,25 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
             ),
         )
 
-    def _source(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+    @classmethod
+    def manual_source(cls, config: MovieLensConfig, manual_dir: epath.PathLike) -> epath.Path:
+        """The ratings file (`ml-100k/u.data`) or, failing that, the zip in a manual directory.
+
+        Raises:
+          readers.DataFormatError: the directory holds neither.
+        """
+        manual_dir = epath.Path(manual_dir)
+        member = manual_dir / readers.MOVIELENS_FILES[config.variant][0]
+        if member.is_file():
+            return member
+        archive = manual_dir / f"{config.release}.zip"
+        if not archive.is_file():
+            raise readers.DataFormatError(
+                str(member), None, f"file not found (nor {archive.name}) in the manual directory"
+            )
+        return archive
+
+    def _source(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
         config = self.builder_config
         zip_name = f"{config.release}.zip"
         canonical_url = f"{DEFAULT_BASE_URL}/{zip_name}"
@@ -101,27 +123,25 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
             raise RuntimeError(f"no checksum registered for {canonical_url} in checksums.tsv")
         manual_dir = paper.manual_dir_or_none(dl_manager)
         if manual_dir is not None:
-            member = readers.MOVIELENS_FILES[config.variant][0]
-            if (manual_dir / member).is_file():
-                logging.info("Reading %s from the manual directory %s", member, manual_dir)
-                return manual_dir
-            archive = manual_dir / zip_name
-            if not archive.is_file():
-                raise readers.DataFormatError(
-                    str(manual_dir / member),
-                    None,
-                    f"file not found (nor {zip_name}) in the manual directory",
-                )
-            try:
-                verify_release(archive, url_info, str(archive))
-            except readers.ChecksumError as e:
-                logging.warning("%s; using it anyway", e)
-            logging.info("Reading %s from the manual directory %s", zip_name, manual_dir)
-            return archive
+            source = self.manual_source(config, manual_dir)
+            if source.name == zip_name:
+                try:
+                    verify_release(source, url_info, str(source))
+                except readers.ChecksumError as e:
+                    logging.warning("%s; using it anyway", e)
+            logging.info("Reading %s from the manual directory %s", source, manual_dir)
+            return source
         base = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         url = f"{base.rstrip('/')}/{zip_name}"
+        member = readers.MOVIELENS_FILES[config.variant][0]
         return paper.download_and_verify(
-            dl_manager, url, lambda path: verify_release(path, url_info, url)
+            dl_manager,
+            url,
+            lambda path: verify_release(path, url_info, url),
+            filename=zip_name,
+            advice=paper.offline_advice(
+                f"ml-{config.variant}-raw", zip_name, url, BASE_URL_ENV, f"its extracted {member}"
+            ),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):

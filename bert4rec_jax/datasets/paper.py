@@ -12,13 +12,16 @@ Where the file comes from:
   is not empty, the file is read from there (`<manual_dir>/beauty.txt` etc.; for ML-20m either
   `ml-20m.zip` or its extracted `ml-20m.txt`) and nothing is downloaded. A manual copy whose git
   blob id differs from the official file's is used with a warning, so that edited or trimmed
-  copies still work.
+  copies still work. `load_corpus` prepares a manual copy under its own config
+  (`beauty-manual-<content key>`, see `manual_config`), so that a replaced copy is prepared anew.
 * Online: the file is downloaded from `<base>/<file>`, where `<base>` is the environment variable
   `BERT4REC_PAPER_BASE_URL` if set (a mirror, or a local server in tests), else
   `DEFAULT_BASE_URL`. The download is verified by its git blob id (sha1 of b"blob <size>\\0" +
   content, the id GitHub shows; TFDS's own registry wants a sha256, which the authors never
   published). On a mismatch the downloaded file is deleted and `readers.ChecksumError` names the
-  file, the expected and the actual id.
+  file, the expected and the actual id. When the source cannot be reached at all (no network),
+  `readers.SourceUnavailableError` says so within seconds, with the way to work offline, instead
+  of TFDS retrying for minutes (`download_and_verify`).
 
 Example schema (shared by every builder of the project, see `sequence_info`):
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
@@ -27,19 +30,24 @@ Example schema (shared by every builder of the project, see `sequence_info`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-import pathlib
 from collections.abc import Callable
 
 import numpy as np
+import requests
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import readers
 
 BASE_URL_ENV = "BERT4REC_PAPER_BASE_URL"
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/FeiSun/BERT4Rec/master/data"
+
+# Seconds to wait for a source's server to answer the reachability check (not the download).
+PROBE_TIMEOUT_S = 10
 
 # config name -> (file name in the repository and the manual dir, its git blob id).
 PAPER_FILES = {
@@ -56,6 +64,7 @@ def sequence_info(
     *,
     homepage: str | None = None,
     citation: str | None = None,
+    metadata: tfds.core.Metadata | None = None,
 ) -> tfds.core.DatasetInfo:
     """The DatasetInfo of every builder of the project: one example per user, source order."""
     features = tfds.features.FeaturesDict(
@@ -75,6 +84,7 @@ def sequence_info(
         features=features,
         homepage=homepage,
         citation=citation,
+        metadata=metadata,
     )
 
 
@@ -90,33 +100,127 @@ def examples_from_sequences(sequences: readers.Sequences):
         yield user, {"user_id": user, "items": items[start:end]}
 
 
-def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> pathlib.Path | None:
+def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
     """The manual directory when it exists and is not empty (the offline path), else None."""
     try:
-        return pathlib.Path(dl_manager.manual_dir)
+        return epath.Path(dl_manager.manual_dir)
     except AssertionError:  # TFDS's way of saying "not given, missing or empty"
         return None
 
 
+def manual_config(
+    config: tfds.core.BuilderConfig, source: epath.PathLike
+) -> tfds.core.BuilderConfig:
+    """The config under which a manual copy is prepared: `<name>-manual-<content key>`.
+
+    TFDS reuses a prepared config whatever its source; naming the config after the manual copy's
+    content (and file name: ml-20m.zip and ml-20m.txt are read differently) makes a replaced or
+    edited copy a new config, prepared anew, while the official download keeps `<name>`.
+
+    Args:
+      config: one of the builder's configs.
+      source: the manual copy that the builder will read.
+
+    Returns:
+      A copy of `config` with the new name.
+    """
+    source = epath.Path(source)
+    text = f"{source.name}:{readers.content_fingerprint(source)}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return dataclasses.replace(config, name=f"{config.name}-manual-{key}")
+
+
 def delete_download(path: os.PathLike) -> None:
     """Deletes a rejected download and the INFO file TFDS keeps beside it."""
-    path = pathlib.Path(path)
-    for leftover in (path, path.with_name(path.name + ".INFO")):
+    path = epath.Path(path)
+    for leftover in (path, path.parent / (path.name + ".INFO")):
         leftover.unlink(missing_ok=True)
 
 
+def check_reachable(url: str, filename: str, advice: str) -> None:
+    """Fails within seconds, with `advice`, when `url` cannot be reached.
+
+    TFDS's downloader retries a refused or unresolvable connection with exponential back-off
+    for minutes (~209 s) and then raises a raw `requests` traceback; one request without
+    retries, before it starts, tells the same thing at once. Servers that refuse HEAD (405, 501)
+    are left to the real download.
+
+    Args:
+      url: the source about to be downloaded.
+      filename: the file the data set needs (kept on the error).
+      advice: the error's second sentence: how to work offline (`offline_advice`).
+
+    Raises:
+      readers.SourceUnavailableError: the server cannot be reached or answers with an error.
+    """
+    try:
+        response = requests.head(url, timeout=PROBE_TIMEOUT_S, allow_redirects=True)
+    except requests.RequestException as e:
+        # requests wraps urllib3's error, whose `reason` is the short cause (e.g. "Failed to
+        # resolve 'raw.githubusercontent.com'", "Connection refused").
+        cause = e.args[0] if e.args else e
+        reason = getattr(cause, "reason", cause)
+        raise readers.SourceUnavailableError(url, filename, str(reason), advice) from None
+    status = response.status_code
+    if status >= 400 and status not in (405, 501):
+        reason = f"HTTP {status} {response.reason}"
+        raise readers.SourceUnavailableError(url, filename, reason, advice)
+
+
+def offline_advice(dataset: str, filename: str, url: str, env: str, alternative: str = "") -> str:
+    """How to work without the network, for `readers.SourceUnavailableError`.
+
+    Args:
+      dataset: the data set's name as `load_corpus` knows it.
+      filename: the file to put in the manual directory.
+      url: where to get it.
+      env: the environment variable that sets a mirror.
+      alternative: another form the manual directory may hold, e.g. the extracted zip.
+
+    Returns:
+      The advice, a few sentences.
+    """
+    alternative = f" (or {alternative})" if alternative else ""
+    return (
+        f"The {dataset!r} data set needs {filename}. To work offline, download it from {url} on "
+        f"a machine with internet, put it{alternative} in a folder and pass "
+        "--config.manual_dir=<that folder> (load_corpus(manual_dir=...)); nothing is downloaded "
+        f"then. Or set {env} to a reachable mirror."
+    )
+
+
 def download_and_verify(
-    dl_manager: tfds.download.DownloadManager, url: str, check: Callable[[pathlib.Path], None]
-) -> pathlib.Path:
-    """Downloads `url` with TFDS and checks it with `check(path)`, deleting it if that fails."""
+    dl_manager: tfds.download.DownloadManager,
+    url: str,
+    check: Callable[[epath.Path], None],
+    *,
+    filename: str,
+    advice: str,
+) -> epath.Path:
+    """Downloads `url` with TFDS and checks it with `check(path)`, deleting it if that fails.
+
+    Args:
+      dl_manager: the builder's download manager.
+      url: the source.
+      check: raises when the downloaded file is not the expected one.
+      filename: the file the data set needs (for the message when `url` is unreachable).
+      advice: what to do when `url` is unreachable (`offline_advice`).
+
+    Returns:
+      The downloaded file.
+
+    Raises:
+      readers.SourceUnavailableError: `url` cannot be reached.
+    """
+    check_reachable(url, filename, advice)
     logging.info("Downloading %s", url)
-    path = pathlib.Path(dl_manager.download(url))
+    path = epath.Path(dl_manager.download(url))
     try:
         check(path)
     except Exception:
         delete_download(path)
         raise
-    logging.info("Downloaded and verified %s (%d bytes)", url, path.stat().st_size)
+    logging.info("Downloaded and verified %s (%d bytes)", url, path.stat().length)
     return path
 
 
@@ -171,36 +275,51 @@ class Bert4recPaper(tfds.core.GeneratorBasedBuilder):
             ),
         )
 
-    def _source(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+    @classmethod
+    def manual_source(cls, config: PaperConfig, manual_dir: epath.PathLike) -> epath.Path:
+        """The file of `config` in a manual directory.
+
+        Raises:
+          readers.DataFormatError: the directory does not hold it.
+        """
+        manual_dir = epath.Path(manual_dir)
+        path = manual_dir / config.filename
+        # ml-20m.zip may also be given extracted, as ml-20m.txt: GroupLens' own release is
+        # called ml-20m.zip too, and one manual directory cannot hold both zips.
+        extracted = manual_dir / f"{config.filename.rsplit('.', 1)[0]}.txt"
+        if not path.is_file() and path != extracted and extracted.is_file():
+            return extracted
+        if not path.is_file():
+            raise readers.DataFormatError(
+                str(path), None, f"file not found (offline copy of {config.filename})"
+            )
+        return path
+
+    def _source(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
         config = self.builder_config
         manual_dir = manual_dir_or_none(dl_manager)
         if manual_dir is not None:
-            path = manual_dir / config.filename
-            # ml-20m.zip may also be given extracted, as ml-20m.txt: GroupLens' own release is
-            # called ml-20m.zip too, and one manual directory cannot hold both zips.
-            extracted = manual_dir / f"{pathlib.Path(config.filename).stem}.txt"
-            if not path.is_file() and path != extracted and extracted.is_file():
-                logging.info("Reading %s from the manual directory %s", extracted.name, manual_dir)
-                return extracted
-            if not path.is_file():
-                raise readers.DataFormatError(
-                    str(path), None, f"file not found (offline copy of {config.filename})"
-                )
-            actual = readers.git_blob_id(path)
-            if actual != config.blob_id:
-                logging.warning(
-                    "%s is not the official %s (git blob id %s, official %s); using it anyway",
-                    path,
-                    config.filename,
-                    actual,
-                    config.blob_id,
-                )
-            logging.info("Reading %s from the manual directory %s", config.filename, manual_dir)
+            path = self.manual_source(config, manual_dir)
+            if path.name == config.filename:
+                actual = readers.git_blob_id(path)
+                if actual != config.blob_id:
+                    logging.warning(
+                        "%s is not the official %s (git blob id %s, official %s); using it anyway",
+                        path,
+                        config.filename,
+                        actual,
+                        config.blob_id,
+                    )
+            logging.info("Reading %s from the manual directory %s", path.name, manual_dir)
             return path
         base = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         url = f"{base.rstrip('/')}/{config.filename}"
         return download_and_verify(
-            dl_manager, url, lambda path: verify_blob_id(path, config.blob_id, url)
+            dl_manager,
+            url,
+            lambda path: verify_blob_id(path, config.blob_id, url),
+            filename=config.filename,
+            advice=offline_advice(config.name, config.filename, url, BASE_URL_ENV),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):

@@ -1,0 +1,216 @@
+"""Your own data in (`dataset="file"`): through TFDS and the cache, edits noticed, bad input
+refused without leftovers, and a custom CSV that trains end to end."""
+
+import os
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import tensorflow_datasets as tfds
+
+from bert4rec_jax import experiment, train_lib
+from bert4rec_jax.datasets import (
+    corpus_cache_path,
+    custom,
+    interactions,
+    load_corpus,
+    loading,
+    readers,
+)
+from configs import tiny
+
+# A log with string ids and ISO-8601 times, rows in no order, a BOM and a blank line (as
+# spreadsheet exports write them). By time: ann watches m-101, m-205, m-307, m-101, m-412 and
+# m-523; bea m-205, m-307 and m-412 with two at the same time (they keep file order: m-307 first);
+# cid m-101, m-523, m-205, m-307, m-412; dan only four times, fewer than 5: dropped.
+LOG = """\ufeffuser,movie,watched_at,device
+ann,m-307,2024-01-03T10:00:00,tv
+bea,m-205,2024-02-01T08:00:00,phone
+cid,m-101,2024-01-01T00:00:00,tv
+ann,m-101,2024-01-01T09:00:00,tv
+dan,m-101,2024-01-05T00:00:00,tv
+
+bea,m-307,2024-02-02T08:00:00,tv
+ann,m-205,2024-01-02T10:00:00,phone
+cid,m-523,2024-01-02T00:00:00,tv
+bea,m-412,2024-02-02T08:00:00,tv
+dan,m-205,2024-01-06T00:00:00,tv
+ann,m-101,2024-01-04T10:00:00,tv
+cid,m-205,2024-01-03T00:00:00,tv
+ann,m-412,2024-01-05T10:00:00,tv
+dan,m-307,2024-01-07T00:00:00,tv
+cid,m-307,2024-01-04T00:00:00,tv
+ann,m-523,2024-01-06T10:00:00,tv
+cid,m-412,2024-01-05T00:00:00,tv
+dan,m-412,2024-01-08T00:00:00,tv
+bea,m-101,2024-02-03T08:00:00,tv
+bea,m-523,2024-02-04T08:00:00,tv
+"""
+FILE = {"user_column": "user", "item_column": "movie", "timestamp_column": "watched_at"}
+# Written out by hand: raw ids sorted, dense ids 1..5 in that order, users sorted.
+RAW_ITEMS = ["", "m-101", "m-205", "m-307", "m-412", "m-523"]
+RAW_USERS = ["ann", "bea", "cid"]
+DENSE = [
+    [1, 2, 3, 1, 4, 5],  # ann
+    [2, 3, 4, 1, 5],  # bea
+    [1, 5, 2, 3, 4],  # cid
+]
+
+
+def _files_under(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def _write_log(tmp_path, text=LOG, name="log.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _assert_expected(corpus):
+    assert corpus.raw_item_ids.tolist() == RAW_ITEMS
+    assert corpus.raw_user_ids.tolist() == RAW_USERS
+    assert [corpus.sequence(u).tolist() for u in range(corpus.num_users)] == DENSE
+    assert corpus.raw_item_ids.dtype.kind == "U" and corpus.name == "file"
+
+
+def test_custom_csv_goes_through_tfds_and_the_cache(tmp_path, monkeypatch):
+    path = _write_log(tmp_path)
+    data = tmp_path / "data"
+    file = {"path": str(path), **FILE}
+    corpus = load_corpus("file", data_dir=str(data), file=file)
+    _assert_expected(corpus)
+    # TFDS records (indices) with the vocabularies beside them, and the corpus cache.
+    cache = corpus_cache_path("file", data_dir=str(data), file=file)
+    assert cache.exists() and cache.name.startswith("custom_interactions-log-")
+    options = interactions.FileOptions.from_mapping(file)
+    builder = custom.CustomInteractions(config=custom.file_config(options), data_dir=str(data))
+    assert builder.is_prepared() and (builder.data_path / custom.RAW_IDS_FILE).exists()
+    assert builder.info.metadata["item_ids"].tolist() == RAW_ITEMS[1:]
+    examples = {
+        int(e["user_id"]): e["items"].tolist()
+        for e in tfds.as_numpy(builder.as_dataset(split="train"))
+    }
+    assert examples == {0: [0, 1, 2, 0, 3, 4], 1: [1, 2, 3, 0, 4], 2: [0, 4, 1, 2, 3]}
+
+    # Without the cache, the prepared records and their vocabularies are read back.
+    cache.unlink()
+    _assert_expected(load_corpus("file", data_dir=str(data), file=file))
+    assert cache.exists()
+
+    def no_tfds(*args, **kwargs):
+        raise AssertionError("TFDS was invoked on a cache hit")
+
+    monkeypatch.setattr(loading, "_prepare_with_tfds", no_tfds)
+    _assert_expected(load_corpus("file", data_dir=str(data), file=file))
+
+
+def test_parquet_gives_the_same_corpus(tmp_path):
+    table = pacsv.read_csv(_write_log(tmp_path))
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path, row_group_size=7)
+    _assert_expected(
+        load_corpus("file", data_dir=str(tmp_path / "data"), file={"path": str(path), **FILE})
+    )
+
+
+def test_edited_file_is_noticed_even_with_same_size_and_mtime(tmp_path):
+    path = _write_log(tmp_path)
+    data = str(tmp_path / "data")
+    file = {"path": str(path), **FILE}
+    first = load_corpus("file", data_dir=data, file=file)
+    key = corpus_cache_path("file", data_dir=data, file=file)
+    stat = path.stat()
+    # ann's last movie becomes m-999: one byte-for-byte same-length edit.
+    path.write_bytes(path.read_bytes().replace(b"ann,m-523", b"ann,m-999"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = load_corpus("file", data_dir=data, file=file)
+    assert corpus_cache_path("file", data_dir=data, file=file) != key
+    assert first.raw_item_ids.tolist() == RAW_ITEMS
+    assert second.raw_item_ids.tolist() == RAW_ITEMS + ["m-999"]
+    assert second.raw_item_ids[second.sequence(0)].tolist()[-1] == "m-999"
+    # Options are part of the key too.
+    third = load_corpus("file", data_dir=data, file={**file, "min_user_interactions": 4})
+    assert third.num_users == 4
+
+
+@pytest.mark.parametrize(
+    "text, fields, expected",
+    [
+        (
+            LOG,
+            {"item_column": "film"},
+            r"log\.csv:1: no column 'film' \(file\.item_column\); the "
+            r"header's columns are: user, movie, watched_at, device",
+        ),
+        (
+            LOG.replace("2024-01-06T10:00:00", "2024-01-06 kind of late"),
+            {},
+            r"log\.csv:18: column 'watched_at': cannot parse '2024-01-06 kind of late' as a "
+            r"timestamp",
+        ),
+        ("", {}, r"log\.csv: file is empty"),
+        (
+            LOG,
+            {"min_user_interactions": 7},
+            r"log\.csv: no user left after filtering: no user has "
+            r"at least 7 interactions",
+        ),
+        (
+            "user,movie,watched_at\nu,a,1\nu,b,2\nv,a,3\n",
+            {"min_user_interactions": 1},
+            r"log\.csv: no evaluable user",
+        ),
+    ],
+)
+def test_bad_file_fails_clearly_and_leaves_nothing(tmp_path, text, fields, expected):
+    path = _write_log(tmp_path, text)
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(readers.DataFormatError, match=expected):
+        load_corpus("file", data_dir=str(data), file={"path": str(path), **FILE, **fields})
+    assert _files_under(data) == []
+
+
+def test_file_config_mistakes_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match=r"file\.path is empty"):
+        load_corpus("file", data_dir=str(tmp_path))
+    with pytest.raises(
+        readers.DataFormatError, match=r"nowhere\.csv: file not found \(file\.path\)"
+    ):
+        load_corpus("file", data_dir=str(tmp_path), file={"path": str(tmp_path / "nowhere.csv")})
+    with pytest.raises(ValueError, match=r"file\.format='xlsx': must be one of"):
+        load_corpus("file", data_dir=str(tmp_path), file={"path": "x.csv", "format": "xlsx"})
+    assert not (tmp_path / "bert4rec_corpus").exists()
+
+
+@pytest.mark.slow
+def test_custom_csv_trains_end_to_end(tmp_path):
+    path = _write_log(tmp_path)
+    config = tiny.get_config()
+    config.dataset = "file"
+    config.data_dir = str(tmp_path / "data")
+    config.file.path = str(path)
+    config.file.user_column = "user"
+    config.file.item_column = "movie"
+    config.file.timestamp_column = "watched_at"
+    config.model.max_len = 8
+    config.input.max_predictions = 3
+    config.input.sliding_step = 4
+    config.batch_size = 8
+    config.num_train_steps = 4
+    config.warmup_steps = 1
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 0
+    config.eval.every_steps = 2
+    config.eval.batch_size = 8
+    config.eval.item_chunk = 8
+    config.eval.num_negatives = 3  # only 5 items: 100 negatives cannot be drawn
+    config.eval.protocols = ("full",)
+    config.eval.metric = "full/ndcg@10"
+    _assert_expected(experiment.load_data(config))
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    assert results["num_users"] == 3
+    assert all(np.isfinite(v) for v in results.values())
+    assert 0.0 < results["full/hr@5"] <= 1.0
