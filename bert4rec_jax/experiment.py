@@ -21,7 +21,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from bert4rec_jax import models
+from bert4rec_jax.datasets import prepared
 from bert4rec_jax.datasets.corpus import SPLIT_MODES, Corpus, Split, leave_one_out
+from bert4rec_jax.datasets.prepared import DATASETS
 from bert4rec_jax.evaluation import EvalConfig, Evaluator
 
 # Sampled candidates are cached beside the data sets, so every run on a data set shares them.
@@ -36,8 +38,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     Raises:
       ValueError: on the first bad field.
     """
-    from bert4rec_jax.datasets import DATASETS  # lazy: the data sets module imports TensorFlow
-
     if config.dataset not in DATASETS:
         raise ValueError(f"dataset={config.dataset!r}: unknown data set; choose one of {DATASETS}")
     if config.split_mode not in SPLIT_MODES:
@@ -50,18 +50,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def load_data(config: ml_collections.ConfigDict) -> Corpus:
     """The config's corpus. With several processes, process 0 prepares it first and the others
-    then read its cache, so they never prepare the same files at once."""
-    from bert4rec_jax.datasets import load_corpus  # lazy: TensorFlow only where data is prepared
+    then read its cache, so they never prepare the same files at once.
+
+    A corpus already prepared into the data directory is read without TensorFlow; only preparing
+    one imports it (TFDS builders), so machines without TensorFlow train from prepared data.
+    """
+    request = dict(
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        synthetic=config.synthetic.to_dict(),
+        # .get: the config.json of a run older than `file.*` has no such group.
+        file=config.file.to_dict() if config.get("file") else None,
+    )
 
     def load() -> Corpus:
-        return load_corpus(
-            config.dataset,
-            data_dir=config.data_dir,
-            manual_dir=config.manual_dir,
-            synthetic=config.synthetic.to_dict(),
-            # .get: the config.json of a run older than `file.*` has no such group.
-            file=config.get("file"),
-        )
+        corpus = prepared.load_prepared(config.dataset, **request)
+        if corpus is None:
+            from bert4rec_jax.datasets import loading  # TensorFlow: only to prepare a data set
+
+            corpus = loading.load_corpus(config.dataset, **request)
+        return corpus
 
     if jax.process_count() == 1:
         return load()
@@ -72,9 +80,7 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
 
 def candidates_dir(config: ml_collections.ConfigDict) -> epath.Path:
     """Where sampled evaluation candidates are cached: beside the data sets."""
-    from bert4rec_jax.datasets import data_root
-
-    return epath.Path(data_root(config.data_dir)) / CANDIDATES_DIRNAME
+    return prepared.data_root(config.data_dir) / CANDIDATES_DIRNAME
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

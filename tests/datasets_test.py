@@ -21,6 +21,7 @@ from bert4rec_jax.datasets import (
     loading,
     movielens,
     paper,
+    prepared,
     readers,
 )
 
@@ -135,7 +136,7 @@ def test_unreadable_cache_is_rebuilt(tmp_path):
     cache.write_bytes(b"not an npz")
     again = load_corpus("synthetic", data_dir=data_dir, synthetic=SMALL)
     assert np.array_equal(first.items, again.items)
-    assert loading._read_cache(cache) is not None
+    assert prepared.read_cache(cache) is not None
 
 
 def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch):

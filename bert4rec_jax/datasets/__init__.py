@@ -3,18 +3,20 @@
     from bert4rec_jax.datasets import DATASETS, load_corpus
     corpus = load_corpus("beauty", data_dir="/tmp/tfds", manual_dir="../shared/data")
 
-`load_corpus`, `corpus_cache_path`, `data_root` and `DATASETS` are imported lazily (PEP 562) so that
-`from bert4rec_jax.datasets import corpus` stays light and does not pull in TensorFlow. Importing
-`bert4rec_jax.datasets.loading` registers the TFDS builders `bert4rec_paper`,
-`movielens_sequences`, `synthetic_sequences` and `custom_interactions` (your own file,
+`DATASETS`, `data_root` and `load_prepared` come from `prepared.py`, which needs no TensorFlow.
+`load_corpus` and `corpus_cache_path` are imported lazily (PEP 562) from `loading.py`, which
+imports TensorFlow and registers the TFDS builders `bert4rec_paper`, `movielens_sequences`,
+`synthetic_sequences` and `custom_interactions` (your own file,
 `load_corpus("file", file={"path": ...})`) with `tfds.builder` / `tfds.load`.
 """
 
 from typing import Any
 
-_LAZY = ("DATASETS", "corpus_cache_path", "data_root", "load_corpus")
+from bert4rec_jax.datasets.prepared import DATASETS, data_root, load_prepared
 
-__all__ = list(_LAZY)
+_LAZY = ("corpus_cache_path", "load_corpus")
+
+__all__ = ["DATASETS", "data_root", "load_prepared", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

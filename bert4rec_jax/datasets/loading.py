@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import time
 import uuid
@@ -45,23 +44,17 @@ from absl import logging
 from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import custom, interactions, movielens, paper, readers, synthetic
-
-DATASETS = (
-    "synthetic",
-    "beauty",
-    "steam",
-    "ml-1m",
-    "ml-20m",
-    "ml-100k-raw",
-    "ml-1m-raw",
-    "ml-20m-raw",
-    "file",
+from bert4rec_jax.datasets import (
+    custom,
+    interactions,
+    movielens,
+    paper,
+    prepared,
+    readers,
+    synthetic,
 )
-# Bump when the cached arrays change meaning; old cache files are then ignored.
-# 2: raw ids may be strings (unicode arrays, padding ""); manual copies keyed by content.
-CACHE_FORMAT = 2
-_CACHE_DIRNAME = "bert4rec_corpus"
+from bert4rec_jax.datasets.prepared import CACHE_DIRNAME, CACHE_FORMAT, DATASETS, data_root
+
 # Users per batch when reading TFDS records back; large batches keep the per-batch cost low.
 _READ_BATCH = 8192
 
@@ -126,11 +119,6 @@ def _check_manual_dir(manual_dir: str, dataset: str) -> None:
         )
 
 
-def data_root(data_dir: str = "") -> epath.Path:
-    """`data_dir`, else TFDS's default data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    return epath.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
-
-
 def corpus_cache_path(
     dataset: str,
     *,
@@ -159,51 +147,7 @@ def corpus_cache_path(
 def _cache_path(dataset: str, spec: _Spec, data_dir: str) -> epath.Path:
     version = spec.builder_cls.VERSION
     name = f"{spec.builder_cls.name}-{spec.config_name}-{version}-c{CACHE_FORMAT}.npz"
-    return data_root(data_dir) / _CACHE_DIRNAME / dataset / name
-
-
-def _write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
-    """Writes the corpus under a temporary name in the same directory, then renames it."""
-    # Serialised in memory first: np.savez seeks in its output, which object stores' file
-    # objects do not allow; the corpus is small next to what preparing it took.
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        format=np.int64(CACHE_FORMAT),
-        name=np.str_(corpus.name),
-        offsets=corpus.offsets,
-        items=corpus.items,
-        raw_item_ids=corpus.raw_item_ids,
-        raw_user_ids=corpus.raw_user_ids,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
-    """Reads a cached corpus, or returns None (with a warning) if the file is unusable."""
-    try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-            if int(z["format"]) != CACHE_FORMAT:
-                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
-            result = corpus_lib.Corpus(
-                name=str(z["name"]),
-                offsets=z["offsets"],
-                items=z["items"],
-                raw_item_ids=z["raw_item_ids"],
-                raw_user_ids=z["raw_user_ids"],
-            )
-        if result.offsets[-1] != result.num_interactions:
-            raise ValueError("offsets do not match items")
-        return result
-    except Exception as e:  # any unreadable cache is rebuilt, never trusted
-        logging.warning("Ignoring unreadable corpus cache %s (%s); rebuilding it", path, e)
-        return None
+    return data_root(data_dir) / CACHE_DIRNAME / dataset / name
 
 
 def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
@@ -362,10 +306,11 @@ def load_corpus(
     if dataset in ("synthetic", "file"):
         manual_dir = ""
     spec = _spec(dataset, synthetic, manual_dir, file)
+    request = dict(dataset=dataset, manual_dir=manual_dir, synthetic=synthetic, file=file)
     root = data_root(data_dir)
     cache = _cache_path(dataset, spec, data_dir)
     if cache.exists():
-        corpus = _read_cache(cache)
+        corpus = prepared.read_cache(cache)
         if corpus is not None:
             logging.info(
                 "Corpus cache hit for %s at %s: %d users, %d items, %d interactions",
@@ -375,13 +320,15 @@ def load_corpus(
                 corpus.num_items,
                 corpus.num_interactions,
             )
+            prepared.remember(cache, data_dir=data_dir, **request)
             return corpus
     start = time.perf_counter()
-    with _remove_new_dirs_on_failure([root / _CACHE_DIRNAME, cache.parent]):
+    with _remove_new_dirs_on_failure([root / CACHE_DIRNAME, cache.parent]):
         corpus = _prepare_with_tfds(dataset, spec, root, manual_dir)
         # Fails loudly, before anything is cached, if no user can be evaluated.
         corpus_lib.leave_one_out(corpus)
-        _write_cache(cache, corpus)
+        prepared.write_cache(cache, corpus)
+    prepared.remember(cache, data_dir=data_dir, **request)
     logging.info(
         "Built corpus %s in %.1f s: %d users, %d items, %d interactions; cached at %s",
         dataset,

@@ -1,0 +1,200 @@
+"""Prepared corpora on disk, read and written without TensorFlow.
+
+`loading.load_corpus` prepares a data set once through TFDS and caches its `Corpus` as one `.npz`.
+Reading that cache back needs only numpy, so this module holds everything about the cache that
+does not need TensorFlow: the data sets' names, the data directory, the cache's file format, and
+a small index from a *request* (the arguments `load_corpus` was called with) to the cache file it
+produced. With the index, `load_prepared` finds an already-prepared corpus without TFDS, which
+computes the cache's name from its builders: a training machine without TensorFlow (lean CUDA
+images) can train from a corpus prepared elsewhere into the same data directory.
+
+An index entry records each source file's size and modification time; when either changed, the
+entry is not trusted and `load_corpus` (with TensorFlow) hashes the file and prepares it anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+from etils import epath
+
+from bert4rec_jax.datasets import corpus as corpus_lib
+
+DATASETS = (
+    "synthetic",
+    "beauty",
+    "steam",
+    "ml-1m",
+    "ml-20m",
+    "ml-100k-raw",
+    "ml-1m-raw",
+    "ml-20m-raw",
+    "file",
+)
+# Bump when the cached arrays change meaning; old cache files are then ignored.
+CACHE_FORMAT = 2
+CACHE_DIRNAME = "bert4rec_corpus"
+_INDEX_DIRNAME = "requests"
+
+
+def data_root(data_dir: str = "") -> epath.Path:
+    """`data_dir`, else TFDS's default data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+    The default is TFDS's own rule (`tfds.core.constants.DATA_DIR`), restated so that it needs no
+    TensorFlow.
+    """
+    default = os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+    return epath.Path(data_dir or default).expanduser()
+
+
+def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
+    """Writes the corpus under a temporary name in the same directory, then renames it."""
+    # Serialised in memory first: np.savez seeks in its output, which object stores' file
+    # objects do not allow; the corpus is small next to what preparing it took.
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.int64(CACHE_FORMAT),
+        name=np.str_(corpus.name),
+        offsets=corpus.offsets,
+        items=corpus.items,
+        raw_item_ids=corpus.raw_item_ids,
+        raw_user_ids=corpus.raw_user_ids,
+    )
+    _write_atomically(path, buffer.getvalue())
+
+
+def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
+    """Reads a cached corpus, or returns None (with a warning) if the file is unusable."""
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+            if int(z["format"]) != CACHE_FORMAT:
+                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
+            result = corpus_lib.Corpus(
+                name=str(z["name"]),
+                offsets=z["offsets"],
+                items=z["items"],
+                raw_item_ids=z["raw_item_ids"],
+                raw_user_ids=z["raw_user_ids"],
+            )
+        if result.offsets[-1] != result.num_interactions:
+            raise ValueError("offsets do not match items")
+        return result
+    except Exception as e:  # any unreadable cache is rebuilt, never trusted
+        logging.warning("Ignoring unreadable corpus cache %s (%s); rebuilding it", path, e)
+        return None
+
+
+def _write_atomically(path: epath.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _request(
+    dataset: str,
+    manual_dir: str,
+    synthetic: Mapping[str, Any] | None,
+    file: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What identifies a `load_corpus` call, less the data directory (the index lives there)."""
+    return {
+        "dataset": dataset,
+        "manual_dir": manual_dir if dataset not in ("synthetic", "file") else "",
+        "synthetic": dict(synthetic or {}) if dataset == "synthetic" else {},
+        "file": dict(file or {}) if dataset == "file" else {},
+    }
+
+
+def _index_path(root: epath.Path, request: dict[str, Any]) -> epath.Path:
+    key = hashlib.sha1(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    return root / CACHE_DIRNAME / _INDEX_DIRNAME / f"{request['dataset']}-{key}.json"
+
+
+def _source_files(request: dict[str, Any]) -> list[epath.Path]:
+    """The files a request reads whose later edits must invalidate its index entry."""
+    if request["file"].get("path"):
+        return [epath.Path(request["file"]["path"])]
+    if request["manual_dir"]:
+        manual = epath.Path(request["manual_dir"])
+        if not manual.is_dir():
+            return []
+        return sorted(root / name for root, _, names in manual.walk() for name in names)
+    return []
+
+
+def _stat(paths: list[epath.Path]) -> list[list[Any]]:
+    out = []
+    for p in paths:
+        info = p.stat()
+        out.append([os.fspath(p), int(info.length), float(info.mtime)])
+    return out
+
+
+def remember(
+    cache: epath.Path,
+    *,
+    data_dir: str,
+    dataset: str,
+    manual_dir: str = "",
+    synthetic: Mapping[str, Any] | None = None,
+    file: Mapping[str, Any] | None = None,
+) -> None:
+    """Records that this request's corpus is cached at `cache` (called by `load_corpus`)."""
+    request = _request(dataset, manual_dir, synthetic, file)
+    entry = {
+        "request": request,
+        "cache": os.fspath(cache),
+        "sources": _stat(_source_files(request)),
+    }
+    _write_atomically(_index_path(data_root(data_dir), request), json.dumps(entry).encode())
+
+
+def load_prepared(
+    dataset: str,
+    *,
+    data_dir: str = "",
+    manual_dir: str = "",
+    synthetic: Mapping[str, Any] | None = None,
+    file: Mapping[str, Any] | None = None,
+) -> corpus_lib.Corpus | None:
+    """The corpus `load_corpus` prepared for the same arguments, read without TensorFlow.
+
+    Returns:
+      The corpus, or None when it was never prepared here, its sources changed since, or its
+      cache cannot be read (then `load_corpus` is the way).
+    """
+    request = _request(dataset, manual_dir, synthetic, file)
+    index = _index_path(data_root(data_dir), request)
+    try:
+        entry = json.loads(index.read_text())
+        if entry["request"] != request or entry["sources"] != _stat(_source_files(request)):
+            return None
+        cache = epath.Path(entry["cache"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not cache.exists():
+        return None
+    corpus = read_cache(cache)
+    if corpus is not None:
+        logging.info(
+            "Corpus cache hit for %s at %s: %d users, %d items, %d interactions",
+            dataset,
+            cache,
+            corpus.num_users,
+            corpus.num_items,
+            corpus.num_interactions,
+        )
+    return corpus
