@@ -109,8 +109,9 @@ def main() -> None:
         sizes = {name: e["bytes"] for name, e in manifest["files"].items()}
         print(
             f"export: {time.perf_counter() - start:.1f} s; {artifact.SERVING_FN} "
-            f"{sizes[artifact.SERVING_FN] / 1e3:.0f} KB, {artifact.PARAMS} "
-            f"{sizes[artifact.PARAMS] / 1e6:.1f} MB, all files {sum(sizes.values()) / 1e6:.1f} MB"
+            f"{sizes[artifact.SERVING_FN] / 1e3:.0f} KB, parameters "
+            f"{sum(sizes[n] for n in artifact.PARAMETER_FILES) / 1e6:.1f} MB, all files "
+            f"{sum(sizes.values()) / 1e6:.1f} MB"
         )
         start = time.perf_counter()
         rec = recommend.Recommender.load(output, batch_size=args.batch)

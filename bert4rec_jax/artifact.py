@@ -7,10 +7,11 @@ and it imports neither JAX nor TensorFlow, so reading an artifact costs nothing 
       manifest.json          format, versions, creation time, shapes, top_k, and a sha256 per file
       serving.jax            the serving function, serialised with jax.export (parameters are its
                              first input, not constants inside it)
-      params.npz             the parameters that go with it (flattened names, "/"-separated)
-      vocabulary.npy         raw item ids by dense id: [0] stands for padding, [i] for item i
-      item_embeddings.npy    float32 [vocab_size, hidden]: row i embeds dense id i (1..num_items)
+      params.npz             the other parameters it takes (flattened names, "/"-separated)
+      item_embeddings.npy    float32 [vocab_size, hidden]: row i embeds dense id i (1..num_items);
+                             the parameter item_embedding, kept once, in a file any tool reads
       output_bias.npy        float32 [vocab_size]; item i scores h . embedding[i] + bias[i]
+      vocabulary.npy         raw item ids by dense id: [0] stands for padding, [i] for item i
       config.json            the training run's config
       saved_model/           the same function as a TensorFlow SavedModel (optional)
 """
@@ -37,6 +38,8 @@ CONFIG = "config.json"
 SAVED_MODEL_DIR = "saved_model"
 # The files every artifact has; the SavedModel's are listed in the manifest when it was written.
 REQUIRED_FILES = (SERVING_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OUTPUT_BIAS, CONFIG)
+# What the jax.export function's params argument is read from.
+PARAMETER_FILES = (PARAMS, ITEM_EMBEDDINGS, OUTPUT_BIAS)
 
 _CHUNK = 1 << 20
 
@@ -130,6 +133,10 @@ def read_verified_manifest(directory: pathlib.Path) -> dict[str, Any]:
                 "after export"
             )
     return manifest
+
+
+# Parameters stored as files of their own rather than in params.npz: {parameter: file}.
+SEPARATE_PARAMS = {"item_embedding": ITEM_EMBEDDINGS, "output_bias": OUTPUT_BIAS}
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ fewer than top_k others exist). Padding and [MASK] are never returned. The batch
 symbolic: any b >= 1 runs without exporting again. Raw ids (integers or strings) cannot enter
 XLA, so the raw <-> dense mapping is the vocabulary's job, done by `recommend.Recommender`.
 
-The parameters are the function's first input, stored beside it in params.npz, not baked into it
+The parameters are the function's first input, stored beside it (item_embeddings.npy,
+output_bias.npy, params.npz for the rest), not baked into it
 as constants: the serialised module stays small (~100 KB) whatever the catalogue; a large item table
 (say 10M items x 64) never meets the 2 GB protobuf limit of a TF graph, where jax2tf would embed
 constants; XLA does not constant-fold megabytes of weights at load; and the SavedModel holds them
@@ -234,6 +235,9 @@ def _versions(saved_model: bool) -> dict[str, str]:
 
 def _check_vocabulary(vocabulary: np.ndarray, num_items: int) -> np.ndarray:
     vocabulary = np.asarray(vocabulary)
+    if vocabulary.dtype == object and all(isinstance(x, str) for x in vocabulary[1:]):
+        # Python strings in an object array: stored as a unicode array, which needs no pickle.
+        vocabulary = np.array([""] + vocabulary[1:].tolist(), dtype=str)
     if vocabulary.ndim != 1 or vocabulary.dtype.kind not in "iuUS":
         raise ValueError(
             f"vocabulary: expected a 1-D array of integer or string raw ids, got "
@@ -250,6 +254,7 @@ def _check_vocabulary(vocabulary: np.ndarray, num_items: int) -> np.ndarray:
 
 
 def _check_params(params: Any, config: models.ModelConfig) -> dict[str, Any]:
+    """The model's parameters as float32 numpy, checked against the shapes the model builds."""
     params = jax.device_get(params)
     expected = jax.eval_shape(
         lambda: models.BERT4Rec(config).init(
@@ -260,14 +265,15 @@ def _check_params(params: Any, config: models.ModelConfig) -> dict[str, Any]:
         )["params"]
     )
     have = artifact.flatten_params(params)
-    for name, spec in artifact.flatten_params(expected).items():
+    expected = artifact.flatten_params(expected)
+    for name, spec in expected.items():
         if name not in have:
             raise ValueError(f"params: {name} is missing; not the parameters of this model")
         if have[name].shape != spec.shape:
             raise ValueError(
                 f"params: {name} has shape {have[name].shape}, the model builds {spec.shape}"
             )
-    return artifact.unflatten_params({k: np.asarray(v, np.float32) for k, v in have.items()})
+    return artifact.unflatten_params({k: np.asarray(have[k], np.float32) for k in expected})
 
 
 def _model_json(config: models.ModelConfig) -> dict[str, Any]:
@@ -338,10 +344,11 @@ def export_model(
     try:
         exported = export_serving_fn(model, params, top_k, platforms)
         (tmp / artifact.SERVING_FN).write_bytes(exported.serialize())
-        np.savez(tmp / artifact.PARAMS, **artifact.flatten_params(params))
+        flat = artifact.flatten_params(params)
+        for name, file in artifact.SEPARATE_PARAMS.items():
+            np.save(tmp / file, flat.pop(name), allow_pickle=False)
+        np.savez(tmp / artifact.PARAMS, **flat)
         np.save(tmp / artifact.VOCABULARY, vocabulary, allow_pickle=False)
-        np.save(tmp / artifact.ITEM_EMBEDDINGS, params["item_embedding"], allow_pickle=False)
-        np.save(tmp / artifact.OUTPUT_BIAS, params["output_bias"], allow_pickle=False)
         config_text = (
             config.to_json_best_effort(indent=2, sort_keys=True)
             if config is not None

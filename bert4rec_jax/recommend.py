@@ -64,8 +64,9 @@ class Recommendations(collections.abc.Sequence):
     """What `Recommender.recommend` returns: a sequence with one entry per history.
 
     Attributes:
-      items: per history, (raw item id, score) pairs, best first; fewer than k only when the
-        catalogue holds fewer than k items outside the history.
+      items: per history, (raw item id, score) pairs, best first; fewer than k only when fewer
+        than k of the exported top_k best items lie outside the history (a catalogue hardly
+        larger than the history, or a history longer than the model's window).
       unknown_ids: per history, how many of its ids were skipped as unknown.
     """
 
@@ -171,7 +172,9 @@ class Recommender:
         self._serve = jax.jit(exported.call)
 
     @classmethod
-    def load(cls, directory: str | pathlib.Path, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    def load(
+        cls, directory: str | pathlib.Path, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Recommender:
         """Loads an export directory after checking every file against its manifest.
 
         Args:
@@ -197,12 +200,18 @@ class Recommender:
                     f"{directory / name} cannot be read ({type(e).__name__}: {e})"
                 ) from e
 
-        def read_params(path: pathlib.Path) -> dict[str, Any]:
+        def read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as saved:
-                return artifact.unflatten_params({k: saved[k] for k in saved.files})
+                return {k: saved[k] for k in saved.files}
 
-        vocabulary = read(artifact.VOCABULARY, lambda p: np.load(p, allow_pickle=False))
-        params = read(artifact.PARAMS, read_params)
+        def read_npy(path: pathlib.Path) -> np.ndarray:
+            return np.load(path, allow_pickle=False)
+
+        vocabulary = read(artifact.VOCABULARY, read_npy)
+        flat = read(artifact.PARAMS, read_npz)
+        for name, file in artifact.SEPARATE_PARAMS.items():
+            flat[name] = read(file, read_npy)
+        params = artifact.unflatten_params(flat)
         exported = read(
             artifact.SERVING_FN, lambda p: jax.export.deserialize(bytearray(p.read_bytes()))
         )
@@ -344,8 +353,8 @@ class Recommender:
             size = min(_pow2(len(chunk)), self.batch_size)
             padded = np.zeros((size, windows.shape[1]), np.int32)
             padded[: len(chunk)] = chunk
-            flags_ = np.full(size, bool(exclude_seen))
-            pending.append((self._serve(self._params, padded, flags_), len(chunk)))
+            exclude = np.full(size, bool(exclude_seen))
+            pending.append((self._serve(self._params, padded, exclude), len(chunk)))
         ids = [np.asarray(i)[:n] for (i, _), n in pending]
         scores = [np.asarray(s)[:n] for (_, s), n in pending]
         top_k = self.top_k

@@ -165,7 +165,7 @@ def test_batched_and_numpy_histories_match_one_at_a_time(random_export):
         ("flip", artifact.SERVING_FN),
         ("flip", artifact.PARAMS),
         ("flip", artifact.VOCABULARY),
-        ("delete", artifact.PARAMS),
+        ("delete", artifact.ITEM_EMBEDDINGS),
         ("delete", artifact.MANIFEST),
     ],
 )
