@@ -17,11 +17,11 @@ symbolic: any b >= 1 runs without exporting again. Raw ids (integers or strings)
 XLA, so the raw <-> dense mapping is the vocabulary's job, done by `recommend.Recommender`.
 
 The parameters are the function's first input, stored beside it (item_embeddings.npy,
-output_bias.npy, params.npz for the rest), not baked into it
-as constants: the serialised module stays small (~100 KB) whatever the catalogue; a large item table
-(say 10M items x 64) never meets the 2 GB protobuf limit of a TF graph, where jax2tf would embed
-constants; XLA does not constant-fold megabytes of weights at load; and the SavedModel holds them
-as tf.Variables, as TF Serving expects. The manifest's checksums keep the two files together.
+output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
+stays small (~50 KB) whatever the catalogue; a large item table (say 10M items x 64) never meets
+the 2 GB protobuf limit of a TF graph, where jax2tf would embed constants; XLA does not
+constant-fold megabytes of weights at load; and the SavedModel holds them as tf.Variables, as TF
+Serving expects. The manifest's checksums keep function and parameters together.
 
 Exports are topology-free: parameters are restored onto one device whatever mesh trained them, and
 the function is lowered for CPU, CUDA and TPU (`--platforms`) on whatever machine exports.
@@ -225,11 +225,12 @@ def _versions(saved_model: bool) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             return "unknown"
 
-    packages = ["bert4rec_jax", "jax", "jaxlib", "flax", "numpy"]
-    if saved_model:
-        packages.append("tensorflow")
-    out = {p: version(p) for p in packages}
+    out = {p: version(p) for p in ("bert4rec_jax", "jax", "jaxlib", "flax", "numpy")}
     out["jax"] = jax.__version__  # the one imported, whatever the metadata says
+    if saved_model:
+        import tensorflow as tf  # imported already by the SavedModel writer
+
+        out["tensorflow"] = tf.__version__  # the distribution may be tensorflow-cpu
     return out
 
 

@@ -1,8 +1,7 @@
 """Top-k recommendations for user histories of raw item ids, from an exported model.
 
     python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
-    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --input=users.csv \
-        --output=recommendations.jsonl
+    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --input=users.csv --output=r.jsonl
 
 From Python:
 
