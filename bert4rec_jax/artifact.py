@@ -1,0 +1,166 @@
+"""The layout of an exported model directory, its manifest and its checksums.
+
+`export.py` writes such a directory and `recommend.py` reads it; this module is what both agree on,
+and it imports neither JAX nor TensorFlow, so reading an artifact costs nothing of either.
+
+    <dir>/
+      manifest.json          format, versions, creation time, shapes, top_k, and a sha256 per file
+      serving.jax            the serving function, serialised with jax.export (parameters are its
+                             first input, not constants inside it)
+      params.npz             the other parameters it takes (flattened names, "/"-separated)
+      item_embeddings.npy    float32 [vocab_size, hidden]: row i embeds dense id i (1..num_items);
+                             the parameter item_embedding, kept once, in a file any tool reads
+      output_bias.npy        float32 [vocab_size]; item i scores h . embedding[i] + bias[i]
+      vocabulary.npy         raw item ids by dense id: [0] stands for padding, [i] for item i
+      config.json            the training run's config
+      saved_model/           the same function as a TensorFlow SavedModel (optional)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+FORMAT = "bert4rec_jax.export"
+# Bumped whenever a reader of the previous format would misread the new one.
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+SERVING_FN = "serving.jax"
+PARAMS = "params.npz"
+VOCABULARY = "vocabulary.npy"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+OUTPUT_BIAS = "output_bias.npy"
+CONFIG = "config.json"
+SAVED_MODEL_DIR = "saved_model"
+# The files every artifact has; the SavedModel's are listed in the manifest when it was written.
+REQUIRED_FILES = (SERVING_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OUTPUT_BIAS, CONFIG)
+# What the jax.export function's params argument is read from.
+PARAMETER_FILES = (PARAMS, ITEM_EMBEDDINGS, OUTPUT_BIAS)
+
+_CHUNK = 1 << 20
+
+
+class ArtifactError(ValueError):
+    """An export directory is missing, incomplete, damaged, or of an unknown format."""
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """{posix path relative to `directory`: {"sha256", "bytes"}} for every file but the manifest."""
+    entries = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name != MANIFEST:
+            entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return entries
+
+
+def write_manifest(directory: pathlib.Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Adds the checksum of every file in `directory` to `manifest` and writes manifest.json.
+
+    Returns:
+      The manifest as written.
+    """
+    manifest = dict(manifest, files=file_entries(directory))
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_verified_manifest(directory: pathlib.Path) -> dict[str, Any]:
+    """Reads an export directory's manifest and checks every file it lists against it.
+
+    Args:
+      directory: the export directory.
+
+    Returns:
+      The manifest.
+
+    Raises:
+      ArtifactError: naming the directory or the file: no manifest, another format, a file
+        missing, or a file whose size or sha256 differs from the manifest's.
+    """
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a directory (expected an exported model)")
+    if not path.exists():
+        raise ArtifactError(
+            f"{path} not found: {directory} is not an exported model "
+            "(write one with python -m bert4rec_jax.export)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}): the artifact is damaged") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: format is not {FORMAT!r}; not an exported bert4rec model")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format_version {version!r}, but this bert4rec_jax reads version "
+            f"{FORMAT_VERSION}; export the model again with this version"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path} lists no files: the artifact is damaged")
+    absent = [name for name in REQUIRED_FILES if name not in files]
+    if absent:
+        raise ArtifactError(f"{path} does not list {absent}: the artifact is damaged")
+    for name, entry in sorted(files.items()):
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing: the artifact is incomplete (see {path})")
+        size = file.stat().st_size
+        if size != entry.get("bytes"):
+            raise ArtifactError(
+                f"{file} has {size} bytes, the manifest says {entry.get('bytes')}: the file was "
+                "changed or damaged after export"
+            )
+        if sha256_file(file) != entry.get("sha256"):
+            raise ArtifactError(
+                f"{file} does not match its sha256 in {path}: the file was changed or damaged "
+                "after export"
+            )
+    return manifest
+
+
+# Parameters stored as files of their own rather than in params.npz: {parameter: file}.
+SEPARATE_PARAMS = {"item_embedding": ITEM_EMBEDDINGS, "output_bias": OUTPUT_BIAS}
+
+
+def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """{"layers_0/attention/query/kernel": leaf, ...} from a nested dict (leaves unchanged)."""
+    flat = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key in sorted(node):
+                visit(f"{prefix}/{key}" if prefix else str(key), node[key])
+        else:
+            flat[prefix] = node
+
+    visit("", params)
+    return flat
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested dict `flatten_params` came from."""
+    params: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = params
+        *parents, leaf = name.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return params

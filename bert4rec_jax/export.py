@@ -1,0 +1,511 @@
+"""Checkpoint -> serving artifact: a jax.export function, a TF SavedModel, the item vocabulary.
+
+    python -m bert4rec_jax.export --workdir=/tmp/bert4rec --output=/tmp/bert4rec_export
+    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
+
+The artifact (layout in `artifact.py`) serves one function, in two serialisations:
+
+    serve(params, history int32 [b, max_len - 1], exclude_seen bool [b])
+        -> (item_ids int32 [b, top_k], scores float32 [b, top_k])
+
+`history` holds dense item ids (1..num_items), oldest first, padded at the end with 0; ids outside
+1..num_items count as padding. The model reads the history followed by [MASK] (as evaluation does,
+`evaluation.ranking.build_inputs`) and scores every item; rows with `exclude_seen` set never get
+back an item of their `history` (its score becomes -inf, so such items only appear, last, when
+fewer than top_k others exist). Padding and [MASK] are never returned. The batch size b is
+symbolic: any b >= 1 runs without exporting again. Raw ids (integers or strings) cannot enter
+XLA, so the raw <-> dense mapping is the vocabulary's job, done by `recommend.Recommender`.
+
+The parameters are the function's first input, stored beside it (item_embeddings.npy,
+output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
+stays small (~50 KB) whatever the catalogue; a large item table (say 10M items x 64) never meets
+the 2 GB protobuf limit of a TF graph, where jax2tf would embed constants; XLA does not
+constant-fold megabytes of weights at load; and the SavedModel holds them as tf.Variables, as TF
+Serving expects. The manifest's checksums keep function and parameters together.
+
+Exports are topology-free: parameters are restored onto one device whatever mesh trained them, and
+the function is lowered for CPU, CUDA and TPU (`--platforms`) on whatever machine exports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from bert4rec_jax import artifact, models
+
+if TYPE_CHECKING:
+    import ml_collections
+
+DEFAULT_TOP_K = 100
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# Input and output names, in the jax.export function's argument order and in the SavedModel.
+HISTORY = "history"
+EXCLUDE_SEEN = "exclude_seen"
+ITEM_IDS = "item_ids"
+SCORES = "scores"
+SIGNATURE = "serving_default"
+
+ServeFn = Callable[[Any, jax.Array, jax.Array], Any]
+
+
+def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
+    """The model as exported: XLA attention, which lowers on every platform.
+
+    A run may have trained with cuDNN attention (GPU only); every implementation computes the same
+    function, so the export uses the portable one.
+    """
+    return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None))
+
+
+def scores_fn(model: models.BERT4Rec) -> ServeFn:
+    """The scores of every item for a batch of histories.
+
+    Args:
+      model: the model (its `scoring_fns` do the work, as in evaluation).
+
+    Returns:
+      scores(params, history int32 [b, W], exclude_seen bool [b]) -> float32 [b, num_items],
+      column j scoring dense item j + 1; -inf where exclude_seen and the item is in the history.
+      W <= max_len - 1.
+    """
+    fns = models.scoring_fns(model)
+    num_items = model.config.vocab_size - 2
+    mask_id = model.config.mask_id
+
+    def scores(params, history, exclude_seen):
+        b, width = history.shape
+        known = (history >= 1) & (history <= num_items)  # [b, W]
+        history = jnp.where(known, history, models.PAD_ID).astype(jnp.int32)
+        # [MASK] right after the last item: build_inputs' layout for a history padded at the end
+        # (and still a valid input if a caller leaves holes: they are padding to attention).
+        columns = jnp.arange(1, width + 1, dtype=jnp.int32)  # [W]
+        mask_pos = jnp.max(jnp.where(known, columns[None, :], 0), axis=1)  # [b]
+        ids = jnp.concatenate([history, jnp.zeros((b, 1), jnp.int32)], axis=1)  # [b, W + 1]
+        ids = jnp.where(jnp.arange(width + 1)[None, :] == mask_pos[:, None], mask_id, ids)
+        h = fns.encode(params, ids, mask_pos)  # [b, H]
+        items = jnp.arange(1, num_items + 1, dtype=jnp.int32)  # [V]: padding, [MASK] never scored
+        out = fns.score(params, h, items).astype(jnp.float32)  # [b, V]
+        rows = jnp.arange(b)[:, None]  # [b, 1]
+        seen = jnp.zeros((b, num_items + 1), bool).at[rows, history].set(True)[:, 1:]  # [b, V]
+        return jnp.where(seen & exclude_seen[:, None], -jnp.inf, out)
+
+    return scores
+
+
+def serving_fn(model: models.BERT4Rec, top_k: int) -> ServeFn:
+    """The exported function: (params, history [b, W], exclude_seen [b]) -> (item_ids, scores).
+
+    Args:
+      model: the model.
+      top_k: items returned per row, best first (ties: the lower dense id first).
+
+    Returns:
+      serve(params, history, exclude_seen) -> (int32 [b, top_k] dense ids, float32 [b, top_k]).
+    """
+    scores = scores_fn(model)
+
+    def serve(params, history, exclude_seen):
+        top_scores, top_index = jax.lax.top_k(scores(params, history, exclude_seen), top_k)
+        return (top_index + 1).astype(jnp.int32), top_scores  # column j is dense id j + 1
+
+    return serve
+
+
+def input_specs(params: Any, history_width: int) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
+    """Abstract (params, history, exclude_seen) with a symbolic batch size b."""
+    (b,) = jax.export.symbolic_shape("b")
+    return (
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params),
+        jax.ShapeDtypeStruct((b, history_width), jnp.int32),
+        jax.ShapeDtypeStruct((b,), jnp.bool_),
+    )
+
+
+def export_serving_fn(
+    model: models.BERT4Rec, params: Any, top_k: int, platforms: Sequence[str] = DEFAULT_PLATFORMS
+) -> jax.export.Exported:
+    """`serving_fn` exported with jax.export for a symbolic batch size.
+
+    Args:
+      model: the model.
+      params: its parameters (or abstract ones: only shapes and dtypes are read).
+      top_k: items returned per row.
+      platforms: what to lower for; the artifact runs on any of them.
+
+    Returns:
+      The Exported function; `.serialize()` gives the bytes of serving.jax.
+    """
+    specs = input_specs(params, model.config.max_len - 1)
+    return jax.export.export(jax.jit(serving_fn(model, top_k)), platforms=tuple(platforms))(*specs)
+
+
+def write_saved_model(
+    model: models.BERT4Rec,
+    params: Any,
+    top_k: int,
+    directory: pathlib.Path,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> None:
+    """Writes the serving function as a TensorFlow SavedModel (TF is imported here only).
+
+    Signature `serving_default`: history int32 [b, max_len - 1], exclude_seen bool [b] ->
+    {item_ids int32 [b, top_k], scores float32 [b, top_k]}. The parameters are tf.Variables.
+
+    The model and the exclusion run in jax2tf's XlaCallModule; the top-k runs as TF's own TopKV2:
+    jax lowers `lax.top_k` to a StableHLO composite that TensorFlow releases built against an
+    older StableHLO cannot read (TF 2.21 with jax 0.10), while a sort in its place costs 20x the
+    time on CPU. Both keep the lower index first on ties, so both artifacts agree.
+
+    Args:
+      model: the model.
+      params: its parameters.
+      top_k: items returned per row.
+      directory: the SavedModel directory to write.
+      platforms: what the XlaCallModule is lowered for.
+    """
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    scores = scores_fn(model)
+    width = model.config.max_len - 1
+
+    def scores_of_flat(flat, history, exclude_seen):
+        return scores(artifact.unflatten_params(flat), history, exclude_seen)
+
+    # native_serialization is the only mode left (the flag is deprecated since jax 0.4.31).
+    scores_tf = jax2tf.convert(
+        scores_of_flat,
+        polymorphic_shapes=[None, "(b, _)", "(b,)"],
+        with_gradient=False,
+        native_serialization_platforms=tuple(platforms),
+    )
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__(name="bert4rec")
+            self.params = {
+                name: tf.Variable(value, trainable=False, name=name.replace("/", "."))
+                for name, value in artifact.flatten_params(params).items()
+            }
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, width], tf.int32, name=HISTORY),
+                tf.TensorSpec([None], tf.bool, name=EXCLUDE_SEEN),
+            ],
+            autograph=False,
+        )
+        def serve(self, history, exclude_seen):
+            all_scores = scores_tf(self.params, history, exclude_seen)  # [b, V]
+            top_scores, top_index = tf.math.top_k(all_scores, k=top_k)  # [b, k]
+            return {ITEM_IDS: top_index + 1, SCORES: top_scores}
+
+    module = Serving()
+    tf.saved_model.save(module, str(directory), signatures={SIGNATURE: module.serve})
+
+
+def _versions(saved_model: bool) -> dict[str, str]:
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    out = {p: version(p) for p in ("bert4rec_jax", "jax", "jaxlib", "flax", "numpy")}
+    out["jax"] = jax.__version__  # the one imported, whatever the metadata says
+    if saved_model:
+        import tensorflow as tf  # imported already by the SavedModel writer
+
+        out["tensorflow"] = tf.__version__  # the distribution may be tensorflow-cpu
+    return out
+
+
+def _check_vocabulary(vocabulary: np.ndarray, num_items: int) -> np.ndarray:
+    vocabulary = np.asarray(vocabulary)
+    if vocabulary.dtype == object and all(isinstance(x, str) for x in vocabulary[1:]):
+        # Python strings in an object array: stored as a unicode array, which needs no pickle.
+        vocabulary = np.array([""] + vocabulary[1:].tolist(), dtype=str)
+    if vocabulary.ndim != 1 or vocabulary.dtype.kind not in "iuUS":
+        raise ValueError(
+            f"vocabulary: expected a 1-D array of integer or string raw ids, got "
+            f"{vocabulary.dtype} {vocabulary.shape}"
+        )
+    if len(vocabulary) != num_items + 1:
+        raise ValueError(
+            f"vocabulary has {len(vocabulary)} entries, but the model has {num_items} items: "
+            f"expected num_items + 1 (entry 0 stands for padding)"
+        )
+    if len(set(vocabulary[1:].tolist())) != num_items:
+        raise ValueError("vocabulary: raw item ids repeat; each item needs its own raw id")
+    return vocabulary
+
+
+def _check_params(params: Any, config: models.ModelConfig) -> dict[str, Any]:
+    """The model's parameters as float32 numpy, checked against the shapes the model builds."""
+    params = jax.device_get(params)
+    expected = jax.eval_shape(
+        lambda: models.BERT4Rec(config).init(
+            jax.random.key(0),
+            jnp.zeros((1, config.max_len), jnp.int32),
+            jnp.zeros((1, 1), jnp.int32),
+            train=False,
+        )["params"]
+    )
+    have = artifact.flatten_params(params)
+    expected = artifact.flatten_params(expected)
+    for name, spec in expected.items():
+        if name not in have:
+            raise ValueError(f"params: {name} is missing; not the parameters of this model")
+        if have[name].shape != spec.shape:
+            raise ValueError(
+                f"params: {name} has shape {have[name].shape}, the model builds {spec.shape}"
+            )
+    return artifact.unflatten_params({k: np.asarray(have[k], np.float32) for k in expected})
+
+
+def _model_json(config: models.ModelConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out["dtype"] = jnp.dtype(config.dtype).name
+    return out
+
+
+def export_model(
+    model: models.BERT4Rec,
+    params: Any,
+    vocabulary: np.ndarray,
+    output: str | pathlib.Path,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    config: ml_collections.ConfigDict | None = None,
+    source: dict[str, Any] | None = None,
+    saved_model: bool = True,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes an export directory from a model, its parameters and its vocabulary.
+
+    The directory appears complete or not at all: everything is written to a sibling temporary
+    directory first, then renamed.
+
+    Args:
+      model: the model (its config fixes the shapes).
+      params: its parameters (any devices; fetched to the host).
+      vocabulary: raw item ids by dense id, [num_items + 1], integers or strings; entry 0 stands
+        for padding (`Corpus.raw_item_ids`).
+      output: the directory to create (local).
+      top_k: items the function returns per history; more than num_items is cut to num_items.
+      config: the training config, written as config.json (default: the model's config).
+      source: where the parameters come from (workdir, checkpoint, step), for the manifest.
+      saved_model: also write the TensorFlow SavedModel (imports TensorFlow).
+      platforms: what the function is lowered for.
+      overwrite: replace an existing `output`; otherwise a non-empty one is refused.
+
+    Returns:
+      The manifest written.
+    """
+    model = serving_model(model)
+    cfg = model.config
+    num_items = cfg.vocab_size - 2
+    vocabulary = _check_vocabulary(vocabulary, num_items)
+    params = _check_params(params, cfg)
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be positive")
+    platforms = tuple(platforms)
+    unknown = [p for p in platforms if p not in KNOWN_PLATFORMS]
+    if unknown or not platforms:
+        raise ValueError(f"platforms={list(platforms)}: each must be one of {KNOWN_PLATFORMS}")
+    if top_k > num_items:
+        logging.warning(
+            "top_k=%d is more than the %d items; exporting top_k=%d", top_k, num_items, num_items
+        )
+        top_k = num_items
+    output = pathlib.Path(output).absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"{output} exists and is not empty; pass overwrite=True to replace it"
+        )
+
+    width = cfg.max_len - 1
+    tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        exported = export_serving_fn(model, params, top_k, platforms)
+        (tmp / artifact.SERVING_FN).write_bytes(exported.serialize())
+        flat = artifact.flatten_params(params)
+        for name, file in artifact.SEPARATE_PARAMS.items():
+            np.save(tmp / file, flat.pop(name), allow_pickle=False)
+        np.savez(tmp / artifact.PARAMS, **flat)
+        np.save(tmp / artifact.VOCABULARY, vocabulary, allow_pickle=False)
+        config_text = (
+            config.to_json_best_effort(indent=2, sort_keys=True)
+            if config is not None
+            else json.dumps({"model": _model_json(cfg)}, indent=2, sort_keys=True)
+        )
+        (tmp / artifact.CONFIG).write_text(config_text + "\n")
+        if saved_model:
+            write_saved_model(model, params, top_k, tmp / artifact.SAVED_MODEL_DIR, platforms)
+        manifest = {
+            "format": artifact.FORMAT,
+            "format_version": artifact.FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "versions": _versions(saved_model),
+            "source": source or {},
+            "model": _model_json(cfg),
+            "num_items": num_items,
+            "max_len": cfg.max_len,
+            "history_length": width,
+            "top_k": top_k,
+            "platforms": list(exported.platforms),
+            "vocabulary_dtype": vocabulary.dtype.str,
+            "serving": {
+                "function": artifact.SERVING_FN,
+                "params": artifact.PARAMS,
+                "saved_model": artifact.SAVED_MODEL_DIR if saved_model else None,
+                "signature": SIGNATURE if saved_model else None,
+                "inputs": {
+                    HISTORY: {"dtype": "int32", "shape": ["b", width]},
+                    EXCLUDE_SEEN: {"dtype": "bool", "shape": ["b"]},
+                },
+                "outputs": {
+                    ITEM_IDS: {"dtype": "int32", "shape": ["b", top_k]},
+                    SCORES: {"dtype": "float32", "shape": ["b", top_k]},
+                },
+            },
+            "shapes": {
+                name: list(value.shape) for name, value in artifact.flatten_params(params).items()
+            }
+            | {artifact.VOCABULARY: list(vocabulary.shape)},
+        }
+        manifest = artifact.write_manifest(tmp, manifest)
+        if output.is_dir():
+            shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    logging.info(
+        "Exported %d items, top_k=%d, to %s (%.1f MB)", num_items, top_k, output, size / 1e6
+    )
+    return manifest
+
+
+def export_workdir(
+    workdir: str | pathlib.Path,
+    output: str | pathlib.Path,
+    *,
+    checkpoint: str = "best",
+    top_k: int = DEFAULT_TOP_K,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    saved_model: bool = True,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Exports a training run's parameters with its data set's vocabulary.
+
+    Args:
+      workdir: the run's workdir (config.json, checkpoints/, best/).
+      output: the export directory to create.
+      checkpoint: "best" (falls back to the latest when the run kept none) or "latest".
+      top_k: items returned per history.
+      data_dir: overrides the run's config.data_dir (where its prepared corpus is).
+      manual_dir: overrides the run's config.manual_dir (an offline copy of the source).
+      saved_model: also write the TensorFlow SavedModel.
+      platforms: what the function is lowered for.
+      overwrite: replace an existing output directory.
+
+    Returns:
+      The manifest written.
+    """
+    from bert4rec_jax import checkpointing, experiment  # Orbax and the data sets: only here
+
+    workdir = checkpointing.absolute(workdir)
+    config = checkpointing.load_config(workdir)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if manual_dir is not None:
+        config.manual_dir = manual_dir
+    exp = experiment.Experiment.from_config(config)
+    params, step = checkpointing.restore_params(workdir, checkpoint)
+    source = {
+        "workdir": str(workdir),
+        "checkpoint": checkpoint,
+        "step": step,
+        "dataset": config.dataset,
+    }
+    return export_model(
+        exp.model,
+        params,
+        exp.corpus.raw_item_ids,
+        output,
+        top_k=top_k,
+        config=config,
+        source=source,
+        saved_model=saved_model,
+        platforms=platforms,
+        overwrite=overwrite,
+    )
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when this module runs as the program)."""
+    flags.DEFINE_string("workdir", None, "The training run's workdir (holds config.json).")
+    flags.DEFINE_string("output", None, "The export directory to create.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which saved parameters.")
+    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Items returned per history (at most).")
+    flags.DEFINE_string("data_dir", None, "Override the run's config.data_dir.")
+    flags.DEFINE_string("manual_dir", None, "Override the run's config.manual_dir.")
+    flags.DEFINE_bool("saved_model", True, "Also write a TensorFlow SavedModel.")
+    flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Lower for these: cpu, cuda, tpu.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
+    flags.mark_flags_as_required(["workdir", "output"])
+
+
+def main(argv: list[str]) -> None:
+    from bert4rec_jax.metric_writer import quiet_library_logs
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    f = flags.FLAGS
+    manifest = export_workdir(
+        f.workdir,
+        f.output,
+        checkpoint=f.checkpoint,
+        top_k=f.top_k,
+        data_dir=f.data_dir,
+        manual_dir=f.manual_dir,
+        saved_model=f.saved_model,
+        platforms=f.platforms,
+        overwrite=f.overwrite,
+    )
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    source = manifest["source"]
+    print(
+        f"Exported {source['dataset']} step {source['step']} ({source['checkpoint']}): "
+        f"{manifest['num_items']} items, top_k={manifest['top_k']}, history of up to "
+        f"{manifest['history_length']} items, platforms {','.join(manifest['platforms'])}"
+    )
+    print(f"Wrote {f.output} ({len(manifest['files'])} files, {size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

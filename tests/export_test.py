@@ -1,0 +1,317 @@
+"""Export and recommend: the artifact against in-process scoring, TF, raw ids, damage, the CLIs."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend, train_lib
+from bert4rec_jax.evaluation.ranking import build_inputs
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(module, *args, check=True):
+    """Runs one of the package's command lines as a user would, on one CPU device."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+# ---- a randomly initialised model: raw ids, exclusion, batching, damage (fast) ----------------
+
+NUM_ITEMS = 40
+MAX_LEN = 12
+# Items 1..3 get a large output bias, so they top every history's ranking unless excluded.
+POPULAR = (1, 2, 3)
+VOCABULARIES = {
+    # What Corpus.raw_item_ids holds: entry 0 stands for padding.
+    "strings": np.array([""] + [f"sku-{i:03d}" for i in range(1, NUM_ITEMS + 1)]),
+    "sparse ints": np.array([-1] + [1000 + 7 * i for i in range(1, NUM_ITEMS + 1)], np.int64),
+}
+
+
+def random_model():
+    config = models.ModelConfig(
+        vocab_size=NUM_ITEMS + 2,
+        max_len=MAX_LEN,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+    )
+    model = models.BERT4Rec(config)
+    ids = jnp.zeros((1, MAX_LEN), jnp.int32)
+    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), ids, jnp.zeros((1, 1), jnp.int32), train=False)
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes["params"]
+    )
+    params["output_bias"][list(POPULAR)] = 50.0
+    return model, params
+
+
+@pytest.fixture(scope="module", params=sorted(VOCABULARIES))
+def random_export(request, tmp_path_factory):
+    """(export directory, vocabulary, its Recommender) of a random model, for CPU only and with
+    no SavedModel (the trained run below tests the defaults). One Recommender per module, so
+    each batch size compiles once."""
+    model, params = random_model()
+    vocabulary = VOCABULARIES[request.param]
+    output = tmp_path_factory.mktemp("random") / "export"
+    export.export_model(
+        model, params, vocabulary, output, top_k=NUM_ITEMS, saved_model=False, platforms=["cpu"]
+    )
+    return output, vocabulary, recommend.Recommender.load(output)
+
+
+def test_manifest_lists_every_file_with_its_checksum(random_export):
+    output, vocabulary, _ = random_export
+    manifest = json.loads((output / artifact.MANIFEST).read_text())
+    on_disk = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {artifact.MANIFEST}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == artifact.sha256_file(output / name)
+    assert manifest["top_k"] == NUM_ITEMS and manifest["history_length"] == MAX_LEN - 1
+    assert manifest["versions"]["jax"] == jax.__version__
+    np.testing.assert_array_equal(np.load(output / artifact.VOCABULARY), vocabulary)
+    # No temporary directory is left beside the export.
+    assert [p.name for p in output.parent.iterdir()] == [output.name]
+
+
+def test_seen_items_never_come_back_unless_allowed(random_export):
+    _, vocabulary, rec = random_export
+    popular = vocabulary[list(POPULAR)].tolist()
+    others = vocabulary[10:14].tolist()
+    # Everything is returned (k = all items), so an excluded item has nowhere to hide.
+    excluded = rec.recommend([popular + others], k=NUM_ITEMS)[0]
+    returned = [item for item, _ in excluded]
+    assert not set(returned) & set(popular + others)
+    assert len(returned) == NUM_ITEMS - len(popular + others)
+    assert vocabulary[0].item() not in returned  # padding never comes back
+    included = rec.recommend([popular + others], k=NUM_ITEMS, exclude_seen=False)[0]
+    assert sorted(item for item, _ in included[:3]) == sorted(popular)
+    assert len(included) == NUM_ITEMS
+    scores = [score for _, score in included]
+    assert scores == sorted(scores, reverse=True)
+
+    # An item older than the window the model reads is excluded too (filtered on the host).
+    width = rec.history_length
+    long_history = popular[:1] + vocabulary[4 : 4 + width].tolist()  # popular[0] falls out
+    returned = [item for item, _ in rec.recommend([long_history], k=10)[0]]
+    assert popular[0] not in returned and popular[1] in returned
+
+
+def test_unknown_ids_are_skipped_and_counted_or_refused(random_export):
+    _, vocabulary, rec = random_export
+    known = vocabulary[5:8].tolist()
+    unknown = ["no-such-item", 123456789]
+    result = rec.recommend([known, known[:1] + unknown + known[1:]], k=5)
+    assert result.unknown_ids == (0, 2) and result.num_unknown == 2
+    # Skipping leaves the same history, so the same recommendations.
+    assert result[0] == result[1]
+    with pytest.raises(recommend.UnknownItemError, match=r"histories\[1\]: item id 'no-such-item'"):
+        rec.recommend([known, known + unknown], k=5, strict=True)
+    with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[2\] has no item ids"):
+        rec.recommend([known, known, []], k=5)
+    with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[0\] has only unknown"):
+        rec.recommend([unknown], k=5)
+    with pytest.raises(ValueError, match=f"k=41: must be in 1..{NUM_ITEMS}"):
+        rec.recommend([known], k=NUM_ITEMS + 1)
+    with pytest.raises(TypeError, match=r"histories\[0\]: expected a sequence"):
+        rec.recommend(known, k=5)  # one history, not a list of them
+
+
+def test_batched_and_numpy_histories_match_one_at_a_time(random_export):
+    output, vocabulary, rec = random_export
+    in_fours = recommend.Recommender.load(output, batch_size=4)  # 2 batches, the second padded
+    rng = np.random.default_rng(0)
+    histories = [
+        vocabulary[rng.integers(1, NUM_ITEMS + 1, size=n)].tolist() for n in (1, 3, 11, 20, 5, 2, 7)
+    ]
+    together = in_fours.recommend(histories, k=8)
+    as_arrays = in_fours.recommend([np.asarray(h) for h in histories], k=8)
+    for history, batched, from_array in zip(histories, together, as_arrays, strict=True):
+        alone = rec.recommend([history], k=8)[0]
+        assert [i for i, _ in batched] == [i for i, _ in alone] == [i for i, _ in from_array]
+        np.testing.assert_allclose([s for _, s in batched], [s for _, s in alone], atol=1e-5)
+        assert all(type(i) is type(vocabulary[1].item()) for i, _ in batched)
+
+
+@pytest.mark.parametrize(
+    "damage, name",
+    [
+        ("flip", artifact.SERVING_FN),
+        ("flip", artifact.PARAMS),
+        ("flip", artifact.VOCABULARY),
+        ("delete", artifact.ITEM_EMBEDDINGS),
+        ("delete", artifact.MANIFEST),
+    ],
+)
+def test_damaged_artifact_is_refused_naming_the_file(random_export, tmp_path, damage, name):
+    output, _, _ = random_export
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    target = copy / name
+    if damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+    else:
+        target.unlink()
+    with pytest.raises(artifact.ArtifactError, match=re.escape(str(target))):
+        recommend.Recommender.load(copy)
+
+
+def test_export_refuses_a_non_empty_output(random_export):
+    output, vocabulary, _ = random_export
+    model, params = random_model()
+    with pytest.raises(FileExistsError, match=re.escape(str(output))):
+        export.export_model(model, params, vocabulary, output, saved_model=False)
+
+
+def test_input_files_name_the_bad_line(tmp_path):
+    csv_file = tmp_path / "users.csv"
+    csv_file.write_text('u1,sku-001, sku-002\n\nu2,"sku-003"\n')
+    users, histories, labels = recommend.read_histories(csv_file)
+    assert users == ["u1", "u2"]
+    assert histories == [["sku-001", "sku-002"], ["sku-003"]]
+    assert labels[1] == f"{csv_file}:3 (user 'u2')"
+    jsonl = tmp_path / "users.jsonl"
+    jsonl.write_text('{"user": 7, "history": [1, 2]}\n{"user": 8, "items": [3]}\n')
+    with pytest.raises(recommend.InputFileError, match=re.escape(f"{jsonl}:2: expected an object")):
+        recommend.read_histories(jsonl)
+
+
+# ---- a tiny run trained on the 8 test devices, exported by a 1-device process (slow) ----------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(experiment, params, export directory, its Recommender): trained here on 8 devices,
+    exported by a 1-device process."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = tiny_config(
+        tmp,
+        num_train_steps=6,
+        warmup_steps=2,
+        checkpoint_every_steps=3,
+        **{"eval.every_steps": 3, "eval.protocols": ("pop100",)},
+    )
+    workdir, output = tmp / "work", tmp / "export"
+    assert jax.device_count() == 8
+    train_lib.train_and_evaluate(config, str(workdir))
+    printed = run_cli(
+        "bert4rec_jax.export", f"--workdir={workdir}", f"--output={output}", "--top_k=20"
+    ).stdout
+    params, step = checkpointing.restore_params(workdir, "best")
+    assert f"Exported synthetic step {step} (best)" in printed
+    exp = experiment.Experiment.from_config(config)
+    return exp, params, output, recommend.Recommender.load(output)
+
+
+def corpus_histories(exp, batch):
+    """Test-split inputs of the corpus's users, repeated to `batch` rows: (history, ids, pos)."""
+    ids, mask_pos = build_inputs(exp.corpus, exp.split, "test", exp.config.model.max_len)
+    rows = np.arange(batch) % len(ids)
+    ids, mask_pos = ids[rows], mask_pos[rows]
+    history = np.where(ids == exp.corpus.mask_id, 0, ids)[:, :-1]  # [batch, max_len - 1]
+    return history, ids, mask_pos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 1000])
+def test_exported_scores_equal_in_process_scores(trained, batch):
+    exp, params, _, rec = trained
+    history, ids, mask_pos = corpus_histories(exp, batch)
+    got_ids, got_scores = rec.run(history, exclude_seen=True)  # [batch, top_k]
+
+    fns = exp.scoring_fns
+    h = jax.jit(fns.encode)(params, ids, mask_pos)
+    items = np.arange(1, exp.corpus.num_items + 1, dtype=np.int32)
+    want = np.asarray(jax.jit(fns.score)(params, h, items))  # [batch, V]
+    seen = np.zeros((batch, exp.corpus.num_items + 1), bool)
+    seen[np.arange(batch)[:, None], history] = True
+    want = np.where(seen[:, 1:], -np.inf, want)
+    # The returned items score what the model scores them, and they are its best ones.
+    np.testing.assert_allclose(
+        got_scores, np.take_along_axis(want, got_ids - 1, axis=1), rtol=1e-5, atol=1e-5
+    )
+    best = -np.sort(-want, axis=1)[:, : rec.top_k]
+    np.testing.assert_allclose(got_scores, best, rtol=1e-5, atol=1e-5)
+    assert not seen[np.arange(batch)[:, None], got_ids].any()
+
+
+@pytest.mark.slow
+def test_saved_model_in_tensorflow_returns_the_same_top_k(trained):
+    import tensorflow as tf
+
+    exp, _, output, rec = trained
+    history, _, _ = corpus_histories(exp, 1000)  # the batch size the test above compiled
+    exclude = np.arange(1000) % 2 == 0  # the flag is per row
+    loaded = tf.saved_model.load(str(output / artifact.SAVED_MODEL_DIR))
+    out = loaded.signatures[export.SIGNATURE](
+        history=tf.constant(history), exclude_seen=tf.constant(exclude)
+    )
+    for flag in (True, False):
+        want_ids, want_scores = rec.run(history, exclude_seen=flag)
+        rows = exclude == flag
+        np.testing.assert_array_equal(out[export.ITEM_IDS].numpy()[rows], want_ids[rows])
+        np.testing.assert_allclose(
+            out[export.SCORES].numpy()[rows], want_scores[rows], rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.slow
+def test_recommend_cli_prints_raw_ids_on_one_device(trained, tmp_path):
+    exp, _, output, rec = trained
+    corpus = exp.corpus
+    history = corpus.raw_item_ids[corpus.sequence(3)].tolist()
+    printed = run_cli(
+        "bert4rec_jax.recommend",
+        f"--model={output}",
+        "--history=" + ",".join(map(str, history + [999999])),
+        "--k=5",
+    )
+    rows = [line.split() for line in printed.stdout.strip().splitlines()[1:]]
+    want = rec.recommend([history], k=5)[0]
+    assert [int(item) for _, item, _ in rows] == [item for item, _ in want]
+    np.testing.assert_allclose([float(s) for *_, s in rows], [s for _, s in want], atol=1e-4)
+    assert "Skipped 1 unknown item ids" in printed.stderr
+
+    # A file of histories, JSON lines in and out; a bad line fails naming it.
+    lines = [{"user": "a", "history": history}, {"user": 2, "history": history[:2] + ["x"]}]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = tmp_path / "results.jsonl"
+    run_cli("bert4rec_jax.recommend", f"--model={output}", f"--input={requests}",
+            f"--output={results}", "--k=5")  # fmt: skip
+    written = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["user"] for r in written] == ["a", 2]
+    assert [r["unknown_ids"] for r in written] == [0, 1]
+    assert [r["item"] for r in written[0]["recommendations"]] == [item for item, _ in want]
+    failed = run_cli("bert4rec_jax.recommend", f"--model={output}", f"--input={requests}",
+                     "--strict", check=False)  # fmt: skip
+    assert failed.returncode != 0
+    assert f"{requests}:2 (user 2): item id 'x' is not in the model's vocabulary" in failed.stderr
