@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import math
+import time
 from collections.abc import Mapping
 
 import jax
@@ -57,7 +58,8 @@ class MetricWriter:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self._active:
             return
-        row = {"step": int(step)}
+        # Wall-clock time too, so curves of quality against time can be drawn from the file.
+        row = {"step": int(step), "time": round(time.time(), 3)}
         row.update({k: _json_number(v) for k, v in metrics.items()})
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
