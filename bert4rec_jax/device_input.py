@@ -19,22 +19,26 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
    window is uniform over the W windows and it is a mask-last row with probability L / (C + L),
    exactly the distribution of a row of a tf.data batch. The only difference: a tf.data epoch
    takes each instance exactly once (without replacement), here an instance is seen Poisson(1)
-   times per I rows.
+   times per I rows. (Uniform by rejection from four 32-bit words: exact unless all four are
+   rejected, probability below (I / 2^32)^4, e.g. 1e-11 for ML-20M's ~3M instances.)
 4. Masks: k = min(P, max(1, round_half_away(n * mask_prob))) for a window of n items (a table
    built by `input_pipeline.num_masked`), the k positions uniform without replacement among the n
    real positions: the k largest of n random 31-bit keys (a tie, probability below n^2 / 2^32 per
    row, goes to the lower position). Positions ascending, padded with 0. "mask" writes [MASK];
-   "bert" writes [MASK] with probability 0.8, a uniform random item 0.1, the item itself 0.1.
-   A mask-last row masks only its last item, with [MASK].
-5. Fixed or fresh masks: with `fresh_masks` a masked row's mask comes from the row's own key, so
-   it is new at every draw. Without (the paper's `dupe_factor` fixed copies), the mask of copy c of
-   window w comes from a key of (seed, c, w) alone, so every draw of that instance carries the same
-   mask: the fixed copies are emulated (the same distribution as tf.data's copies, not the same
-   masks, which tf.data draws with numpy).
-6. Keys and processes: global row r of step s draws from fold_in(fold_in(rows_key, s), r). Each
-   device draws only the rows it holds (`shard_map` over the mesh's data axis), so each process
-   draws only its own rows and the global batch depends on (seed, step) alone: not on the number of
-   devices or processes, and a resumed run gets exactly the batches an uninterrupted one would.
+   "bert" writes [MASK] with probability 0.8, a random item 0.1 (a 32-bit word modulo the item
+   count: uniform up to a relative bias below items / 2^32), the item itself 0.1. A mask-last
+   row masks only its last item, with [MASK].
+5. Fixed or fresh masks: with `fresh_masks` a masked row's mask comes from the row's own words,
+   so it is new at every draw. Without (the paper's `dupe_factor` fixed copies), the mask of
+   instance i (copy i // W of window i % W) comes from fold_in(fixed_key, i) alone, so every draw
+   of that instance carries the same mask: the fixed copies are emulated, with nothing stored
+   (the same distribution as tf.data's copies, not the same masks, which tf.data draws with numpy).
+6. Keys and processes: global row r of step s draws from fold_in(fold_in(rows_key, s), r), both
+   keys derived from `seed`. Each device draws only the rows it holds (`shard_map` over the
+   mesh's data axis), so each process draws only its own rows and the global batch depends on
+   (seed, step) alone: not on the number of devices or processes, nor on the batch size (row r
+   is the same in a larger batch), and a resumed run gets exactly the batches an uninterrupted
+   one would.
 
 Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
 'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P].

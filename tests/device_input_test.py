@@ -2,6 +2,8 @@
 exact resume through the real train step) and of host batches prefetched to the devices."""
 
 import itertools
+import os
+import socket
 import subprocess
 import sys
 
@@ -197,29 +199,30 @@ def test_bert_mode_proportions():
 
 
 def test_fixed_copies_keep_their_masks_and_fresh_masks_change():
-    corpus = _corpus(np.full(20, 12), num_items=40)
+    corpus = _corpus(np.full(20, 12), num_items=40)  # 20 windows of 10 items, 3 masked
     split = leave_one_out(corpus, "standard")
 
-    def positions_by_instance(fresh: bool) -> dict[int, set]:
+    def draw(fresh: bool) -> dict[int, list]:
         config = InputConfig(max_len=10, mask_prob=0.3, max_predictions=4, fresh_masks=fresh)
         source = DeviceInput(corpus, split, config, 64, sharding_lib.make_mesh())
-        rows = _draw(source, range(8))
-        seen: dict[int, set] = {}
-        for i, p in zip(rows["instance"], rows["positions"], strict=True):
-            if i < source.num_windows * config.copies:  # masked rows only
-                seen.setdefault(int(i), set()).add(tuple(p))
-        return seen
+        rows = _draw(source, range(8))  # 512 rows
+        is_last = rows["instance"] >= source.num_windows * config.copies
+        # The share of mask-last rows is a tf.data epoch's: 1 / (copies + 1).
+        assert _within_binomial(is_last.sum(), len(is_last), 1 / (config.copies + 1))
+        masks: dict[int, list] = {}  # every draw's positions, by masked instance
+        for i, p in zip(rows["instance"][~is_last], rows["positions"][~is_last], strict=True):
+            masks.setdefault(int(i), []).append(tuple(p))
+        return masks
 
-    fixed = positions_by_instance(False)  # 20 windows x 10 copies; 512 rows see each ~2.3 times
-    assert sum(len(v) > 0 for v in fixed.values()) > 50
-    assert all(len(v) == 1 for v in fixed.values())  # every draw of a copy: the same mask
-    # Copies of a window differ (10 copies of 3 among 10 positions: 120 possible masks).
-    by_window = {}
+    fixed = draw(False)  # 200 instances (10 copies of each window), ~2.1 draws each
+    assert sum(len(v) >= 2 for v in fixed.values()) > 50  # many drawn several times ...
+    assert all(len(set(v)) == 1 for v in fixed.values())  # ... always with the same mask
+    by_window: dict[int, set] = {}
     for i, v in fixed.items():
         by_window.setdefault(i % 20, set()).update(v)
-    assert max(len(v) for v in by_window.values()) > 1
-    fresh = positions_by_instance(True)  # 20 instances drawn ~13 times each: new masks
-    assert all(len(v) > 1 for v in fresh.values())
+    assert all(len(v) > 1 for v in by_window.values())  # copies of a window differ
+    fresh = draw(True)  # 20 masked instances, ~12.8 draws each (C(10, 3) = 120 masks)
+    assert all(len(set(v)) > 1 for v in fresh.values())
 
 
 # ---- Determinism, devices and processes ----------------------------------------------------
@@ -373,6 +376,62 @@ assert sys.modules["tensorflow"] is None
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+_TWO_PROCESSES = """
+import sys
+import jax
+import numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from bert4rec_jax import sharding
+from bert4rec_jax.device_input import DeviceInput
+sys.path.insert(0, "tests")
+from device_input_test import _small
+corpus, split, config = _small()
+batch = DeviceInput(corpus, split, config, 32, sharding.make_mesh()).batch_with_instances(9)
+rows = {}  # this process's rows: {first global row: {key: values}}
+for key, value in batch.items():
+    for shard in value.addressable_shards:
+        rows.setdefault(shard.index[0].start, {})[key] = np.asarray(shard.data)
+np.save(sys.argv[3], rows, allow_pickle=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_draw_their_own_rows_of_the_same_global_batch(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        address = f"localhost:{sock.getsockname()[1]}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TWO_PROCESSES, address, str(p), str(tmp_path / f"{p}.npy")],
+            cwd=root,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(2)
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+
+    # One process of 8 devices draws the same global batch; each of the two processes (2 devices
+    # each, so 4 in all) held its own quarter-batches of it, and together they hold all of it.
+    corpus, split, config = _small()
+    want = jax.device_get(
+        DeviceInput(corpus, split, config, 32, sharding_lib.make_mesh()).batch_with_instances(9)
+    )
+    starts = []
+    for p in range(2):
+        rows = np.load(tmp_path / f"{p}.npy", allow_pickle=True).item()
+        for start, shard in rows.items():
+            starts.append(start)
+            _assert_equal(shard, {k: v[start : start + 8] for k, v in want.items()})
+    assert sorted(starts) == [0, 8, 16, 24]
 
 
 def test_errors():
