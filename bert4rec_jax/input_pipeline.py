@@ -44,6 +44,8 @@ import numpy as np
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
 
 MASK_REPLACEMENTS = ("mask", "bert")
+# Where batches are made: here (tf.data, on the host) or by `device_input` on the devices.
+PIPELINES = ("tf.data", "device")
 
 # Streams of np.random.SeedSequence([seed, stream, ...]); distinct tags keep the draws independent.
 _FIXED_MASKS_STREAM = 1
@@ -76,6 +78,7 @@ class InputConfig:
       mask_last_copy: add one copy per window per epoch with only its last item masked.
       prefetch: batches tf.data prepares ahead; tf.data.AUTOTUNE (-1) is allowed.
       seed: masks and data order derive from it.
+      pipeline: "tf.data" (this module) or "device" (`device_input`: drawn on the devices).
     """
 
     max_len: int = 50
@@ -88,6 +91,7 @@ class InputConfig:
     mask_last_copy: bool = True
     prefetch: int = 2
     seed: int = 0
+    pipeline: str = "tf.data"
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -111,6 +115,8 @@ class InputConfig:
             )
         if self.prefetch < -1:
             raise ValueError(f"input.prefetch={self.prefetch} must be >= 0 or -1 (AUTOTUNE)")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"input.pipeline={self.pipeline!r} must be one of {PIPELINES}")
 
     @classmethod
     def from_config(cls, config: Any) -> InputConfig:
@@ -127,6 +133,7 @@ class InputConfig:
             mask_last_copy=bool(inp.mask_last_copy),
             prefetch=int(inp.prefetch),
             seed=int(config.seed),
+            pipeline=str(inp.pipeline),
         )
 
     @property

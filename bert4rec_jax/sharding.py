@@ -6,7 +6,9 @@ and `model` (size 1 today; reserved for sharding the item table of very large ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import collections
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -66,3 +68,44 @@ def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray]) -> dict[str, jax.A
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
     }
+
+
+def prefetch_to_device(
+    batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Lifts host batches to global arrays `size` batches ahead of their use.
+
+    The copy to the devices is dispatched asynchronously, so while the step of batch s runs,
+    batches s + 1 .. s + size are already on their way: the host-to-device copy overlaps the
+    step instead of preceding it. Batches come out in the order they go in.
+
+    Args:
+      batches: this process's rows of each global batch, e.g. `input_pipeline.train_batches`.
+      mesh: the mesh; batches are split over its data axis (see `global_batch`).
+      size: batches dispatched ahead of the one handed out (>= 1); the devices hold up to
+        size + 1 batches.
+
+    Returns:
+      An iterator of `global_batch(mesh, b)` for each b of `batches`, ending when they end.
+
+    Raises:
+      ValueError: when size < 1.
+    """
+    if size < 1:  # checked here, not at the first next(): this is not itself a generator
+        raise ValueError(f"prefetch size={size} must be at least 1")
+    return _prefetch(iter(batches), mesh, size)
+
+
+def _prefetch(
+    batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh, size: int
+) -> Iterator[dict[str, jax.Array]]:
+    queue: collections.deque[dict[str, jax.Array]] = collections.deque()
+
+    def enqueue(n: int) -> None:
+        for local in itertools.islice(batches, n):
+            queue.append(global_batch(mesh, local))
+
+    enqueue(size)
+    while queue:
+        enqueue(1)  # before handing out batch s, so s + 1 .. s + size are in flight during its step
+        yield queue.popleft()

@@ -21,6 +21,7 @@ from absl import logging
 
 from bert4rec_jax import (
     checkpointing,
+    device_input,
     evaluation,
     experiment,
     input_pipeline,
@@ -185,23 +186,13 @@ def train_and_evaluate(
             why = "stopped early" if loop.stopped_early else "reached its last step"
             logging.info("Nothing to train: the run in %s %s at step %d", workdir, why, start)
         else:
-            train_step = train_step_lib.jit_train_step(
-                train_step_lib.make_train_step(exp.model, tx, schedule), state, mesh
-            )
-            batches = input_pipeline.train_batches(
-                exp.corpus,
-                exp.split,
-                input_config,
-                config.batch_size,
-                start_step=start,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
+            take_step = _step_fn(exp, input_config, config, state, mesh, tx, schedule)
             logging.info(
-                "Training steps %d..%d, %d instances per epoch, %s on %d devices",
+                "Training steps %d..%d, %d instances per epoch, %s input, %s on %d devices",
                 start,
                 total,
                 input_pipeline.num_instances(exp.corpus, exp.split, input_config),
+                input_config.pipeline,
                 jax.devices()[0].platform,
                 len(jax.devices()),
             )
@@ -209,8 +200,7 @@ def train_and_evaluate(
             sums = None  # metric sums since the last log line, on device
             with preemption.StopRequests() as stop:
                 for step in range(start + 1, last + 1):
-                    batch = sharding_lib.global_batch(mesh, next(batches))
-                    state, metrics = train_step(state, batch)
+                    state, metrics = take_step(state)
                     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
                     if is_time(step, config.log_every_steps, total):
                         _log_train_metrics(writer, step, total, jax.device_get(sums), progress)
@@ -252,6 +242,40 @@ def train_and_evaluate(
         record = {"step": params_step, **{k: float(v) for k, v in results.items()}}
         (workdir / RESULTS_FILE).write_text(json.dumps(record, indent=2))
     return results
+
+
+def _step_fn(
+    exp: experiment.Experiment,
+    input_config: input_pipeline.InputConfig,
+    config: ml_collections.ConfigDict,
+    state: train_step_lib.TrainState,
+    mesh: jax.sharding.Mesh,
+    tx,
+    schedule,
+):
+    """`take_step(state) -> (state, metrics)`: the jitted train step fed by the configured input.
+
+    "device": the batch of `state.step` is drawn on the devices inside the same program.
+    "tf.data": host batches from the state's step on, copied to the devices two steps ahead.
+    """
+    train_step = train_step_lib.make_train_step(exp.model, tx, schedule)
+    if input_config.pipeline == "device":
+        source = device_input.DeviceInput(
+            exp.corpus, exp.split, input_config, config.batch_size, mesh
+        )
+        return source.jit_fused_step(train_step, state)
+    jitted = train_step_lib.jit_train_step(train_step, state, mesh)
+    host_batches = input_pipeline.train_batches(
+        exp.corpus,
+        exp.split,
+        input_config,
+        config.batch_size,
+        start_step=int(state.step),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    batches = sharding_lib.prefetch_to_device(host_batches, mesh, size=2)
+    return lambda state: jitted(state, next(batches))
 
 
 def _check_finite(sums, step: int) -> float:

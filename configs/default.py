@@ -75,6 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.mask_replacement = "mask"
     c.input.mask_last_copy = True  # add one copy per window whose last item alone is masked
     c.input.prefetch = 2  # batches prepared ahead of the accelerator
+    # Where batches are made. "tf.data": on the host, copied to the devices each step; works for
+    # any corpus size. "device": the corpus (4 bytes per interaction) is copied to every device
+    # once and batches are drawn there with jax.random (rows sampled with replacement; see
+    # bert4rec_jax/device_input.py); the host only dispatches steps.
+    c.input.pipeline = "tf.data"
 
     # ---- Training ---------------------------------------------------------------------------
     c.seed = 0  # parameters, dropout and data order all derive from it

@@ -86,8 +86,9 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path):
-    config = tiny_config(tmp_path)
+@pytest.mark.parametrize("pipeline", ["tf.data", "device"])
+def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, pipeline):
+    config = tiny_config(tmp_path, **{"input.pipeline": pipeline})
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     results_full = train_lib.train_and_evaluate(config, str(full_dir))
     assert results_full  # a finished run reports test metrics
@@ -274,3 +275,34 @@ def test_early_stopping_survives_a_restart_and_a_stopped_run_stays_stopped(tmp_p
     assert train_lib.train_and_evaluate(config, str(full_dir)) == results
     assert (full_dir / "metrics.jsonl").read_text() == before
     assert (full_dir / train_lib.RESULTS_FILE).read_text() == recorded
+
+
+@pytest.mark.slow
+def test_training_without_tensorflow_from_a_prepared_corpus(tmp_path):
+    # The corpus is prepared here (TFDS needs TensorFlow); the training process cannot import
+    # TensorFlow at all, as on a lean accelerator image.
+    config = tiny_config(tmp_path)
+    experiment.load_data(config)
+    workdir = tmp_path / "work"
+    argv = [
+        "train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data_dir={config.data_dir}",
+        "--config.input.pipeline=device",
+    ]
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['tensorflow'] = None  # any import of it now fails\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_module('bert4rec_jax.train', run_name='__main__', alter_sys=True)\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "device input" in out.stderr
+    assert "tensorflow is not installed: no TensorBoard event files" in out.stderr
+    results = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    assert results["step"] == config.num_train_steps or results["step"] % 10 == 0

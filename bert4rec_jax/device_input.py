@@ -1,0 +1,367 @@
+"""The device input path: training batches drawn on the devices (`input.pipeline="device"`).
+
+The tf.data path (`input_pipeline`, the default) builds every batch on the host and copies it to
+the devices each step. Here the corpus's flat arrays go to every device once, replicated:
+`corpus.items` (int32, 4 bytes per interaction) and the training windows' starts and lengths
+(8 bytes per window). Each step's batch is then drawn on the devices with `jax.random`, beside the
+jitted train step (`DeviceInput.batch`) or inside it (`DeviceInput.jit_fused_step`); the host only
+dispatches. Keep "tf.data" for corpora that do not fit in device memory beside the model.
+
+The rules are the tf.data path's (see `input_pipeline`'s docstring); what differs is stated here.
+
+1. Windows: the same, from `input_pipeline.make_windows` (W windows).
+2. Instances: numbered as in a tf.data epoch. With C masked copies per window (`dupe_factor`, or 1
+   with `fresh_masks`) and L = 1 mask-last copy per window when `mask_last_copy` (else 0), there
+   are I = W * (C + L) instances; instance i < W * C is masked copy i // W of window i % W, and
+   instance W * C + w is the mask-last copy of window w.
+3. Distribution: every row of every step draws its instance uniformly from [0, I), independently
+   of every other row and step (sampling with replacement; there are no epochs). So each row's
+   window is uniform over the W windows and it is a mask-last row with probability L / (C + L),
+   exactly the distribution of a row of a tf.data batch. The only difference: a tf.data epoch
+   takes each instance exactly once (without replacement), here an instance is seen Poisson(1)
+   times per I rows. (Uniform by rejection from four 32-bit words: exact unless all four are
+   rejected, probability below (I / 2^32)^4, e.g. 1e-11 for ML-20M's ~3M instances.)
+4. Masks: k = min(P, max(1, round_half_away(n * mask_prob))) for a window of n items (a table
+   built by `input_pipeline.num_masked`), the k positions uniform without replacement among the n
+   real positions: the k largest of n random 31-bit keys (a tie, probability below n^2 / 2^32 per
+   row, goes to the lower position). Positions ascending, padded with 0. "mask" writes [MASK];
+   "bert" writes [MASK] with probability 0.8, a random item 0.1 (a 32-bit word modulo the item
+   count: uniform up to a relative bias below items / 2^32), the item itself 0.1. A mask-last
+   row masks only its last item, with [MASK].
+5. Fixed or fresh masks: with `fresh_masks` a masked row's mask comes from the row's own words,
+   so it is new at every draw. Without (the paper's `dupe_factor` fixed copies), the mask of
+   instance i (copy i // W of window i % W) comes from fold_in(fixed_key, i) alone, so every draw
+   of that instance carries the same mask: the fixed copies are emulated, with nothing stored
+   (the same distribution as tf.data's copies, not the same masks, which tf.data draws with numpy).
+6. Keys and processes: global row r of step s draws from fold_in(fold_in(rows_key, s), r), both
+   keys derived from `seed`. Each device draws only the rows it holds (`shard_map` over the
+   mesh's data axis), so each process draws only its own rows and the global batch depends on
+   (seed, step) alone: not on the number of devices or processes, nor on the batch size (row r
+   is the same in a larger batch), and a resumed run gets exactly the batches an uninterrupted
+   one would.
+
+Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
+'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P].
+
+This module imports no TensorFlow (nor does anything it imports), so it runs on bare accelerator
+images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from bert4rec_jax import input_pipeline
+from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
+
+Batch = dict[str, jax.Array]
+
+# fold_in(key, t) equals split(key, n)[t] for t < n, and the train state splits key(seed) in two
+# (parameters, dropout). A tag far from small counts keeps the input's keys apart from those.
+_INPUT_STREAM = 0x1D47A
+_ROWS_STREAM = 1
+_FIXED_MASKS_STREAM = 2
+# 32-bit words drawn per row for its instance (rejection sampling, see `_uniform_below`).
+_INSTANCE_WORDS = 4
+# Indices are int32 on device (64-bit is off by default in JAX).
+_INT32_LIMIT = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about a draw; hashable, so equal sources share one compiled program."""
+
+    config: input_pipeline.InputConfig
+    mesh: Mesh
+    global_batch_size: int
+    num_windows: int
+    num_instances: int
+    mask_id: int
+    num_items: int
+
+
+class DeviceInput:
+    """Training batches drawn on the devices from a device-resident corpus.
+
+    Build it once per run; `batch(step)` is then a pure function of the step (and the seed):
+
+        source = DeviceInput(corpus, split, input_config, config.batch_size, mesh)
+        batch = source.batch(step)  # dict of global jax.Arrays, split over `data`
+
+    or fuse the draw into the train step (one dispatch per step):
+
+        fused = source.jit_fused_step(train_step.make_train_step(model, tx, schedule), state)
+        state, metrics = fused(state)  # draws the batch of step `state.step`
+
+    Attributes:
+      config: the pipeline's config.
+      mesh: the mesh the batches are split over.
+      global_batch_size: G, rows of a batch.
+      num_windows: W, training windows.
+      num_instances: I, instances of a tf.data epoch (the space rows are drawn from).
+      arrays: the device-resident corpus, replicated: 'items' int32 [num_interactions],
+        'starts' int32 [W], 'lengths' int32 [W], 'num_masked' int32 [N + 1] (k by window length).
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        split: Split,
+        config: input_pipeline.InputConfig,
+        global_batch_size: int,
+        mesh: Mesh,
+    ):
+        """Cuts the windows and copies the corpus to the devices.
+
+        Args:
+          corpus: the corpus.
+          split: its leave-one-out split; windows come from `split.train_ends` only.
+          config: the pipeline's config (`input.pipeline` itself is not read here).
+          global_batch_size: G (`batch_size`), a multiple of the mesh's data axis.
+          mesh: the mesh; the corpus is replicated on its devices, batches split over `data`.
+
+        Raises:
+          ValueError: naming `batch_size` when it does not split over the data axis; when no user
+            has a training item; when the corpus is too large for int32 indices.
+        """
+        sharding_lib.check_batch_size("batch_size", global_batch_size, mesh)
+        windows = input_pipeline.make_windows(corpus, split, config.max_len, config.sliding_step)
+        if not len(windows):
+            raise ValueError(f"data set {corpus.name!r} has no training item in any user")
+        num_instances = len(windows) * (config.copies + int(config.mask_last_copy))
+        if max(corpus.num_interactions, num_instances) > _INT32_LIMIT:
+            raise ValueError(
+                f"data set {corpus.name!r} has {corpus.num_interactions} interactions and "
+                f"{num_instances} instances, more than int32 indexes; use "
+                "input.pipeline='tf.data'"
+            )
+        self._spec = _Spec(
+            config=config,
+            mesh=mesh,
+            global_batch_size=global_batch_size,
+            num_windows=len(windows),
+            num_instances=num_instances,
+            mask_id=corpus.mask_id,
+            num_items=corpus.num_items,
+        )
+        self.config = config
+        self.mesh = mesh
+        self.global_batch_size = global_batch_size
+        self.num_windows = len(windows)
+        self.num_instances = num_instances
+        host = {
+            "items": corpus.items.astype(np.int32),
+            "starts": windows.starts.astype(np.int32),
+            "lengths": windows.lengths.astype(np.int32),
+            # Row n: k for a window of n items, computed by the tf.data path's own function.
+            "num_masked": input_pipeline.num_masked(np.arange(config.max_len + 1), config).astype(
+                np.int32
+            ),
+        }
+        replicated = sharding_lib.replicated(mesh)
+        # make_array_from_callback works with several processes too (each fills its devices).
+        self.arrays = {
+            name: jax.make_array_from_callback(value.shape, replicated, lambda i, v=value: v[i])
+            for name, value in host.items()
+        }
+
+    def batch(self, step: int | jax.Array) -> Batch:
+        """The global batch of a step.
+
+        Args:
+          step: the global step (a Python int or an int32 scalar); jit does not retrace per step.
+
+        Returns:
+          'ids' int32 [G, N], 'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32
+          [G, P], global arrays split over the mesh's data axis.
+        """
+        batch = _jitted_draw(self._spec)(self.arrays, step)
+        del batch["instance"]  # [G] int32, computed anyway; one program serves both methods
+        return batch
+
+    def batch_with_instances(self, step: int | jax.Array) -> Batch:
+        """`batch(step)` plus 'instance' int32 [G], each row's instance (for tests and tools).
+
+        Instance i < W * C is masked copy i // W of window i % W; instance W * C + w is the
+        mask-last copy of window w (W windows, C masked copies per window).
+        """
+        return _jitted_draw(self._spec)(self.arrays, step)
+
+    def make_batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> Batch:
+        """The traceable draw behind `batch`, to call inside another jitted function.
+
+        Args:
+          arrays: `self.arrays`, passed in (not closed over) so that jit takes them as
+            arguments rather than as constants baked into the program.
+          step: int32 [] (traced or not).
+
+        Returns:
+          As `batch`.
+        """
+        batch = _draw(self._spec, arrays, step)
+        del batch["instance"]
+        return batch
+
+    def jit_fused_step(
+        self,
+        train_step: Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]],
+        state: Any,
+    ) -> Callable[[Any], tuple[Any, dict[str, jax.Array]]]:
+        """One jitted program that draws the batch of `state.step` and takes the train step.
+
+        Args:
+          train_step: `train_step.make_train_step(...)`, `(state, batch) -> (state, metrics)`.
+          state: the train state (its shardings are kept; it is donated).
+
+        Returns:
+          `fused(state) -> (state, metrics)`, equal to
+          `train_step(state, self.batch(state.step))`.
+        """
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        replicated = sharding_lib.replicated(self.mesh)
+        spec = self._spec
+
+        def fused(state, arrays):
+            batch = _draw(spec, arrays, state.step)
+            del batch["instance"]  # unused, so compiled away
+            return train_step(state, batch)
+
+        jitted = jax.jit(
+            fused,
+            in_shardings=(state_shardings, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        return lambda state: jitted(state, self.arrays)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_draw(spec: _Spec) -> Callable[[dict[str, jax.Array], Any], Batch]:
+    return jax.jit(
+        functools.partial(_draw, spec), out_shardings=sharding_lib.data_sharded(spec.mesh)
+    )
+
+
+def _draw(spec: _Spec, arrays: dict[str, jax.Array], step) -> Batch:
+    """Every device draws the global rows it holds: [G / D] rows on each of D devices."""
+    local_rows = spec.global_batch_size // sharding_lib.data_parallelism(spec.mesh)
+
+    def draw_shard(arrays, step):
+        first = jax.lax.axis_index(sharding_lib.DATA_AXIS) * local_rows
+        rows = first + jnp.arange(local_rows, dtype=jnp.int32)  # global row numbers
+        return _draw_rows(spec, arrays, jnp.asarray(step, jnp.int32), rows)
+
+    return jax.shard_map(
+        draw_shard,
+        mesh=spec.mesh,
+        in_specs=(P(), P()),
+        out_specs=P(sharding_lib.DATA_AXIS),
+    )(arrays, step)
+
+
+def _key(seed: int, stream: int) -> jax.Array:
+    """A constant key of the input's streams, derived eagerly: compiled programs only see its
+    data (each call of the generator inside a program costs compile time)."""
+    with jax.ensure_compile_time_eval():
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _INPUT_STREAM), stream)
+        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(key)))
+
+
+def _uniform_below(words: jax.Array, bound: int) -> jax.Array:
+    """int32 []: uniform in [0, bound) from uint32 words [T], by rejection.
+
+    The first word below the largest multiple of `bound` that fits in 32 bits, modulo `bound`.
+    A word is rejected with probability below bound / 2^32, so all T of them only with
+    probability below (bound / 2^32)^T (then the last one is used, slightly biased).
+    """
+    limit = (2**32 // bound) * bound
+    if limit == 2**32:  # bound is a power of two: every word is fine
+        return (words[0] % np.uint32(bound)).astype(jnp.int32)
+    accepted = words < np.uint32(limit)
+    pick = jnp.where(accepted.any(), jnp.argmax(accepted), len(words) - 1)
+    return (words[pick] % np.uint32(bound)).astype(jnp.int32)
+
+
+def _draw_rows(
+    spec: _Spec, arrays: dict[str, jax.Array], step: jax.Array, rows: jax.Array
+) -> Batch:
+    """The rows numbered `rows` (int32 [R]) of step `step`'s global batch, with 'instance' [R].
+
+    Every random number of a row comes from at most two calls of the generator (each call site
+    costs compile time): the row's words (its instance, and with fresh masks its mask), and with
+    fixed masks the words of its instance's mask.
+    """
+    config = spec.config
+    n_max, p_max = config.max_len, config.max_predictions
+    num_windows = spec.num_windows
+    masked_instances = num_windows * config.copies  # the mask-last copies follow these
+    bert = config.mask_replacement == "bert"
+    # Per masked row: a key per position, and in "bert" mode two words per prediction slot.
+    mask_words = n_max + (2 * p_max if bert else 0)
+    step_key = jax.random.fold_in(_key(config.seed, _ROWS_STREAM), step)
+    fixed_key = _key(config.seed, _FIXED_MASKS_STREAM)
+    offsets = jnp.arange(n_max, dtype=jnp.int32)
+    slots = jnp.arange(p_max, dtype=jnp.int32)
+
+    def row(r):
+        fresh = config.fresh_masks
+        words = jax.random.bits(
+            jax.random.fold_in(step_key, r), (_INSTANCE_WORDS + (mask_words if fresh else 0),)
+        )  # uint32
+        instance = _uniform_below(words[:_INSTANCE_WORDS], spec.num_instances)
+        is_last = instance >= masked_instances
+        window = jnp.where(is_last, instance - masked_instances, instance % num_windows)
+        if fresh:
+            words = words[_INSTANCE_WORDS:]  # [mask_words]
+        else:  # a fixed copy: its mask depends on the instance (copy, window) only
+            words = jax.random.bits(jax.random.fold_in(fixed_key, instance), (mask_words,))
+
+        start = arrays["starts"][window]
+        n = arrays["lengths"][window]
+        real = offsets < n  # [N]; items first, then padding
+        ids = jnp.where(real, arrays["items"][start + jnp.minimum(offsets, n - 1)], PAD_ID)
+
+        k = jnp.where(is_last, 1, arrays["num_masked"][n])
+        used = slots < k  # [P]
+        # Uniform k-subset of the n real positions: the k largest random keys; padding gets -1
+        # so it is never chosen (k <= n).
+        keys = jnp.where(real, (words[:n_max] >> 1).astype(jnp.int32), -1)  # [N], 31 bits
+        _, top = jax.lax.top_k(keys, p_max)  # [P] int32, the P largest
+        positions = jnp.sort(jnp.where(used, top, n_max))  # chosen ascending, unused last
+        positions = jnp.where(is_last, jnp.where(slots == 0, n - 1, n_max), positions)
+        positions = jnp.where(used, positions, 0)  # [P]
+        labels = jnp.where(used, ids[positions], PAD_ID)  # [P]
+
+        if bert:
+            choice = words[n_max : n_max + p_max]  # [P]
+            random_items = (words[n_max + p_max :] % np.uint32(spec.num_items)).astype(jnp.int32)
+            # The original: 80% [MASK]; of the rest, half keep the item, half a random item.
+            inputs = jnp.where(
+                choice < np.uint32(0.8 * 2**32),
+                spec.mask_id,
+                jnp.where(choice < np.uint32(0.9 * 2**32), 1 + random_items, labels),
+            )
+            inputs = jnp.where(is_last, spec.mask_id, inputs)  # [P]
+        else:
+            inputs = jnp.full((p_max,), spec.mask_id, jnp.int32)
+        # Unused slots point past the row (n_max) and are dropped, not written at position 0.
+        ids = ids.at[jnp.where(used, positions, n_max)].set(inputs, mode="drop")
+        return {
+            "ids": ids,
+            "positions": positions,
+            "labels": labels,
+            "weights": used.astype(jnp.float32),
+            "instance": instance,
+        }
+
+    return jax.vmap(row)(rows)
