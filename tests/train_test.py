@@ -305,4 +305,5 @@ def test_training_without_tensorflow_from_a_prepared_corpus(tmp_path):
     assert "device input" in out.stderr
     assert "tensorflow is not installed: no TensorBoard event files" in out.stderr
     results = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
-    assert results["step"] == config.num_train_steps or results["step"] % 10 == 0
+    # The best of the validations at steps 10 and 20 was tested.
+    assert results["step"] in (10, 20) and results["pop100/ndcg@10"] > 0
