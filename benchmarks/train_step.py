@@ -8,7 +8,8 @@ temporaries, from XLA's analysis) and the device's peak memory since the process
 (`memory_stats()`; "n/a" on CPU). Only jax/flax/optax/numpy are needed: no TensorFlow, no
 ml_collections, so it runs on a bare accelerator image.
 
-The step mirrors the trainer's: full-softmax cross-entropy at the masked positions, dropout on,
+The step mirrors the trainer's: the default loss at the masked positions (`config.loss.type="auto"`:
+the full softmax, chunked above 10k items; benchmarks/catalog_scaling.py compares them), dropout on,
 gradients, clip + Adam + weight decay, parameters replicated and the batch split over the mesh's
 data axis, state donated.
 """

@@ -63,7 +63,7 @@ class LossConfig:
     """
 
     type: str = "auto"
-    auto_chunk_above: int = 50_000
+    auto_chunk_above: int = 10_000
     chunk_size: int = 8192
     num_negatives: int = 1024
     proposal: str = "uniform"

@@ -156,6 +156,7 @@ def test_chunked_with_bfloat16_features_accumulates_in_float32():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_chunked_equals_full_through_a_real_model():
     cfg = models.ModelConfig(
         vocab_size=V, max_len=10, hidden_size=H, num_heads=2, intermediate_size=16, num_layers=1
@@ -364,6 +365,7 @@ def _one_train_step(loss_config, num_devices):
     return jax.device_get(state.params), metrics
 
 
+@pytest.mark.slow
 def test_chunked_train_step_on_8_devices_equals_full():
     params_full, metrics_full = _one_train_step(losses.LossConfig(type="full"), 8)
     params, metrics = _one_train_step(losses.LossConfig(type="chunked", chunk_size=16), 8)
