@@ -21,7 +21,8 @@ Only jax/flax/optax/numpy are needed for everything but the tf.data rows: Tensor
 for those alone, and they are skipped with a note where it is missing, so the script runs on a
 bare accelerator image.
 
-The step mirrors the trainer's: full-softmax cross-entropy at the masked positions, dropout on,
+The step mirrors the trainer's: the default loss at the masked positions (`config.loss.type="auto"`:
+the full softmax, chunked above 10k items; benchmarks/catalog_scaling.py compares them), dropout on,
 gradients, clip + Adam + weight decay, parameters replicated and the batch split over the mesh's
 data axis, state donated.
 """

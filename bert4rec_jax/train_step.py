@@ -12,12 +12,15 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bert4rec_jax import losses, models
 from bert4rec_jax import sharding as sharding_lib
 
 Batch = dict[str, jax.Array]  # ids [B, N], positions / labels / weights [B, P]
+# fold_in(dropout key, this) seeds the sampled losses' negatives.
+_LOSS_KEY_STREAM = 0x5A3D
 
 
 @flax.struct.dataclass
@@ -70,26 +73,56 @@ def create_train_state(
 
 
 def make_train_step(
-    model: models.BERT4Rec, tx: optax.GradientTransformation, schedule: optax.Schedule
+    model: models.BERT4Rec,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    loss_config: losses.LossConfig | None = None,
+    item_counts: np.ndarray | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The pure training step: cloze cross-entropy, gradients, one optimizer update.
+    """The pure training step: cloze loss, gradients, one optimizer update.
 
-    Returns metrics as sums (loss_sum, weight_sum, correct_sum, steps) plus grad_norm and
-    learning_rate, so that they can be accumulated on device and averaged only when logged.
+    Args:
+      model: the model.
+      tx: the optimizer.
+      schedule: the learning-rate schedule (reported in the metrics).
+      loss_config: which loss (`losses.LossConfig.from_config(config)`); None = its defaults.
+      item_counts: interactions per item, [num_items + 1] (`Corpus.popularity`) or [vocab_size];
+        needed only by the sampled losses' popularity proposal.
+
+    Returns:
+      The step; its metrics are sums (loss_sum, weight_sum, correct_sum, steps) plus grad_norm
+      and learning_rate, so that they can be accumulated on device and averaged only when logged.
     """
+    vocab_size = model.config.vocab_size
+    loss_config = loss_config or losses.LossConfig()
+    counts = None if item_counts is None else losses.prepare_item_counts(item_counts, vocab_size)
+    loss_config.check(vocab_size, counts)  # before anything is compiled
+    counts = None if counts is None else jnp.asarray(counts)  # int32 [V]
 
     def train_step(state: TrainState, batch: Batch):
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        # Negatives of the sampled losses: their own stream, so dropout is what it always was.
+        loss_key = jax.random.fold_in(dropout_key, _LOSS_KEY_STREAM)
 
         def loss_fn(params):
-            logits = model.apply(
+            h = model.apply(
                 {"params": params},
                 batch["ids"],
                 batch["positions"],
                 train=True,
                 rngs={"dropout": dropout_key},
-            )  # [B, P, V]
-            sums = losses.masked_cross_entropy(logits, batch["labels"], batch["weights"])
+                method=models.BERT4Rec.predict_hidden,
+            )  # [B, P, H]: the loss applies the tied output layer itself, chunked if need be
+            sums = losses.cloze_loss(
+                loss_config,
+                h,
+                params["item_embedding"],  # [V, H]
+                params["output_bias"],  # [V]
+                batch["labels"],
+                batch["weights"],
+                key=loss_key,
+                item_counts=counts,
+            )
             return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)

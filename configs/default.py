@@ -63,6 +63,23 @@ def get_config() -> ml_collections.ConfigDict:
     # or "manual" (explicit softmax; used anyway while training with attention dropout).
     c.model.attention_impl = ""
 
+    # ---- Loss (bert4rec_jax/losses.py) -------------------------------------------------------
+    c.loss = ml_collections.ConfigDict()
+    # "full": softmax over the [batch, predictions, items] logits; "chunked": the same loss,
+    # streamed over item chunks (memory independent of the catalogue size); "sampled_softmax" or
+    # "gbce": over num_negatives drawn items (estimates; for millions of items); "auto": chunked
+    # above auto_chunk_above items in the vocabulary, full below.
+    c.loss.type = "auto"
+    # "auto" chunks vocabularies larger than this: on the 2-core CPU the chunked step is already
+    # faster at 13.5k items (Beauty's shape, benchmarks/catalog_scaling.py), about even at 3.4k.
+    c.loss.auto_chunk_above = 10_000
+    c.loss.chunk_size = 8192  # items per chunk of the chunked loss
+    c.loss.num_negatives = 1024  # sampled losses: negatives per step, shared by the whole batch
+    # Sampled losses: negatives drawn "uniform"ly over the items or by "popularity" (sampled
+    # softmax only; its logQ correction removes the proposal's bias).
+    c.loss.proposal = "uniform"
+    c.loss.gbce_t = 0.75  # gBCE calibration t in [0, 1]: 0 = plain BCE, 1 = fully calibrated
+
     # ---- Input pipeline (cloze masking) -----------------------------------------------------
     c.input = ml_collections.ConfigDict()
     c.input.mask_prob = 0.2  # fraction of a window's items to mask, in (0, 1]
