@@ -96,7 +96,8 @@ def run_cell(variant: str, num_items: int, args) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from bert4rec_jax import losses, models, optimizer, sharding, steps
+    from bert4rec_jax import losses, models, optimizer, sharding
+    from bert4rec_jax import train_step as train_step_lib
 
     cfg = models.ModelConfig(
         vocab_size=num_items + 2,
@@ -117,9 +118,11 @@ def run_cell(variant: str, num_items: int, args) -> dict:
     tx = optimizer.make_optimizer(schedule)
     mesh = sharding.make_mesh()
     sharding.check_batch_size("--batch", args.batch, mesh)
-    state = steps.create_train_state(model, tx, mesh, max_predictions=args.predictions, seed=0)
-    step = steps.jit_train_step(
-        steps.make_train_step(model, tx, schedule, loss_config), state, mesh
+    state = train_step_lib.create_train_state(
+        model, tx, mesh, max_predictions=args.predictions, seed=0
+    )
+    step = train_step_lib.jit_train_step(
+        train_step_lib.make_train_step(model, tx, schedule, loss_config), state, mesh
     )
     batch = sharding.global_batch(mesh, synthetic_batch(num_items, args))
 

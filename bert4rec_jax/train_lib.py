@@ -25,6 +25,7 @@ from bert4rec_jax import (
     evaluation,
     experiment,
     input_pipeline,
+    losses,
     optimizer,
     preemption,
 )
@@ -53,6 +54,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     # Every process holds as many devices, so a multiple of the devices splits over processes.
     sharding_lib.check_batch_size("batch_size", config.batch_size, mesh)
     input_pipeline.InputConfig.from_config(config)
+    losses.LossConfig.from_config(config)
     if config.num_train_steps <= 0:
         raise ValueError(f"num_train_steps={config.num_train_steps!r}: must be positive")
     if not 0 <= config.warmup_steps < config.num_train_steps:
@@ -258,7 +260,13 @@ def _step_fn(
     "device": the batch of `state.step` is drawn on the devices inside the same program.
     "tf.data": host batches from the state's step on, copied to the devices two steps ahead.
     """
-    train_step = train_step_lib.make_train_step(exp.model, tx, schedule)
+    train_step = train_step_lib.make_train_step(
+        exp.model,
+        tx,
+        schedule,
+        losses.LossConfig.from_config(config),
+        item_counts=exp.corpus.popularity,
+    )
     if input_config.pipeline == "device":
         source = device_input.DeviceInput(
             exp.corpus, exp.split, input_config, config.batch_size, mesh

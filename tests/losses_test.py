@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert4rec_jax import losses, models, optimizer, sharding, steps
+from bert4rec_jax import losses, models, optimizer, sharding
+from bert4rec_jax import train_step as train_step_lib
 from configs import default as default_config
 
 
@@ -356,9 +357,9 @@ def _one_train_step(loss_config, num_devices):
         "weights": np.ones((batch_size, num_preds), np.float32),
     }
     counts = np.bincount(ids.ravel(), minlength=num_items + 1)  # Corpus.popularity's layout
-    state = steps.create_train_state(model, tx, mesh, max_predictions=num_preds, seed=0)
-    step_fn = steps.make_train_step(model, tx, schedule, loss_config, item_counts=counts)
-    step = steps.jit_train_step(step_fn, state, mesh)
+    state = train_step_lib.create_train_state(model, tx, mesh, max_predictions=num_preds, seed=0)
+    step_fn = train_step_lib.make_train_step(model, tx, schedule, loss_config, item_counts=counts)
+    step = train_step_lib.jit_train_step(step_fn, state, mesh)
     state, metrics = step(state, sharding.global_batch(mesh, batch))
     metrics = jax.device_get(metrics)
     assert np.isfinite(metrics["loss_sum"]) and metrics["weight_sum"] == batch_size * num_preds
