@@ -31,6 +31,8 @@ def _run(command, devices_per_process, **env):
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+        # The launcher runs `python`: this interpreter's, whether or not its venv is active.
+        PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
         **env,
     )
     out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
