@@ -309,19 +309,10 @@ def load_corpus(
     request = dict(dataset=dataset, manual_dir=manual_dir, synthetic=synthetic, file=file)
     root = data_root(data_dir)
     cache = _cache_path(dataset, spec, data_dir)
-    if cache.exists():
-        corpus = prepared.read_cache(cache)
-        if corpus is not None:
-            logging.info(
-                "Corpus cache hit for %s at %s: %d users, %d items, %d interactions",
-                dataset,
-                cache,
-                corpus.num_users,
-                corpus.num_items,
-                corpus.num_interactions,
-            )
-            prepared.remember(cache, data_dir=data_dir, **request)
-            return corpus
+    corpus = prepared.read_hit(cache, dataset)
+    if corpus is not None:
+        prepared.remember(cache, data_dir=data_dir, **request)
+        return corpus
     start = time.perf_counter()
     with _remove_new_dirs_on_failure([root / CACHE_DIRNAME, cache.parent]):
         corpus = _prepare_with_tfds(dataset, spec, root, manual_dir)

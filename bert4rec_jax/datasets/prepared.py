@@ -185,6 +185,11 @@ def load_prepared(
         cache = epath.Path(entry["cache"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return read_hit(cache, dataset)
+
+
+def read_hit(cache: epath.Path, dataset: str) -> corpus_lib.Corpus | None:
+    """The corpus cached at `cache`, with a log line saying so; None when absent or unreadable."""
     if not cache.exists():
         return None
     corpus = read_cache(cache)
