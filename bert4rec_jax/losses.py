@@ -1,12 +1,15 @@
 """Losses over the item vocabulary at the masked positions: full, chunked and sampled.
 
-Every loss returns the same three float32 sums, never a mean, so that a train step can add them
+Every loss returns the same four float32 sums, never a mean, so that a train step can add them
 across micro-batches or devices and divide once, and so that the variants are drop-in
 replacements for one another:
 
     loss_sum     sum over positions of weight * (per-position loss)
     weight_sum   sum of weights (the number of real predictions when weights are 0/1)
-    correct_sum  sum of weight * [the label is the top-scored candidate]
+    correct_sum  number of real predictions (weight != 0) whose label is the top-scored
+                 candidate; unweighted, so that accuracy = correct_sum / prediction_count stays
+                 a plain accuracy when some predictions weigh more (`input.mask_last_weight`)
+    prediction_count  number of real predictions (weight != 0); equals weight_sum for 0/1 weights
 
 The variants (`LossConfig.type`, `config.loss.type`):
 
@@ -193,7 +196,7 @@ def cloze_loss(
       item_counts: int32 [V] from `prepare_item_counts`; needed by proposal="popularity".
 
     Returns:
-      A dict of float32 scalars: loss_sum, weight_sum, correct_sum.
+      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count.
     """
     vocab_size = table.shape[0]
     kind = loss_config.resolve(vocab_size)
@@ -224,13 +227,16 @@ def cloze_loss(
 def _sums(
     weights: jax.Array, per_position_loss: jax.Array, correct: jax.Array
 ) -> dict[str, jax.Array]:
-    """The three sums from [B, P] weights, losses and 0/1 correctness."""
+    """The four sums from [B, P] weights, losses and 0/1 correctness."""
     weights = weights.astype(jnp.float32)
+    real = weights != 0  # [B, P]
     return {
         # where(): a zero weight must also silence a non-finite loss (e.g. a label out of range).
-        "loss_sum": jnp.sum(jnp.where(weights != 0, weights * per_position_loss, 0.0)),
+        "loss_sum": jnp.sum(jnp.where(real, weights * per_position_loss, 0.0)),
         "weight_sum": jnp.sum(weights),
-        "correct_sum": jnp.sum(weights * correct.astype(jnp.float32)),
+        # Counts, not weighted: the reported accuracy is over predictions, whatever they weigh.
+        "correct_sum": jnp.sum(real & correct.astype(bool), dtype=jnp.float32),
+        "prediction_count": jnp.sum(real, dtype=jnp.float32),
     }
 
 
@@ -257,7 +263,7 @@ def masked_cross_entropy(
       weights: [B, P] float; 0 for padded prediction slots.
 
     Returns:
-      A dict of float32 scalars: loss_sum, weight_sum, correct_sum.
+      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count.
     """
     logits = logits.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
@@ -448,7 +454,7 @@ def chunked_cross_entropy(
       chunk_size: items per chunk (clipped to V); the last chunk may be partial.
 
     Returns:
-      A dict of float32 scalars: loss_sum, weight_sum, correct_sum.
+      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count.
     """
     batch_shape = labels.shape
     hidden = h.shape[-1]
@@ -564,8 +570,8 @@ def sampled_softmax_cross_entropy(
       label_log_q: [B, P] the same for the labels; None = no correction.
 
     Returns:
-      loss_sum, weight_sum and correct_sum, the last over the sampled candidates: the label
-      counts as correct when its raw score beats every drawn negative.
+      loss_sum, weight_sum, correct_sum and prediction_count, correct_sum over the sampled
+      candidates: the label counts as correct when its raw score beats every drawn negative.
     """
     pos, neg, hits = _sampled_scores(h, table, bias, labels, negatives)
     pos_c = pos if label_log_q is None else pos - label_log_q
@@ -623,7 +629,7 @@ def gbce_loss(
       beta: the positive term's exponent.
 
     Returns:
-      loss_sum, weight_sum and correct_sum (over the sampled candidates, as in
+      loss_sum, weight_sum, correct_sum and prediction_count (over the sampled candidates, as in
       `sampled_softmax_cross_entropy`).
     """
     pos, neg, hits = _sampled_scores(h, table, bias, labels, negatives)

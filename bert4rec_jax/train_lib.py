@@ -300,7 +300,8 @@ def _log_train_metrics(writer: MetricWriter, step: int, total: int, sums, progre
     num_steps = float(sums["steps"])
     metrics = {
         "train/loss": loss,
-        "train/accuracy": float(sums["correct_sum"] / max(sums["weight_sum"], 1.0)),
+        # Unweighted: the share of predictions right, whatever input.mask_last_weight is.
+        "train/accuracy": float(sums["correct_sum"] / max(sums["prediction_count"], 1.0)),
         "train/learning_rate": float(sums["learning_rate"] / num_steps),
         "train/grad_norm": float(sums["grad_norm"] / num_steps),
         "train/sequences_per_second": seq_per_s,

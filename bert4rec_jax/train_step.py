@@ -90,8 +90,9 @@ def make_train_step(
         needed only by the sampled losses' popularity proposal.
 
     Returns:
-      The step; its metrics are sums (loss_sum, weight_sum, correct_sum, steps) plus grad_norm
-      and learning_rate, so that they can be accumulated on device and averaged only when logged.
+      The step; its metrics are sums (loss_sum, weight_sum, correct_sum, prediction_count,
+      steps) plus grad_norm and learning_rate, so that they can be accumulated on device and
+      averaged only when logged.
     """
     vocab_size = model.config.vocab_size
     loss_config = loss_config or losses.LossConfig()
@@ -123,6 +124,11 @@ def make_train_step(
                 key=loss_key,
                 item_counts=counts,
             )
+            # The weighted mean: normalised by the sum of weights, not by the prediction count.
+            # A prediction of weight w (`input.mask_last_weight`) then counts as w predictions,
+            # and the loss stays a convex combination of per-prediction losses, so the gradient's
+            # scale (and the learning rate's meaning) does not grow with the weights or with the
+            # share of weighted rows; only the relative emphasis changes. All 1: the plain mean.
             return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)

@@ -22,7 +22,8 @@ def numpy_reference(logits, labels, weights):
     return {
         "loss_sum": (weights * nll).sum(),
         "weight_sum": weights.sum(),
-        "correct_sum": (weights * correct).sum(),
+        "correct_sum": ((weights != 0) & correct).sum(),  # a count: accuracy is unweighted
+        "prediction_count": (weights != 0).sum(),
     }
 
 
@@ -41,7 +42,7 @@ def test_matches_numpy_reference():
     logits, labels, weights = random_batch()
     out = jax.jit(losses.masked_cross_entropy)(logits, labels, weights)
     ref = numpy_reference(logits, labels, weights)
-    assert set(out) == {"loss_sum", "weight_sum", "correct_sum"}
+    assert set(out) == {"loss_sum", "weight_sum", "correct_sum", "prediction_count"}
     for k in ref:
         assert out[k].dtype == jnp.float32 and out[k].shape == ()
         np.testing.assert_allclose(out[k], ref[k], rtol=1e-5)
@@ -51,9 +52,12 @@ def test_matches_numpy_reference():
 def test_fractional_weights_and_bfloat16_logits():
     logits, labels, weights = random_batch(seed=1)
     weights = weights * 0.5
+    weights[1] *= 6.0  # some predictions weigh 3, e.g. mask-last ones (input.mask_last_weight)
     ref = numpy_reference(logits, labels, weights)
     out = losses.masked_cross_entropy(logits, labels, weights)
-    np.testing.assert_allclose(out["loss_sum"], ref["loss_sum"], rtol=1e-5)
+    for k in ref:  # the loss and weight sums weighted, the correct and prediction counts not
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5)
+    assert out["weight_sum"] != out["prediction_count"]
     out16 = losses.masked_cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels, weights)
     assert out16["loss_sum"].dtype == jnp.float32
     np.testing.assert_allclose(out16["loss_sum"], ref["loss_sum"], rtol=2e-2)
