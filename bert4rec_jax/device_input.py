@@ -13,21 +13,26 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
 2. Instances: numbered as in a tf.data epoch. With C masked copies per window (`dupe_factor`, or 1
    with `fresh_masks`) and L = 1 mask-last copy per window when `mask_last_copy` (else 0), there
    are I = W * (C + L) instances; instance i < W * C is masked copy i // W of window i % W, and
-   instance W * C + w is the mask-last copy of window w.
+   instance W * C + w is the mask-last copy of window w. With `mask_last_share` > 0 there are
+   M mask-last instances instead of W (`InputConfig.num_mask_last`), I = W * C + M.
 3. Distribution: every row of every step draws its instance uniformly from [0, I), independently
    of every other row and step (sampling with replacement; there are no epochs). So each row's
    window is uniform over the W windows and it is a mask-last row with probability L / (C + L),
    exactly the distribution of a row of a tf.data batch. The only difference: a tf.data epoch
    takes each instance exactly once (without replacement), here an instance is seen Poisson(1)
-   times per I rows. (Uniform by rejection from four 32-bit words: exact unless all four are
-   rejected, probability below (I / 2^32)^4, e.g. 1e-11 for ML-20M's ~3M instances.)
+   times per I rows. With `mask_last_share` > 0 a row is mask-last with probability M / I, as
+   in a tf.data epoch, and its window is then drawn uniformly over the W windows from four more
+   words (tf.data's per-epoch rotation of mask-last windows has no meaning without epochs); its
+   'instance' is reported as W * C + window. (Uniform by rejection from four 32-bit words:
+   exact unless all four are rejected, probability below (I / 2^32)^4, e.g. 1e-11 for ML-20M's
+   ~3M instances.)
 4. Masks: k = min(P, max(1, round_half_away(n * mask_prob))) for a window of n items (a table
    built by `input_pipeline.num_masked`), the k positions uniform without replacement among the n
    real positions: the k largest of n random 31-bit keys (a tie, probability below n^2 / 2^32 per
    row, goes to the lower position). Positions ascending, padded with 0. "mask" writes [MASK];
    "bert" writes [MASK] with probability 0.8, a random item 0.1 (a 32-bit word modulo the item
    count: uniform up to a relative bias below items / 2^32), the item itself 0.1. A mask-last
-   row masks only its last item, with [MASK].
+   row masks only its last item, with [MASK], and its prediction weighs `mask_last_weight`.
 5. Fixed or fresh masks: with `fresh_masks` a masked row's mask comes from the row's own words,
    so it is new at every draw. Without (the paper's `dupe_factor` fixed copies), the mask of
    instance i (copy i // W of window i % W) comes from fold_in(fixed_key, i) alone, so every draw
@@ -138,7 +143,7 @@ class DeviceInput:
         windows = input_pipeline.make_windows(corpus, split, config.max_len, config.sliding_step)
         if not len(windows):
             raise ValueError(f"data set {corpus.name!r} has no training item in any user")
-        num_instances = len(windows) * (config.copies + int(config.mask_last_copy))
+        num_instances = config.num_instances(len(windows))
         if max(corpus.num_interactions, num_instances) > _INT32_LIMIT:
             raise ValueError(
                 f"data set {corpus.name!r} has {corpus.num_interactions} interactions and "
@@ -193,7 +198,8 @@ class DeviceInput:
         """`batch(step)` plus 'instance' int32 [G], each row's instance (for tests and tools).
 
         Instance i < W * C is masked copy i // W of window i % W; instance W * C + w is the
-        mask-last copy of window w (W windows, C masked copies per window).
+        mask-last copy of window w (W windows, C masked copies per window; also with a
+        `mask_last_share`, where it means a mask-last row of window w).
         """
         return _jitted_draw(self._spec)(self.arrays, step)
 
@@ -313,16 +319,24 @@ def _draw_rows(
     offsets = jnp.arange(n_max, dtype=jnp.int32)
     slots = jnp.arange(p_max, dtype=jnp.int32)
 
+    # With a mask-last share, a mask-last row's window is drawn from words of its own. The word
+    # count is static and unchanged without a share, so the default draws stay as they were.
+    share = config.mask_last_share > 0
+    instance_words = _INSTANCE_WORDS * (2 if share else 1)
+
     def row(r):
         fresh = config.fresh_masks
         words = jax.random.bits(
-            jax.random.fold_in(step_key, r), (_INSTANCE_WORDS + (mask_words if fresh else 0),)
+            jax.random.fold_in(step_key, r), (instance_words + (mask_words if fresh else 0),)
         )  # uint32
         instance = _uniform_below(words[:_INSTANCE_WORDS], spec.num_instances)
         is_last = instance >= masked_instances
+        if share:  # M != W mask-last instances: the window uniform over W on its own
+            last_window = _uniform_below(words[_INSTANCE_WORDS:instance_words], num_windows)
+            instance = jnp.where(is_last, masked_instances + last_window, instance)
         window = jnp.where(is_last, instance - masked_instances, instance % num_windows)
         if fresh:
-            words = words[_INSTANCE_WORDS:]  # [mask_words]
+            words = words[instance_words:]  # [mask_words]
         else:  # a fixed copy: its mask depends on the instance (copy, window) only
             words = jax.random.bits(jax.random.fold_in(fixed_key, instance), (mask_words,))
 
@@ -356,11 +370,13 @@ def _draw_rows(
             inputs = jnp.full((p_max,), spec.mask_id, jnp.int32)
         # Unused slots point past the row (n_max) and are dropped, not written at position 0.
         ids = ids.at[jnp.where(used, positions, n_max)].set(inputs, mode="drop")
+        # A mask-last row's prediction weighs mask_last_weight (exactly `used` by default).
+        row_weight = jnp.where(is_last, np.float32(config.mask_last_weight), np.float32(1))
         return {
             "ids": ids,
             "positions": positions,
             "labels": labels,
-            "weights": used.astype(jnp.float32),
+            "weights": used.astype(jnp.float32) * row_weight,
             "instance": instance,
         }
 

@@ -12,6 +12,13 @@ The path from a `Corpus` to the batches a train step sees:
    then one mask-last copy per window (only the last item masked, as at test time). Instance i of
    an epoch is copy `i // W` of window `i % W` for i < W * copies, and the mask-last copy of window
    `i - W * copies` after that.
+   Optional (off by default, the paper's way), `mask_last_share` > 0 replaces the one mask-last
+   copy per window by M = round(share * copies * W / (1 - share)) mask-last instances per epoch,
+   so that M / (copies * W + M) ~ share: mask-last instance j of epoch e is the mask-last copy of
+   window `(j + e * M) % W`. The rotation by e * M spreads the remainder M % W (and, when M < W,
+   the choice of windows at all) evenly over the windows across epochs; M = W gives the default.
+   A fixed count per epoch (rather than a per-instance coin) keeps every epoch's size, hence
+   `steps_per_epoch`, the order and the resume rule below, exactly as they are.
 3. Masks are kept compact: per masked instance the sorted masked positions (uint8 when max_len
    <= 256) and, in "bert" mode, the token written at each of them. Full rows (ids [N] and the
    [P] prediction arrays) are only built for the rows of the batches being produced, in chunks,
@@ -29,7 +36,8 @@ Example shapes (N = max_len, P = max_predictions, B = this process's batch):
     positions replaced by [MASK] (or, in "bert" mode, sometimes a random item or the item itself).
   positions int32 [B, P]: masked positions, ascending, padded with 0.
   labels int32 [B, P]: the original items at `positions`, padded with 0.
-  weights float32 [B, P]: 1 for a real prediction, 0 for padding.
+  weights float32 [B, P]: 1 for a real prediction, 0 for padding; a mask-last row's single
+    prediction gets `mask_last_weight` instead of 1 (default 1, the paper's).
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ class InputConfig:
       mask_replacement: "mask" (always [MASK], the paper's runs) or "bert" (80% [MASK], 10% a
         random item, 10% unchanged).
       mask_last_copy: add one copy per window per epoch with only its last item masked.
+      mask_last_weight: the loss weight of a mask-last instance's prediction (1 = the paper's;
+        the others weigh 1). The loss is normalised by the sum of weights (see `train_step`).
+      mask_last_share: 0 (the paper's): one mask-last copy per window per epoch. In (0, 1):
+        instead, the share of an epoch's instances that are mask-last (see `num_mask_last`).
       prefetch: batches tf.data prepares ahead; tf.data.AUTOTUNE (-1) is allowed.
       seed: masks and data order derive from it.
       pipeline: "tf.data" (this module) or "device" (`device_input`: drawn on the devices).
@@ -89,6 +101,8 @@ class InputConfig:
     fresh_masks: bool = False
     mask_replacement: str = "mask"
     mask_last_copy: bool = True
+    mask_last_weight: float = 1.0
+    mask_last_share: float = 0.0
     prefetch: int = 2
     seed: int = 0
     pipeline: str = "tf.data"
@@ -113,6 +127,23 @@ class InputConfig:
                 f"input.mask_replacement={self.mask_replacement!r} must be one of "
                 f"{MASK_REPLACEMENTS}"
             )
+        if not (np.isfinite(self.mask_last_weight) and self.mask_last_weight > 0):
+            raise ValueError(
+                f"input.mask_last_weight={self.mask_last_weight} must be a finite number > 0"
+            )
+        if not (np.isfinite(self.mask_last_share) and 0.0 <= self.mask_last_share < 1.0):
+            raise ValueError(f"input.mask_last_share={self.mask_last_share} must be in [0, 1)")
+        if not self.mask_last_copy:
+            # Either setting would silently do nothing: there is no mask-last instance.
+            if self.mask_last_weight != 1.0:
+                raise ValueError(
+                    f"input.mask_last_weight={self.mask_last_weight} needs "
+                    "input.mask_last_copy=True (there are no mask-last instances to weigh)"
+                )
+            if self.mask_last_share != 0.0:
+                raise ValueError(
+                    f"input.mask_last_share={self.mask_last_share} needs input.mask_last_copy=True"
+                )
         if self.prefetch < -1:
             raise ValueError(f"input.prefetch={self.prefetch} must be >= 0 or -1 (AUTOTUNE)")
         if self.pipeline not in PIPELINES:
@@ -131,6 +162,8 @@ class InputConfig:
             fresh_masks=bool(inp.fresh_masks),
             mask_replacement=str(inp.mask_replacement),
             mask_last_copy=bool(inp.mask_last_copy),
+            mask_last_weight=float(inp.mask_last_weight),
+            mask_last_share=float(inp.mask_last_share),
             prefetch=int(inp.prefetch),
             seed=int(config.seed),
             pipeline=str(inp.pipeline),
@@ -140,6 +173,24 @@ class InputConfig:
     def copies(self) -> int:
         """Masked copies of each window per epoch, not counting the mask-last copy."""
         return 1 if self.fresh_masks else self.dupe_factor
+
+    def num_mask_last(self, num_windows: int) -> int:
+        """M, mask-last instances per epoch for W = `num_windows` windows.
+
+        0 without `mask_last_copy`; W (one per window) when `mask_last_share` is 0; otherwise
+        round(share * copies * W / (1 - share)), at least 1, so that M / (copies * W + M) is the
+        share up to rounding (within 1 / (copies * W + M)).
+        """
+        if not self.mask_last_copy:
+            return 0
+        if self.mask_last_share == 0.0:
+            return num_windows
+        share = self.mask_last_share
+        return max(1, int(round_half_away(share * self.copies * num_windows / (1.0 - share))))
+
+    def num_instances(self, num_windows: int) -> int:
+        """Instances per epoch for W = `num_windows` windows: W * copies + M."""
+        return num_windows * self.copies + self.num_mask_last(num_windows)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -337,8 +388,8 @@ class TrainingInstances:
 
     @property
     def num_instances(self) -> int:
-        """Instances per epoch: windows x copies, plus one mask-last copy per window."""
-        return self.num_windows * (self.config.copies + int(self.config.mask_last_copy))
+        """Instances per epoch: windows x copies, plus the mask-last instances."""
+        return self.config.num_instances(self.num_windows)
 
     def steps_per_epoch(self, global_batch_size: int, process_count: int = 1) -> int:
         """Global batches per epoch (the remainder of an epoch is dropped).
@@ -428,7 +479,9 @@ class TrainingInstances:
         num_windows, n, pmax = self.num_windows, self.config.max_len, self.config.max_predictions
         masked_rows = self.num_masked_rows
         is_last = idx >= masked_rows  # the mask-last copies follow the masked copies
-        window = np.where(is_last, idx - masked_rows, idx % num_windows)
+        # Mask-last instance j is window (j + epoch * M) % W: j itself by default (M = W).
+        rotation = epoch * self.config.num_mask_last(num_windows)
+        window = np.where(is_last, (idx - masked_rows + rotation) % num_windows, idx % num_windows)
         mask_row = np.where(is_last, 0, idx)
         starts = self.windows.starts[window]  # [R]
         lengths = self.windows.lengths[window].astype(np.int64)  # [R]
@@ -446,10 +499,13 @@ class TrainingInstances:
         positions[is_last] = 0
         positions[is_last, 0] = lengths[is_last] - 1
         counts[is_last] = 1
-        weights = np.arange(pmax) < counts[:, None]  # [R, P]
-        labels = np.take_along_axis(ids, positions, axis=1) * weights  # [R, P]
+        used = np.arange(pmax) < counts[:, None]  # [R, P]
+        labels = np.take_along_axis(ids, positions, axis=1) * used  # [R, P]
+        # A mask-last row's prediction weighs mask_last_weight (exactly 1 * used by default).
+        row_weight = np.where(is_last, np.float32(self.config.mask_last_weight), np.float32(1))
+        weights = used * row_weight[:, None]  # [R, P] float32
 
-        rows, slots = np.nonzero(weights)
+        rows, slots = np.nonzero(used)
         if masks.inputs is None:
             ids[rows, positions[rows, slots]] = self.corpus.mask_id
         else:
@@ -592,7 +648,7 @@ def _steps_per_epoch(num_instances: int, global_batch_size: int, process_count: 
 
 
 def num_instances(corpus: Corpus, split: Split, config: InputConfig) -> int:
-    """Training instances per epoch: windows x copies (+ one mask-last copy each).
+    """Training instances per epoch: windows x copies (+ the mask-last instances).
 
     Args:
       corpus: the corpus.
@@ -603,7 +659,7 @@ def num_instances(corpus: Corpus, split: Split, config: InputConfig) -> int:
       The count; only the windows are computed, no masks.
     """
     num_windows = len(make_windows(corpus, split, config.max_len, config.sliding_step))
-    return num_windows * (config.copies + int(config.mask_last_copy))
+    return config.num_instances(num_windows)
 
 
 def steps_per_epoch(

@@ -91,6 +91,14 @@ def get_config() -> ml_collections.ConfigDict:
     # "mask": always replace by [MASK] (the paper's runs); "bert": 80% [MASK], 10% random, 10% keep.
     c.input.mask_replacement = "mask"
     c.input.mask_last_copy = True  # add one copy per window whose last item alone is masked
+    # Loss weight of a mask-last instance's one prediction (others weigh 1); the loss is the
+    # weighted mean, normalised by the sum of weights. 1.0 = the paper. > 1 stresses the test-like
+    # next-item task over the cloze task. Needs mask_last_copy.
+    c.input.mask_last_weight = 1.0
+    # 0.0 = the paper: one mask-last copy per window per epoch (a share of 1 / (copies + 1)).
+    # In (0, 1): instead, about this share of each epoch's instances are mask-last (e.g. 0.25:
+    # a quarter), spread evenly over the windows across epochs. Needs mask_last_copy.
+    c.input.mask_last_share = 0.0
     c.input.prefetch = 2  # batches prepared ahead of the accelerator
     # Where batches are made. "tf.data": on the host, copied to the devices each step; works for
     # any corpus size. "device": the corpus (4 bytes per interaction) is copied to every device
