@@ -226,6 +226,41 @@ def test_fixed_copies_keep_their_masks_and_fresh_masks_change():
     assert all(len(set(v)) > 1 for v in fresh.values())
 
 
+def test_mask_last_weight_weighs_exactly_the_mask_last_rows():
+    corpus, split, config = _small()
+    mesh = sharding_lib.make_mesh()
+    assert config.mask_last_weight == 1.0 and config.mask_last_share == 0.0  # the defaults
+    base = DeviceInput(corpus, split, config, 32, mesh)  # compiled already by other tests
+    heavy = InputConfig(**{**vars(config), "mask_last_weight": 2.0})
+    weighted = DeviceInput(corpus, split, heavy, 32, mesh)
+    a, b = _draw(base, range(6)), _draw(weighted, range(6))
+    for key in ("ids", "positions", "labels", "instance"):  # the same rows, only reweighted
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    _check_rules(corpus, split, config, a)  # by default every real prediction weighs 1
+    is_last = a["instance"] >= base.num_windows * config.copies
+    assert 0 < is_last.sum() < len(is_last)
+    np.testing.assert_array_equal(b["weights"], a["weights"] * np.where(is_last, 2, 1)[:, None])
+    np.testing.assert_array_equal(b["weights"][is_last].sum(axis=1), 2.0)
+
+
+def test_mask_last_share_sets_the_probability_of_a_mask_last_row():
+    corpus, split, config = _small()
+    config = InputConfig(**{**vars(config), "fresh_masks": True, "mask_last_share": 0.6})
+    source = DeviceInput(corpus, split, config, 2048, sharding_lib.make_mesh())
+    w = source.num_windows
+    m = config.num_mask_last(w)  # 1.5 W mask-last instances per W masked ones
+    assert source.num_instances == w + m and m > w
+    rows = _draw(source, range(2))  # 4096 rows
+    _check_rules(corpus, split, config, rows)  # instance W * C + w: a mask-last row of window w
+    is_last = rows["instance"] >= w
+    assert _within_binomial(is_last.sum(), len(is_last), m / (w + m))  # ~ the share, 0.6
+    # The mask-last rows' windows are uniform over all W windows (not only the first M - W).
+    counts = np.bincount(rows["instance"][is_last] - w, minlength=w)
+    assert len(counts) == w
+    chi2 = ((counts - is_last.sum() / w) ** 2 / (is_last.sum() / w)).sum()
+    assert chi2 < stats.chi2.ppf(1 - 1e-6, w - 1)
+
+
 # ---- Determinism, devices and processes ----------------------------------------------------
 
 

@@ -319,6 +319,137 @@ def test_held_out_items_never_train(mode):
         assert seen & set(split.valid_targets.tolist())
 
 
+# ---- Mask-last weight and share --------------------------------------------------------------
+
+
+def _last_rows_windows(instances: TrainingInstances, rows: dict) -> np.ndarray:
+    """int64 [R]: the windows of mask-last rows, from their first item (every interaction its
+    own item, so an item names its place in `corpus.items`)."""
+    corpus = instances.corpus
+    place = np.empty(corpus.num_items + 2, dtype=np.int64)
+    place[corpus.items] = np.arange(corpus.num_interactions)
+    ids = rows["ids"]
+    # Only a one-item window has its first item masked: then it is the row's first label.
+    first = np.where(ids[:, 0] == corpus.mask_id, rows["labels"][:, 0], ids[:, 0])
+    windows = np.searchsorted(instances.windows.starts, place[first])
+    np.testing.assert_array_equal(instances.windows.starts[windows], place[first])
+    return windows
+
+
+def test_default_mask_last_rows_weigh_one_and_keep_their_windows():
+    corpus = _corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
+    split = leave_one_out(corpus, "standard")
+    config = InputConfig(max_len=6, mask_prob=0.3, max_predictions=3, sliding_step=2, dupe_factor=2)
+    assert config.mask_last_weight == 1.0 and config.mask_last_share == 0.0
+    instances = TrainingInstances(corpus, split, config)
+    w, masked_rows = instances.num_windows, instances.num_masked_rows
+    assert instances.num_instances == w * 3  # two masked copies + one mask-last copy
+    idx = np.arange(instances.num_instances)
+    for epoch in (0, 1, 2):
+        rows = instances.materialize(idx, epoch)
+        k = input_pipeline.num_masked(instances.windows.lengths[idx % w], config)
+        k = np.where(idx >= masked_rows, 1, k)
+        # Every real prediction weighs exactly 1, padding 0.
+        np.testing.assert_array_equal(
+            rows["weights"], (np.arange(3) < k[:, None]).astype(np.float32)
+        )
+        # Mask-last instance W * C + w is window w in every epoch (no rotation by default).
+        last = {key: value[masked_rows:] for key, value in rows.items()}
+        np.testing.assert_array_equal(_last_rows_windows(instances, last), np.arange(w))
+
+
+def test_mask_last_weight_weighs_exactly_the_mask_last_predictions():
+    import jax.numpy as jnp
+
+    from bert4rec_jax import losses
+
+    corpus, split, config = _small()
+    base = TrainingInstances(corpus, split, config)
+    weighted = TrainingInstances(
+        corpus, split, InputConfig(**{**vars(config), "mask_last_weight": 2.0})
+    )
+    a, b = base.epoch_arrays(1), weighted.epoch_arrays(1)
+    for key in ("ids", "positions", "labels"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    is_last = base.permutation(1) >= base.num_masked_rows  # [I]
+    assert is_last.sum() == base.num_windows
+    np.testing.assert_array_equal(b["weights"], a["weights"] * np.where(is_last, 2.0, 1.0)[:, None])
+    assert set(np.unique(b["weights"][is_last])) == {0.0, 2.0}
+
+    # The loss is the weighted mean over predictions: sum(w * nll) / sum(w).
+    rng = np.random.default_rng(0)
+    vocab, hidden = corpus.mask_id + 1, 8
+    h = rng.normal(size=(*b["labels"].shape, hidden)).astype(np.float32)  # [I, P, H]
+    table = rng.normal(size=(vocab, hidden)).astype(np.float32)  # [V, H]
+    bias = np.zeros(vocab, np.float32)
+    logits = h.astype(np.float64) @ table.T.astype(np.float64)  # [I, P, V]
+    logits -= logits.max(-1, keepdims=True)
+    nll = (
+        np.log(np.exp(logits).sum(-1))
+        - np.take_along_axis(logits, b["labels"][..., None], -1)[..., 0]
+    )
+    means = {}
+    for name, rows in (("base", a), ("weighted", b)):
+        sums = losses.cloze_loss(
+            losses.LossConfig(type="full"),
+            jnp.asarray(h),
+            table,
+            bias,
+            rows["labels"],
+            rows["weights"],
+        )
+        means[name] = float(sums["loss_sum"] / sums["weight_sum"])
+        want = (rows["weights"] * nll).sum() / rows["weights"].sum()
+        np.testing.assert_allclose(means[name], want, rtol=1e-5)
+        # Accuracy stays unweighted: the same prediction count either way.
+        assert float(sums["prediction_count"]) == (a["weights"] > 0).sum()
+    assert means["base"] != means["weighted"]
+
+
+@pytest.mark.parametrize("share, fresh", [(0.25, False), (0.05, False), (0.6, True)])
+def test_mask_last_share_per_epoch(share, fresh):
+    corpus = _corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
+    split = leave_one_out(corpus, "standard")
+    config = InputConfig(
+        max_len=6,
+        mask_prob=0.3,
+        max_predictions=3,
+        sliding_step=2,
+        dupe_factor=4,
+        fresh_masks=fresh,
+        mask_last_share=share,
+        mask_last_weight=3.0,  # marks the mask-last rows in the batches
+    )
+    instances = TrainingInstances(corpus, split, config)
+    w, c = instances.num_windows, config.copies
+    m = config.num_mask_last(w)
+    assert m != w and instances.num_instances == w * c + m
+    assert abs(m / instances.num_instances - share) <= 1 / instances.num_instances
+    epochs = 3
+    counts = np.zeros(w, np.int64)  # mask-last rows per window over the epochs
+    for epoch in range(epochs):
+        rows = instances.epoch_arrays(epoch)
+        is_last = (rows["weights"] == 3.0).any(axis=1)
+        assert is_last.sum() == m  # exactly M mask-last instances in every epoch
+        np.testing.assert_array_equal(
+            is_last, instances.permutation(epoch) >= instances.num_masked_rows
+        )
+        # A mask-last row masks its last item only.
+        np.testing.assert_array_equal(rows["weights"][is_last].sum(axis=1), 3.0)
+        last = {key: value[is_last] for key, value in rows.items()}
+        counts += np.bincount(_last_rows_windows(instances, last), minlength=w)
+    # Rotated by M per epoch: over the epochs every window is mask-last equally often (+-1).
+    assert counts.sum() == epochs * m and counts.max() - counts.min() <= 1
+
+    # The public iterator uses the same instances, with resume.
+    g = 16
+    full = _take(input_pipeline.train_batches(corpus, split, config, g), 6)
+    _assert_batches_equal(
+        _take(input_pipeline.train_batches(corpus, split, config, g, start_step=3), 3), full[3:]
+    )
+    assert instances.steps_per_epoch(g) == instances.num_instances // g
+
+
 # ---- Config --------------------------------------------------------------------------------
 
 
@@ -330,6 +461,10 @@ def test_from_config():
     assert config.max_len == c.model.max_len and config.seed == c.seed
     assert config.mask_prob == c.input.mask_prob and config.dupe_factor == c.input.dupe_factor
     assert config.mask_replacement == c.input.mask_replacement
+    assert (config.mask_last_weight, config.mask_last_share) == (1.0, 0.0)  # the paper's
+    c.input.mask_last_weight, c.input.mask_last_share = 2.0, 0.25
+    config = InputConfig.from_config(c)
+    assert (config.mask_last_weight, config.mask_last_share) == (2.0, 0.25)
 
 
 @pytest.mark.parametrize(
@@ -343,6 +478,13 @@ def test_from_config():
         ({"dupe_factor": 0}, "input.dupe_factor"),
         ({"mask_replacement": "random"}, "input.mask_replacement"),
         ({"max_len": 0}, "model.max_len"),
+        ({"mask_last_weight": 0.0}, "input.mask_last_weight"),
+        ({"mask_last_weight": -1.0}, "input.mask_last_weight"),
+        ({"mask_last_weight": float("nan")}, "input.mask_last_weight"),
+        ({"mask_last_weight": 2.0, "mask_last_copy": False}, "input.mask_last_weight"),
+        ({"mask_last_share": 1.0}, "input.mask_last_share"),
+        ({"mask_last_share": -0.1}, "input.mask_last_share"),
+        ({"mask_last_share": 0.2, "mask_last_copy": False}, "input.mask_last_share"),
     ],
 )
 def test_config_errors_name_the_field(override, field):
