@@ -41,7 +41,8 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
    one would.
 
 Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
-'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P].
+'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P]; with `with_users`
+(user features) also 'users' int32 [G], each row's user row (corpus user + 1).
 
 This module imports no TensorFlow (nor does anything it imports), so it runs on bare accelerator
 images.
@@ -88,6 +89,7 @@ class _Spec:
     num_instances: int
     mask_id: int
     num_items: int
+    with_users: bool = False
 
 
 class DeviceInput:
@@ -120,6 +122,8 @@ class DeviceInput:
         config: input_pipeline.InputConfig,
         global_batch_size: int,
         mesh: Mesh,
+        *,
+        with_users: bool = False,
     ):
         """Cuts the windows and copies the corpus to the devices.
 
@@ -129,6 +133,8 @@ class DeviceInput:
           config: the pipeline's config (`input.pipeline` itself is not read here).
           global_batch_size: G (`batch_size`), a multiple of the mesh's data axis.
           mesh: the mesh; the corpus is replicated on its devices, batches split over `data`.
+          with_users: batches also carry 'users' int32 [G], each row's user row (corpus user
+            + 1, as `models.BERT4Rec` reads it), for `model.user_features`.
 
         Raises:
           ValueError: naming `batch_size` when it does not split over the data axis; when no user
@@ -153,6 +159,7 @@ class DeviceInput:
             num_instances=num_instances,
             mask_id=corpus.mask_id,
             num_items=corpus.num_items,
+            with_users=with_users,
         )
         self.config = config
         self.mesh = mesh
@@ -168,6 +175,8 @@ class DeviceInput:
                 np.int32
             ),
         }
+        if with_users:
+            host["window_users"] = (windows.users + 1).astype(np.int32)  # [W] user rows
         replicated = sharding_lib.replicated(mesh)
         # make_array_from_callback works with several processes too (each fills its devices).
         self.arrays = {
@@ -356,12 +365,15 @@ def _draw_rows(
             inputs = jnp.full((p_max,), spec.mask_id, jnp.int32)
         # Unused slots point past the row (n_max) and are dropped, not written at position 0.
         ids = ids.at[jnp.where(used, positions, n_max)].set(inputs, mode="drop")
-        return {
+        out = {
             "ids": ids,
             "positions": positions,
             "labels": labels,
             "weights": used.astype(jnp.float32),
             "instance": instance,
         }
+        if spec.with_users:
+            out["users"] = arrays["window_users"][window]
+        return out
 
     return jax.vmap(row)(rows)
