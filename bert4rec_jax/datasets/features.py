@@ -66,7 +66,7 @@ ML100K_GENRES = (
 # would say almost nothing about them; a year of its own tells a new release from an older one.
 YEAR_UNKNOWN = 1
 _YEAR_EDGES = np.array([1940, 1950, 1960, 1970, 1980, *range(1990, 1999)])
-NUM_YEAR_BUCKETS = len(_YEAR_EDGES) + 2  # unknown, before 1940, one per edge
+NUM_YEAR_BUCKETS = len(_YEAR_EDGES) + 2  # ids 1..16: unknown, before 1940, one per edge
 # MovieLens-1M's age groups (its README), used for ML-100K's exact ages too:
 # under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+ -> category ids 1..7.
 _AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
@@ -107,19 +107,26 @@ def _pad_lists(values: list[list[int]]) -> np.ndarray:
     return out
 
 
-def _member_text(source: epath.Path, name: str) -> tuple[str, str]:
-    """(text, where) of `ml-100k/<name>` in a release zip, folder or the folder's parent."""
+def _member_text(source: epath.Path, name: str, missing_ok: bool) -> tuple[str, str] | None:
+    """(text, where) of `ml-100k/<name>` in a release zip, folder or the folder's parent.
+
+    None when it is missing and `missing_ok`; else a missing file raises DataFormatError.
+    """
     if source.is_file() and zipfile.is_zipfile(io.BytesIO(source.read_bytes())):
         member = f"ml-100k/{name}"
         with zipfile.ZipFile(io.BytesIO(source.read_bytes())) as archive:
-            if member not in archive.namelist():
-                raise readers.DataFormatError(str(source), None, f"archive has no {member!r}")
-            return archive.read(member).decode("latin-1"), f"{source}:{member}"
+            if member in archive.namelist():
+                return archive.read(member).decode("latin-1"), f"{source}:{member}"
+        if missing_ok:
+            return None
+        raise readers.DataFormatError(str(source), None, f"archive has no {member!r}")
     folder = source.parent if source.is_file() else source
     for candidate in (folder / name, folder / "ml-100k" / name):
         if candidate.is_file():
             # The release is latin-1 (titles such as "Misérables").
             return candidate.read_bytes().decode("latin-1"), str(candidate)
+    if missing_ok:
+        return None
     raise readers.DataFormatError(str(folder / name), None, "file not found")
 
 
@@ -147,12 +154,15 @@ def _int(value: str, where: str, line: int, what: str) -> int:
         raise readers.DataFormatError(where, line, f"{what} {value!r} is not an integer") from None
 
 
-def read_movielens_100k_items(source: epath.PathLike) -> RawFeatures:
+def read_movielens_100k_items(
+    source: epath.PathLike, *, missing_ok: bool = False
+) -> RawFeatures | None:
     """MovieLens-100K's item features from `u.item`: "genre" (multi-valued) and "year".
 
     Args:
       source: the release zip, the `ml-100k` folder, its parent, or a file inside the folder
         (e.g. `u.data`).
+      missing_ok: return None when there is no `u.item` (a copy holding only the ratings).
 
     Returns:
       Features by raw movie id: "genre" [n, max genres] (ids 1..19 in `ML100K_GENRES` order),
@@ -161,7 +171,10 @@ def read_movielens_100k_items(source: epath.PathLike) -> RawFeatures:
     Raises:
       readers.DataFormatError: a missing or malformed file, naming its line.
     """
-    text, where = _member_text(epath.Path(source), "u.item")
+    found = _member_text(epath.Path(source), "u.item", missing_ok)
+    if found is None:
+        return None
+    text, where = found
     ids, genres, years = [], [], []
     for line, fields in _fields(text, where, 5 + len(ML100K_GENRES)):
         ids.append(_int(fields[0], where, line, "movie id"))
@@ -178,11 +191,14 @@ def read_movielens_100k_items(source: epath.PathLike) -> RawFeatures:
     )
 
 
-def read_movielens_100k_users(source: epath.PathLike) -> RawFeatures:
+def read_movielens_100k_users(
+    source: epath.PathLike, *, missing_ok: bool = False
+) -> RawFeatures | None:
     """MovieLens-100K's user features from `u.user`: "age", "gender", "occupation".
 
     Args:
       source: as for `read_movielens_100k_items`.
+      missing_ok: return None when there is no `u.user`.
 
     Returns:
       Features by raw user id, each [n, 1]: "age" (`age_bucket`, 1..7), "gender" (1 = M,
@@ -191,7 +207,10 @@ def read_movielens_100k_users(source: epath.PathLike) -> RawFeatures:
     Raises:
       readers.DataFormatError: a missing or malformed file, naming its line.
     """
-    text, where = _member_text(epath.Path(source), "u.user")
+    found = _member_text(epath.Path(source), "u.user", missing_ok)
+    if found is None:
+        return None
+    text, where = found
     rows = _fields(text, where, 5)
     occupations = sorted({fields[3].strip() for _, fields in rows})
     ids, ages, genders, jobs = [], [], [], []

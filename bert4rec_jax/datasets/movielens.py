@@ -213,10 +213,14 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
         # Saved with the DatasetInfo, into the same temporary directory as the records.
         self.info.metadata.update(item=None, user=None)
         if self.builder_config.variant == "100k":
+            # Optional: a copy holding only u.data still gives the ratings (then no features).
             self.info.metadata.update(
-                item=features.read_movielens_100k_items(source),
-                user=features.read_movielens_100k_users(source),
+                item=features.read_movielens_100k_items(source, missing_ok=True),
+                user=features.read_movielens_100k_users(source, missing_ok=True),
             )
+            for kind in ("item", "user"):
+                if self.info.metadata[kind] is None:
+                    logging.warning("No u.%s beside %s: no %s features", kind, source, kind)
         return {"train": paper.examples_from_sequences(sequences)}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - _split_generators yields them
