@@ -46,7 +46,8 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
    one would.
 
 Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
-'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P].
+'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P]; with `with_users`
+(user features) also 'users' int32 [G], each row's user row (corpus user + 1).
 
 This module imports no TensorFlow (nor does anything it imports), so it runs on bare accelerator
 images.
@@ -93,6 +94,7 @@ class _Spec:
     num_instances: int
     mask_id: int
     num_items: int
+    with_users: bool = False
 
 
 class DeviceInput:
@@ -125,6 +127,8 @@ class DeviceInput:
         config: input_pipeline.InputConfig,
         global_batch_size: int,
         mesh: Mesh,
+        *,
+        with_users: bool = False,
     ):
         """Cuts the windows and copies the corpus to the devices.
 
@@ -134,6 +138,8 @@ class DeviceInput:
           config: the pipeline's config (`input.pipeline` itself is not read here).
           global_batch_size: G (`batch_size`), a multiple of the mesh's data axis.
           mesh: the mesh; the corpus is replicated on its devices, batches split over `data`.
+          with_users: batches also carry 'users' int32 [G], each row's user row (corpus user
+            + 1, as `models.BERT4Rec` reads it), for `model.user_features`.
 
         Raises:
           ValueError: naming `batch_size` when it does not split over the data axis; when no user
@@ -158,6 +164,7 @@ class DeviceInput:
             num_instances=num_instances,
             mask_id=corpus.mask_id,
             num_items=corpus.num_items,
+            with_users=with_users,
         )
         self.config = config
         self.mesh = mesh
@@ -173,6 +180,8 @@ class DeviceInput:
                 np.int32
             ),
         }
+        if with_users:
+            host["window_users"] = (windows.users + 1).astype(np.int32)  # [W] user rows
         replicated = sharding_lib.replicated(mesh)
         # make_array_from_callback works with several processes too (each fills its devices).
         self.arrays = {
@@ -372,12 +381,15 @@ def _draw_rows(
         ids = ids.at[jnp.where(used, positions, n_max)].set(inputs, mode="drop")
         # A mask-last row's prediction weighs mask_last_weight (exactly `used` by default).
         row_weight = jnp.where(is_last, np.float32(config.mask_last_weight), np.float32(1))
-        return {
+        out = {
             "ids": ids,
             "positions": positions,
             "labels": labels,
             "weights": used.astype(jnp.float32) * row_weight,
             "instance": instance,
         }
+        if spec.with_users:
+            out["users"] = arrays["window_users"][window]
+        return out
 
     return jax.vmap(row)(rows)

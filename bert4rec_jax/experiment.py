@@ -106,8 +106,12 @@ class Experiment:
         """Checks the config (`check_config`), then loads the corpus and builds the model."""
         check_config(config)
         corpus = load_data(config)
-        model = models.BERT4Rec(
-            models.ModelConfig.from_config(config, vocab_size=corpus.vocab_size)
+        model = models.build_model(
+            config,
+            corpus.vocab_size,
+            item_features=corpus.item_features,
+            user_features=corpus.user_features,
+            dataset=f"dataset={config.dataset!r}",
         )
         return cls(
             config=config,

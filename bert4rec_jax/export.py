@@ -68,7 +68,7 @@ def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
     A run may have trained with cuDNN attention (GPU only); every implementation computes the same
     function, so the export uses the portable one.
     """
-    return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None))
+    return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None), model.tables)
 
 
 def scores_fn(model: models.BERT4Rec) -> ServeFn:
@@ -96,6 +96,9 @@ def scores_fn(model: models.BERT4Rec) -> ServeFn:
         mask_pos = jnp.max(jnp.where(known, columns[None, :], 0), axis=1)  # [b]
         ids = jnp.concatenate([history, jnp.zeros((b, 1), jnp.int32)], axis=1)  # [b, W + 1]
         ids = jnp.where(jnp.arange(width + 1)[None, :] == mask_pos[:, None], mask_id, ids)
+        # No user rows: the artifact serves raw histories of users it may never have seen, so
+        # with model.user_features every row is the unknown user (row 0, no user features).
+        # Item features need nothing here: their tables are constants of the exported program.
         h = fns.encode(params, ids, mask_pos)  # [b, H]
         items = jnp.arange(1, num_items + 1, dtype=jnp.int32)  # [V]: padding, [MASK] never scored
         out = fns.score(params, h, items).astype(jnp.float32)  # [b, V]
@@ -254,11 +257,12 @@ def _check_vocabulary(vocabulary: np.ndarray, num_items: int) -> np.ndarray:
     return vocabulary
 
 
-def _check_params(params: Any, config: models.ModelConfig) -> dict[str, Any]:
+def _check_params(params: Any, model: models.BERT4Rec) -> dict[str, Any]:
     """The model's parameters as float32 numpy, checked against the shapes the model builds."""
+    config = model.config
     params = jax.device_get(params)
     expected = jax.eval_shape(
-        lambda: models.BERT4Rec(config).init(
+        lambda: model.init(
             jax.random.key(0),
             jnp.zeros((1, config.max_len), jnp.int32),
             jnp.zeros((1, 1), jnp.int32),
@@ -321,7 +325,7 @@ def export_model(
     cfg = model.config
     num_items = cfg.vocab_size - 2
     vocabulary = _check_vocabulary(vocabulary, num_items)
-    params = _check_params(params, cfg)
+    params = _check_params(params, model)
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be positive")
     platforms = tuple(platforms)

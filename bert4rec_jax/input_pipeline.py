@@ -535,6 +535,7 @@ class TrainingInstances:
         process_index: int = 0,
         process_count: int = 1,
         num_threads: int | None = None,
+        with_users: bool = False,
     ) -> Any:
         """An endless tf.data.Dataset of this process's batches from global step `start_step`.
 
@@ -550,10 +551,12 @@ class TrainingInstances:
           process_count: processes sharing each global batch.
           num_threads: tf.data threads (chunks built at once and the private thread pool);
             None lets tf.data decide.
+          with_users: also yield 'users' int32 [B], each row's user row (corpus user + 1, as
+            `models.BERT4Rec` reads it), for `model.user_features`.
 
         Returns:
           A tf.data.Dataset of dicts: 'ids' int32 [B, N], 'positions' int32 [B, P],
-          'labels' int32 [B, P], 'weights' float32 [B, P], B = G / process_count.
+          'labels' int32 [B, P], 'weights' float32 [B, P] (and 'users'), B = G / process_count.
         """
         tf = _import_tf()
         spe = self.steps_per_epoch(global_batch_size, process_count)
@@ -582,22 +585,28 @@ class TrainingInstances:
                 process_index=process_index,
                 process_count=process_count,
             )  # [chunk, B]
-            rows = self.materialize(indices, int(epoch))
-            return rows["ids"], rows["positions"], rows["labels"], rows["weights"]
+            rows = self.materialize(indices, int(epoch), with_users=with_users)
+            out = rows["ids"], rows["positions"], rows["labels"], rows["weights"]
+            if with_users:
+                out += ((rows["users"] + 1).astype(np.int32),)  # user rows, 0 = unknown
+            return out
 
         def build_tf(epoch, first_batch, num_batches):
-            ids, positions, labels, weights = tf.numpy_function(
+            ids, positions, labels, weights, *users = tf.numpy_function(
                 build,
                 [epoch, first_batch, num_batches],
-                [tf.int32, tf.int32, tf.int32, tf.float32],
+                [tf.int32, tf.int32, tf.int32, tf.float32] + [tf.int32] * with_users,
                 stateful=False,
             )
-            return {
+            out = {
                 "ids": tf.ensure_shape(ids, [None, local, n]),
                 "positions": tf.ensure_shape(positions, [None, local, pmax]),
                 "labels": tf.ensure_shape(labels, [None, local, pmax]),
                 "weights": tf.ensure_shape(weights, [None, local, pmax]),
             }
+            if with_users:
+                out["users"] = tf.ensure_shape(users[0], [None, local])
+            return out
 
         scalar = tf.TensorSpec([], tf.int64)
         ds = tf.data.Dataset.from_generator(chunks, output_signature=(scalar, scalar, scalar))
@@ -687,6 +696,7 @@ def train_batches(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    with_users: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches, forever, from global step `start_step`.
 
@@ -698,11 +708,13 @@ def train_batches(
       start_step: the global step of the first batch yielded (resume from a checkpoint).
       process_index: this process (`jax.process_index()`).
       process_count: processes (`jax.process_count()`).
+      with_users: also yield 'users' int32 [B], the rows' user rows (corpus user + 1), for
+        `model.user_features`.
 
     Returns:
       An iterator of dicts: 'ids' int32 [B, N], 'positions' int32 [B, P], 'labels' int32 [B, P],
-      'weights' float32 [B, P], with B = G / process_count; the k-th dict is this process's rows
-      of global batch start_step + k.
+      'weights' float32 [B, P] (and 'users'), with B = G / process_count; the k-th dict is this
+      process's rows of global batch start_step + k.
     """
     instances = TrainingInstances(corpus, split, config)
     ds = instances.dataset(
@@ -710,5 +722,6 @@ def train_batches(
         start_step=start_step,
         process_index=process_index,
         process_count=process_count,
+        with_users=with_users,
     )
     return ds.as_numpy_iterator()

@@ -22,12 +22,21 @@ Parameters (the `params` collection):
   head_transform       {kernel, bias}        dense + GELU before the output layer
   head_layer_norm      {scale, bias}
   output_bias          [vocab_size]
+
+Side features (the paper's future work; off by default, and then none of this exists):
+  item_feature_{name}  [categories, hidden]  with `item_features`: an item's input is its id
+                        embedding plus, per feature, the mean embedding of its category ids
+  user_feature_{name}  [categories, hidden]  with `user_features`: the user's vector is the sum
+                        over features of the mean embedding of its category ids
+  user_token           [hidden]              `user_features="prefix"` only (see `encode`)
+The category-id lookup tables themselves (item or user row -> ids) are data, not parameters:
+`FeatureTables`, given when the model is built, closed over as constants.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
@@ -41,6 +50,8 @@ if TYPE_CHECKING:
 PAD_ID = 0
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Where user features enter: "" = nowhere (the paper's model).
+USER_FEATURE_PLACEMENTS = ("", "prefix", "add", "mask")
 # "manual" is ours, not jax's: always the explicit softmax path (used for attention dropout).
 ATTENTION_IMPLS = (None, "xla", "cudnn", "manual")
 
@@ -63,6 +74,10 @@ class ModelConfig:
       dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters are always float32.
       attention_impl: passed to `jax.nn.dot_product_attention` (None lets JAX choose, "xla",
         "cudnn"), or "manual" for the explicit softmax path everywhere.
+      item_features: add item feature embeddings to the input (needs `FeatureTables.items`).
+      user_features: where user feature embeddings enter, one of `USER_FEATURE_PLACEMENTS`:
+        "" off; "prefix" one extra token before the sequence; "add" at every position; "mask"
+        at [MASK] positions only (needs `FeatureTables.users`).
     """
 
     vocab_size: int
@@ -77,6 +92,8 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: Any = jnp.float32
     attention_impl: str | None = None
+    item_features: bool = False
+    user_features: str = ""
 
     def __post_init__(self):
         if self.vocab_size < 3:
@@ -97,6 +114,11 @@ class ModelConfig:
         if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) != jnp.dtype(jnp.bfloat16):
             # Otherwise jax raises deep inside the first compile.
             raise ValueError('model.attention_impl="cudnn" needs model.dtype="bfloat16"')
+        if self.user_features not in USER_FEATURE_PLACEMENTS:
+            raise ValueError(
+                f"model.user_features={self.user_features!r}; expected one of "
+                f"{USER_FEATURE_PLACEMENTS}"
+            )
 
     @property
     def mask_id(self) -> int:
@@ -129,7 +151,70 @@ class ModelConfig:
             init_std=float(m.init_std),
             dtype=_DTYPES[m.dtype],
             attention_impl=m.attention_impl or None,
+            # .get: the config.json of a run older than side features has neither field.
+            item_features=bool(m.get("item_features", False)),
+            user_features=str(m.get("user_features", "") or ""),
         )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FeatureTables:
+    """Category-id lookup tables of the side features: model inputs that never change.
+
+    They are data (from the corpus, `datasets/features.py`), not parameters: the model closes
+    over them as constants, so batches carry only item ids (and a user row), and no input
+    pipeline needs to know about features.
+
+    Attributes:
+      items: name -> int [vocab_size, width] category ids by item id, 0 = none; padding and
+        [MASK] rows are zero.
+      users: name -> int [num_users + 1, width] category ids by user row (corpus user u is row
+        u + 1; row 0 = unknown user, zero).
+    """
+
+    items: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    users: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def build_model(
+    config: ml_collections.ConfigDict,
+    vocab_size: int,
+    item_features: Mapping[str, np.ndarray] | None = None,
+    user_features: Mapping[str, np.ndarray] | None = None,
+    dataset: str = "the data set",
+) -> BERT4Rec:
+    """The model of a config, with the feature tables its switches ask for.
+
+    Args:
+      config: the experiment config (`model.*`).
+      vocab_size: num_items + 2.
+      item_features: `Corpus.item_features`; used only when `model.item_features`.
+      user_features: `Corpus.user_features`; used only when `model.user_features` is set.
+      dataset: named in errors.
+
+    Returns:
+      The model; with both switches off exactly `BERT4Rec(ModelConfig.from_config(...))`.
+
+    Raises:
+      ValueError: a switch is on and the data set has no such features.
+    """
+    cfg = ModelConfig.from_config(config, vocab_size)
+    tables = FeatureTables()
+    if cfg.item_features:
+        if not item_features:
+            raise ValueError(
+                f"model.item_features=True but {dataset} has no item features (ml-100k-raw has "
+                "them; for dataset=file set file.item_features_path)"
+            )
+        tables = dataclasses.replace(tables, items=dict(item_features))
+    if cfg.user_features:
+        if not user_features:
+            raise ValueError(
+                f"model.user_features={cfg.user_features!r} but {dataset} has no user features "
+                "(ml-100k-raw has them)"
+            )
+        tables = dataclasses.replace(tables, users=dict(user_features))
+    return BERT4Rec(cfg, tables)
 
 
 def _kernel_init(config: ModelConfig) -> nn.initializers.Initializer:
@@ -246,9 +331,14 @@ class BERT4Rec(nn.Module):
 
     Methods usable with `apply(..., method=...)`: `encode`, `predict_hidden`, `item_scores`,
     `__call__`. Dropout needs an rng named "dropout" when train=True.
+
+    `users` (int [B], user rows: corpus user u is u + 1, 0 = unknown) is read only with
+    `config.user_features`; None there means every row is an unknown user.
     """
 
     config: ModelConfig
+    # The side features' lookup tables; read only where the config's switches are on.
+    tables: FeatureTables = FeatureTables()
 
     def setup(self):
         cfg = self.config
@@ -267,27 +357,68 @@ class BERT4Rec(nn.Module):
         self.output_bias = self.param(
             "output_bias", nn.initializers.zeros, (cfg.vocab_size,), jnp.float32
         )
+        # Side features: parameters exist only when their switch is on, so the default model's
+        # parameter tree is the paper's.
+        if cfg.item_features:
+            self.item_feature_embeddings = {
+                name: self.param(f"item_feature_{name}", init, (n, cfg.hidden_size), jnp.float32)
+                for name, n in _table_sizes(self.tables.items, "item").items()
+            }
+        if cfg.user_features:
+            self.user_feature_embeddings = {
+                name: self.param(f"user_feature_{name}", init, (n, cfg.hidden_size), jnp.float32)
+                for name, n in _table_sizes(self.tables.users, "user").items()
+            }
+        if cfg.user_features == "prefix":
+            # The prefix token's own learned vector: it marks the token as the user's, as a
+            # position embedding would, without shifting the items' positions.
+            self.user_token = self.param("user_token", init, (cfg.hidden_size,), jnp.float32)
 
-    def encode(self, ids: jax.Array, *, train: bool) -> jax.Array:
+    def user_vector(self, users: jax.Array | None, batch: int) -> jax.Array:
+        """[B, H] float32: the sum over user features of their pooled embeddings (0 if unknown)."""
+        if users is None:
+            users = jnp.zeros((batch,), jnp.int32)  # row 0: the unknown user
+        u = jnp.zeros((batch, self.config.hidden_size), jnp.float32)
+        for name, emb in self.user_feature_embeddings.items():
+            feature_ids = jnp.take(jnp.asarray(self.tables.users[name]), users, axis=0)  # [B, w]
+            u = u + _mean_embedding(emb, feature_ids)
+        return u
+
+    def encode(self, ids: jax.Array, *, train: bool, users: jax.Array | None = None) -> jax.Array:
         """Final hidden states of every position.
 
         Args:
           ids: [B, N] int item ids, 0 = padding, N <= max_len.
           train: enables dropout.
+          users: [B] int user rows (see the class docstring); read only with user features.
 
         Returns:
           [B, N, H] in the compute dtype.
         """
         cfg = self.config
-        n = ids.shape[-1]
+        b, n = ids.shape
         if n > cfg.max_len:
             raise ValueError(f"sequence length {n} exceeds model.max_len={cfg.max_len}")
         # Summed in float32 from the float32 tables; the LayerNorm returns the compute dtype.
         x = jnp.take(self.item_embedding, ids, axis=0) + self.position_embedding[:n]  # [B, N, H]
+        if cfg.item_features:
+            for name, emb in self.item_feature_embeddings.items():
+                # [B, N, w]; padding and [MASK] rows are all 0, so they get no feature.
+                feature_ids = jnp.take(jnp.asarray(self.tables.items[name]), ids, axis=0)
+                x = x + _mean_embedding(emb, feature_ids)
+        valid = ids != PAD_ID  # [B, N]
+        if cfg.user_features:
+            u = self.user_vector(users, b)  # [B, H]
+            if cfg.user_features == "add":
+                x = x + u[:, None, :]
+            elif cfg.user_features == "mask":
+                x = x + jnp.where((ids == cfg.mask_id)[..., None], u[:, None, :], 0.0)
+            else:  # "prefix": one more token, position 0, stripped from the output below
+                x = jnp.concatenate([(u + self.user_token)[:, None, :], x], axis=1)
+                valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)  # [B, N + 1]
         x = self.embedding_layer_norm(x)
         x = self.embedding_dropout(x, deterministic=not train)
 
-        valid = ids != PAD_ID  # [B, N]
         # A row of padding only would mask every key; let it attend everywhere instead, so every
         # implementation (cuDNN included) gives the same finite, unused result.
         valid = valid | ~jnp.any(valid, axis=-1, keepdims=True)
@@ -295,26 +426,43 @@ class BERT4Rec(nn.Module):
 
         for layer in self.layers:
             x = layer(x, mask, train=train)
+        if cfg.user_features == "prefix":
+            # Callers index item positions 0..N-1 (masked positions, [MASK] at evaluation), so
+            # the prefix's state is dropped here and nothing downstream shifts.
+            x = x[:, 1:]
         return x
 
-    def predict_hidden(self, ids: jax.Array, positions: jax.Array, *, train: bool) -> jax.Array:
+    def predict_hidden(
+        self,
+        ids: jax.Array,
+        positions: jax.Array,
+        *,
+        train: bool,
+        users: jax.Array | None = None,
+    ) -> jax.Array:
         """Output-head features at the given positions (what is dotted with item embeddings).
 
         Args:
           ids: [B, N] int item ids.
           positions: [B, P] int indices into N (e.g. the masked positions).
           train: enables dropout.
+          users: [B] int user rows; read only with user features.
 
         Returns:
           [B, P, H] in the compute dtype.
         """
-        x = self.encode(ids, train=train)  # [B, N, H]
+        x = self.encode(ids, train=train, users=users)  # [B, N, H]
         h = jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)  # [B, P, H]
         h = nn.gelu(self.head_transform(h), approximate=False)
         return self.head_layer_norm(h)
 
     def item_scores(self, h: jax.Array, item_ids: jax.Array | None = None) -> jax.Array:
         """Scores h . E[item] + bias[item] in float32.
+
+        The output layer is the id table alone, also with item features: ranking needs a score
+        for every item from one [V, H] table (full ranking and export score the whole
+        catalogue in chunks of it), and the losses (full, chunked, sampled, sharded) take that
+        table as it is; feature embeddings enter at the input only.
 
         Args:
           h: [B, H] or [B, P, H] head features (from `predict_hidden`).
@@ -340,42 +488,76 @@ class BERT4Rec(nn.Module):
             return jnp.einsum("bh,bch->bc", h, emb) + b
         return jnp.einsum("bph,bch->bpc", h, emb) + b[:, None, :]
 
-    def __call__(self, ids: jax.Array, positions: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        ids: jax.Array,
+        positions: jax.Array,
+        *,
+        train: bool,
+        users: jax.Array | None = None,
+    ) -> jax.Array:
         """Full logits over the vocabulary at the given positions.
 
         Args:
           ids: [B, N] int item ids.
           positions: [B, P] int positions to predict.
           train: enables dropout.
+          users: [B] int user rows; read only with user features.
 
         Returns:
           [B, P, vocab_size] float32 logits.
         """
-        return self.item_scores(self.predict_hidden(ids, positions, train=train))
+        return self.item_scores(self.predict_hidden(ids, positions, train=train, users=users))
+
+
+def _table_sizes(tables: Mapping[str, np.ndarray], kind: str) -> dict[str, int]:
+    """Rows of each feature's embedding table: its largest category id + 1, in name order."""
+    if not tables:
+        raise ValueError(f"model.{kind}_features is on but the model got no {kind} feature tables")
+    return {name: max(2, int(np.max(tables[name], initial=0)) + 1) for name in sorted(tables)}
+
+
+def _mean_embedding(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """[..., H]: the mean embedding of the non-zero ids in [..., w]; 0 where there are none.
+
+    The mean rather than the sum, so that a film with four genres is not louder at the input
+    than a film with one. Id 0 (none) is multiplied away, so its row gets no gradient.
+    """
+    present = (ids != 0).astype(jnp.float32)[..., None]  # [..., w, 1]
+    emb = jnp.take(table, ids, axis=0) * present  # [..., w, H]
+    return emb.sum(axis=-2) / jnp.maximum(present.sum(axis=-2), 1.0)
 
 
 class ScoringFns(NamedTuple):
     """How a model scores items for one user, split in two so candidates can vary per protocol.
 
-    encode: (params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H], the head features at
-      the [MASK] position.
+    encode: (params, ids [B, N] int32, mask_pos [B] int32[, users [B] int32]) -> h [B, H], the
+      head features at the [MASK] position; `users` (user rows, 0 = unknown) is passed, and
+      then required, only when `uses_users`.
     score: (params, h [B, H], item_ids [C] or [B, C] int32) -> float32 scores [B, C].
+    uses_users: the encoder reads each row's user (`model.user_features`).
     """
 
-    encode: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    encode: Callable[..., jax.Array]
     score: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    uses_users: bool = False
 
 
 def scoring_fns(model: BERT4Rec) -> ScoringFns:
     """The model's `ScoringFns` (no dropout): what evaluation, export and serving call."""
 
-    def encode(params, ids, mask_pos):  # [B, N], [B] -> [B, H]
+    def encode(params, ids, mask_pos, users=None):  # [B, N], [B], [B] -> [B, H]
         h = model.apply(
-            {"params": params}, ids, mask_pos[:, None], train=False, method=BERT4Rec.predict_hidden
+            {"params": params},
+            ids,
+            mask_pos[:, None],
+            train=False,
+            users=users,
+            method=BERT4Rec.predict_hidden,
         )
         return h[:, 0]
 
     def score(params, h, item_ids):  # [B, H], [C] or [B, C] -> [B, C]
         return model.apply({"params": params}, h, item_ids, method=BERT4Rec.item_scores)
 
-    return ScoringFns(encode, score)
+    return ScoringFns(encode, score, uses_users=bool(model.config.user_features))

@@ -267,9 +267,11 @@ def _step_fn(
         losses.LossConfig.from_config(config),
         item_counts=exp.corpus.popularity,
     )
+    # Each row's user travels with the batch only when the model reads it.
+    with_users = bool(exp.model.config.user_features)
     if input_config.pipeline == "device":
         source = device_input.DeviceInput(
-            exp.corpus, exp.split, input_config, config.batch_size, mesh
+            exp.corpus, exp.split, input_config, config.batch_size, mesh, with_users=with_users
         )
         return source.jit_fused_step(train_step, state)
     jitted = train_step_lib.jit_train_step(train_step, state, mesh)
@@ -281,6 +283,7 @@ def _step_fn(
         start_step=int(state.step),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        with_users=with_users,
     )
     batches = sharding_lib.prefetch_to_device(host_batches, mesh, size=2)
     return lambda state: jitted(state, next(batches))

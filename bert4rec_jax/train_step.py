@@ -112,6 +112,8 @@ def make_train_step(
                 batch["positions"],
                 train=True,
                 rngs={"dropout": dropout_key},
+                # [B] user rows; the batch has them only with model.user_features.
+                users=batch.get("users"),
                 method=models.BERT4Rec.predict_hidden,
             )  # [B, P, H]: the loss applies the tied output layer itself, chunked if need be
             sums = losses.cloze_loss(

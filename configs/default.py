@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.file.min_user_interactions = 5  # users with fewer interactions are dropped (the paper's)
     c.file.min_item_interactions = 0  # items with fewer interactions are dropped; 0 = off
     c.file.drop_repeats = False  # drop an item that repeats the user's previous one
+    # Optional CSV of categorical item features: a header with file.item_column and one column
+    # per feature, one row per item, "|" between the values of a multi-valued cell ("" = none).
+    # Used by model.item_features; items missing from it get no feature value.
+    c.file.item_features_path = ""
 
     # ---- Model ------------------------------------------------------------------------------
     c.model = ml_collections.ConfigDict()
@@ -62,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Attention: "" (JAX chooses), "xla", "cudnn" (needs bfloat16) for jax.nn.dot_product_attention,
     # or "manual" (explicit softmax; used anyway while training with attention dropout).
     c.model.attention_impl = ""
+    # Side features (the paper's future work; both off = the paper's model). item_features: add
+    # the mean embedding of each categorical item feature (ml-100k-raw: genres, release year;
+    # dataset=file: file.item_features_path) to the item's id embedding at the input.
+    c.model.item_features = False
+    # User features (ml-100k-raw: age group, gender, occupation): "" = off; "prefix" = one extra
+    # token before the sequence; "add" = added at every position; "mask" = at [MASK] positions.
+    c.model.user_features = ""
 
     # ---- Loss (bert4rec_jax/losses.py) -------------------------------------------------------
     c.loss = ml_collections.ConfigDict()

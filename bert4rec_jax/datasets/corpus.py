@@ -38,6 +38,11 @@ class Corpus:
         id of item i. Entry 0 stands for padding: -1 for integer ids, "" for string ids (neither
         is a valid raw id). Sorted from 1 on, so dense ids keep the raw order.
       raw_user_ids: [num_users], int64 or unicode; the source's id of each user.
+      item_features: optional categorical item features (`features.py`): name -> int32
+        [num_items + 2, width] category ids by dense item id, 0 = none (padding, [MASK] and
+        items without the feature). Empty when the source has none.
+      user_features: likewise for users: name -> int32 [num_users + 1, width]; row u + 1 is
+        user u, row 0 the unknown user (zeros).
     """
 
     name: str
@@ -45,6 +50,8 @@ class Corpus:
     items: np.ndarray
     raw_item_ids: np.ndarray
     raw_user_ids: np.ndarray
+    item_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    user_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_users(self) -> int:

@@ -92,6 +92,10 @@ class FileOptions:
       min_user_interactions: users with fewer interactions are dropped (the paper's 5).
       min_item_interactions: items with fewer interactions are dropped; 0 = keep all.
       drop_repeats: drop an interaction with the same item as the user's previous one.
+      item_features_path: optional CSV of categorical item features, one row per item, with a
+        header naming `item_column` and one column per feature (`|` between the values of a
+        multi-valued cell); "" = none. Read at every load (`features.read_item_features_csv`),
+        not part of the prepared data, so it may change without preparing the file anew.
     """
 
     path: str
@@ -104,6 +108,7 @@ class FileOptions:
     min_user_interactions: int = readers.MIN_USER_INTERACTIONS
     min_item_interactions: int = 0
     drop_repeats: bool = False
+    item_features_path: str = ""
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> FileOptions:
@@ -204,6 +209,9 @@ class FileOptions:
         """Every option that changes the result, i.e. all but the path (the content counts)."""
         fields = dataclasses.asdict(self)
         del fields["path"]
+        # Not read by read_sequences (features are joined at load time); leaving it out keeps
+        # the keys of files prepared before the field existed.
+        del fields["item_features_path"]
         fields["format"] = self.resolved_format
         if self.resolved_format != "parquet":
             fields["delimiter"] = self.separator

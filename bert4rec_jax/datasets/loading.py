@@ -46,6 +46,7 @@ from etils import epath
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import (
     custom,
+    features,
     interactions,
     movielens,
     paper,
@@ -254,9 +255,22 @@ def _prepare_with_tfds(
         # The records hold indices into the vocabularies of raw ids (see custom.py).
         raw_user_ids = builder.info.metadata["user_ids"][raw_user_ids]
         item_vocab = builder.info.metadata["item_ids"]
-    return corpus_lib.corpus_from_sequences(
+    corpus = corpus_lib.corpus_from_sequences(
         dataset, raw_user_ids, sequences.offsets, sequences.raw_items, item_vocab=item_vocab
     )
+    metadata = builder.info.metadata
+    if isinstance(metadata, movielens.SideFeatures):
+        item_features, user_features = {}, {}
+        if metadata.get("item") is not None:
+            item_features = features.align_items(
+                corpus.raw_item_ids, corpus.vocab_size, metadata["item"]
+            )
+        if metadata.get("user") is not None:
+            user_features = features.align_users(corpus.raw_user_ids, metadata["user"])
+        corpus = dataclasses.replace(
+            corpus, item_features=item_features, user_features=user_features
+        )
+    return corpus
 
 
 def _source_description(spec: _Spec, manual_dir: str) -> str:
@@ -312,7 +326,7 @@ def load_corpus(
     corpus = prepared.read_hit(cache, dataset)
     if corpus is not None:
         prepared.remember(cache, data_dir=data_dir, **request)
-        return corpus
+        return prepared.with_file_features(corpus, dataset, file)
     start = time.perf_counter()
     with _remove_new_dirs_on_failure([root / CACHE_DIRNAME, cache.parent]):
         corpus = _prepare_with_tfds(dataset, spec, root, manual_dir)
@@ -329,4 +343,4 @@ def load_corpus(
         corpus.num_interactions,
         cache,
     )
-    return corpus
+    return prepared.with_file_features(corpus, dataset, file)

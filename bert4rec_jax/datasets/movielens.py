@@ -24,21 +24,72 @@ Where the release comes from:
 
 Example schema: as every builder of the project (`paper.sequence_info`), one example per user
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
+
+Side features (1.1.0): for 100K, the movies' genres and release-year buckets (`u.item`) and the
+users' age bucket, gender and occupation (`u.user`), read from the same release as the ratings
+(`features.read_movielens_100k_items` / `_users`), are saved beside the records by raw id
+(`SideFeatures`, `features.npz`); `load_corpus` aligns them with the corpus's dense ids. 1M and
+20M carry none yet (their `movies.dat` / `users.dat` have other layouts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from bert4rec_jax.datasets import paper, readers
+from bert4rec_jax.datasets import features, paper, readers
 
 BASE_URL_ENV = "BERT4REC_MOVIELENS_BASE_URL"
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
+FEATURES_FILE = "features.npz"
+# Key prefixes in FEATURES_FILE: "<kind>_ids" holds the raw ids, "<kind>__<name>" a feature.
+_KINDS = ("item", "user")
+
+
+class SideFeatures(tfds.core.Metadata):
+    """Item and user features by raw id, saved as one `.npz` beside the records.
+
+    Keys: "item" and "user", each a `features.RawFeatures` or None. As `custom.RawIds`, a small
+    `metadata.json` is written too: TFDS restores a custom `Metadata` only when that file exists.
+    """
+
+    def save_metadata(self, data_dir: epath.PathLike) -> None:
+        data_dir = epath.Path(data_dir)
+        arrays = {}
+        for kind in _KINDS:
+            raw = self.get(kind)
+            if raw is not None:
+                arrays[f"{kind}_ids"] = raw.raw_ids
+                arrays.update({f"{kind}__{k}": v for k, v in raw.features.items()})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        (data_dir / FEATURES_FILE).write_bytes(buffer.getvalue())
+        summary = {k: sorted(self[k].features) if self.get(k) else [] for k in _KINDS}
+        summary["features_file"] = FEATURES_FILE
+        (data_dir / "metadata.json").write_text(json.dumps(summary))
+
+    def load_metadata(self, data_dir: epath.PathLike) -> None:
+        content = (epath.Path(data_dir) / FEATURES_FILE).read_bytes()
+        self.clear()
+        with np.load(io.BytesIO(content), allow_pickle=False) as z:
+            for kind in _KINDS:
+                if f"{kind}_ids" in z.files:
+                    prefix = f"{kind}__"
+                    self[kind] = features.RawFeatures(
+                        raw_ids=z[f"{kind}_ids"],
+                        features={
+                            k.removeprefix(prefix): z[k] for k in z.files if k.startswith(prefix)
+                        },
+                    )
+                else:
+                    self[kind] = None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -69,8 +120,11 @@ def verify_release(path: os.PathLike, url_info, name: str) -> None:
 class MovielensSequences(tfds.core.GeneratorBasedBuilder):
     """MovieLens ratings as time-ordered user sequences (see the module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "ML-100K item (genre, year) and user (age, gender, occupation) features.",
+    }
     BUILDER_CONFIGS = [
         MovieLensConfig(
             name=variant,
@@ -94,6 +148,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
                 "Context}, author={Harper, F. Maxwell and Konstan, Joseph A.}, journal={ACM TiiS},"
                 " year={2015}}"
             ),
+            metadata=SideFeatures(),
         )
 
     @classmethod
@@ -155,6 +210,17 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
             len(sequences.raw_items),
         )
         paper.check_evaluable(sequences, str(source))
+        # Saved with the DatasetInfo, into the same temporary directory as the records.
+        self.info.metadata.update(item=None, user=None)
+        if self.builder_config.variant == "100k":
+            # Optional: a copy holding only u.data still gives the ratings (then no features).
+            self.info.metadata.update(
+                item=features.read_movielens_100k_items(source, missing_ok=True),
+                user=features.read_movielens_100k_users(source, missing_ok=True),
+            )
+            for kind in ("item", "user"):
+                if self.info.metadata[kind] is None:
+                    logging.warning("No u.%s beside %s: no %s features", kind, source, kind)
         return {"train": paper.examples_from_sequences(sequences)}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - _split_generators yields them

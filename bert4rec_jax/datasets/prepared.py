@@ -14,6 +14,7 @@ entry is not trusted and `load_corpus` (with TensorFlow) hashes the file and pre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from absl import logging
 from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
+from bert4rec_jax.datasets import features
 
 DATASETS = (
     "synthetic",
@@ -40,9 +42,13 @@ DATASETS = (
     "file",
 )
 # Bump when the cached arrays change meaning; old cache files are then ignored.
-CACHE_FORMAT = 2
+# 3: optional item and user features (`_ITEM_FEATURE` / `_USER_FEATURE` + name).
+CACHE_FORMAT = 3
 CACHE_DIRNAME = "bert4rec_corpus"
 _INDEX_DIRNAME = "requests"
+# Key prefixes of the features' arrays in the cache's .npz.
+_ITEM_FEATURE = "item_feature__"
+_USER_FEATURE = "user_feature__"
 
 
 def data_root(data_dir: str = "") -> epath.Path:
@@ -68,6 +74,8 @@ def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
         items=corpus.items,
         raw_item_ids=corpus.raw_item_ids,
         raw_user_ids=corpus.raw_user_ids,
+        **{_ITEM_FEATURE + k: v for k, v in corpus.item_features.items()},
+        **{_USER_FEATURE + k: v for k, v in corpus.user_features.items()},
     )
     _write_atomically(path, buffer.getvalue())
 
@@ -84,13 +92,21 @@ def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
                 items=z["items"],
                 raw_item_ids=z["raw_item_ids"],
                 raw_user_ids=z["raw_user_ids"],
+                item_features=_prefixed(z, _ITEM_FEATURE),
+                user_features=_prefixed(z, _USER_FEATURE),
             )
         if result.offsets[-1] != result.num_interactions:
             raise ValueError("offsets do not match items")
+        features.check_features(result.item_features, result.vocab_size, "item")
+        features.check_features(result.user_features, result.num_users + 1, "user")
         return result
     except Exception as e:  # any unreadable cache is rebuilt, never trusted
         logging.warning("Ignoring unreadable corpus cache %s (%s); rebuilding it", path, e)
         return None
+
+
+def _prefixed(z: Any, prefix: str) -> dict[str, np.ndarray]:
+    return {k.removeprefix(prefix): z[k] for k in z.files if k.startswith(prefix)}
 
 
 def _write_atomically(path: epath.Path, data: bytes) -> None:
@@ -185,7 +201,35 @@ def load_prepared(
         cache = epath.Path(entry["cache"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return read_hit(cache, dataset)
+    corpus = read_hit(cache, dataset)
+    return None if corpus is None else with_file_features(corpus, dataset, file)
+
+
+def with_file_features(
+    corpus: corpus_lib.Corpus, dataset: str, file: Mapping[str, Any] | None
+) -> corpus_lib.Corpus:
+    """The corpus with the item features of `file.item_features_path`, if set (dataset "file").
+
+    The features file is read at every load rather than cached with the corpus: it is small
+    (one row per item) and so its edits take effect without preparing the interactions anew.
+
+    Raises:
+      readers.DataFormatError: a missing or malformed features file, naming line and column.
+    """
+    path = (file or {}).get("item_features_path", "") if dataset == "file" else ""
+    if not path:
+        return corpus
+    item_column = (file or {}).get("item_column") or "item_id"
+    raw = features.read_item_features_csv(path, item_column)
+    aligned = features.align_items(corpus.raw_item_ids, corpus.vocab_size, raw)
+    logging.info(
+        "Item features from %s: %s; %d of %d items have a row",
+        path,
+        ", ".join(f"{k} ({n - 1} categories)" for k, n in features.num_categories(aligned).items()),
+        int(np.any(np.stack([v.any(axis=1) for v in aligned.values()]), axis=0).sum()),
+        corpus.num_items,
+    )
+    return dataclasses.replace(corpus, item_features=aligned)
 
 
 def read_hit(cache: epath.Path, dataset: str) -> corpus_lib.Corpus | None:

@@ -24,7 +24,8 @@ scoring NaN counts as ranked above the target.
 
 The model's scoring functions are handed to the `Evaluator` when it is built (`ScoringFns`), so this
 module knows nothing of the model:
-`encode(params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H]` and
+`encode(params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H]` (plus `users [B] int32`, user
+rows = corpus user + 1, when `ScoringFns.uses_users`) and
 `score(params, h [B, H], item_ids [C] or [B, C] int32) -> scores [B, C]`.
 """
 
@@ -289,8 +290,11 @@ class Evaluator:
         # Batches are split over 'data' (inputs arrive as global arrays sharded that way),
         # parameters replicated. The hidden states stay sharded on device for the rankers; the
         # small rank vectors come back replicated so that every process can read them.
+        self._uses_users = fns.uses_users
         self._encode = jax.jit(
-            fns.encode, in_shardings=(replicated, data, data), out_shardings=data
+            fns.encode,
+            in_shardings=(replicated, data, data) + ((data,) if fns.uses_users else ()),
+            out_shardings=data,
         )
         self._rankers = {}
         for protocol in config.protocols:
@@ -403,10 +407,18 @@ class Evaluator:
             )
         ids, mask_pos = self.inputs(which)
         batches = self._batches(rows)
+        # User rows (corpus user u is row u + 1, see models.BERT4Rec), for user features only.
+        users = (self.split.eval_users + 1).astype(np.int32)  # [num_eval]
+
+        def encoder_inputs(r: np.ndarray) -> dict[str, np.ndarray]:
+            arrays = {"ids": ids[r], "mask_pos": mask_pos[r]}
+            if self._uses_users:
+                arrays["users"] = users[r]
+            return arrays
+
         # Dispatch is asynchronous: the host prepares the next batch while the device computes.
         hidden = [
-            self._encode(params, *self._put({"ids": ids[r], "mask_pos": mask_pos[r]}).values())
-            for r, _ in batches
+            self._encode(params, *self._put(encoder_inputs(r)).values()) for r, _ in batches
         ]  # [B, H] per batch, sharded over 'data'
         out = {}
         for protocol in protocols:
