@@ -49,8 +49,12 @@ def main(argv: list[str]) -> None:
         step = None
     else:
         fns = exp.scoring_fns
-        params, step = checkpointing.restore_params(workdir, FLAGS.checkpoint)
-    mesh = sharding.make_mesh()
+        params, step = checkpointing.restore_params(
+            workdir, FLAGS.checkpoint, vocab_size=exp.corpus.vocab_size
+        )
+    # The run's mesh shape (config.mesh; its model axis splits the item table), over this
+    # machine's devices; the evaluator lays the parameters out on it.
+    mesh = sharding.mesh_from_config(config)
     # The scoring batch only sets how many users are scored at once, never the metrics: fit it
     # to this machine's devices, whatever the run was trained on.
     devices = sharding.data_parallelism(mesh)
