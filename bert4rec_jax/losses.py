@@ -221,7 +221,11 @@ def cloze_loss(
     sharded = mesh is not None and mesh.shape[MODEL_AXIS] > 1
     kind = loss_config.resolve(vocab_size)
     if kind == "full":
-        logits = full_logits(h, table, bias)  # [B, P, rows]; XLA splits the columns if sharded
+        logits = full_logits(h, table, bias)  # [B, P, rows]
+        if sharded:  # each device holds its predictions' scores of its own rows only
+            logits = jax.lax.with_sharding_constraint(
+                logits, jax.sharding.NamedSharding(mesh, P(DATA_AXIS, None, MODEL_AXIS))
+            )
         if rows > vocab_size:
             logits = jnp.where(jnp.arange(rows) < vocab_size, logits, _PADDING_LOGIT)
         return masked_cross_entropy(logits, labels, weights)
