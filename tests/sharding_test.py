@@ -74,7 +74,8 @@ def _batch(model, params, batch_size=8, num_predictions=3):
     ids = rng.integers(1, NUM_ITEMS + 1, size=(batch_size, 8)).astype(np.int32)
     positions = np.stack([rng.permutation(8)[:num_predictions] for _ in range(batch_size)])
     ids[np.arange(batch_size)[:, None], positions] = VOCAB - 1  # [MASK]
-    logits = model.apply({"params": params}, ids, positions, train=False)  # [B, P, V]
+    # jit: one compilation instead of one per operation.
+    logits = jax.jit(lambda p: model.apply({"params": p}, ids, positions, train=False))(params)
     best = np.asarray(np.argmax(logits, axis=-1))
     random_labels = rng.integers(1, NUM_ITEMS + 1, size=best.shape)
     labels = np.where(np.arange(num_predictions) % 2 == 0, best, random_labels)
@@ -110,14 +111,15 @@ def _one_sgd_step(model, mesh, loss_config, batch):
     return jax.device_get(metrics), grads, state
 
 
+@pytest.mark.slow
 def test_vocab_parallel_step_equals_data_parallel():
     # The whole train step, chunked loss: 12 rows per shard give chunks 5, 5, 2 (the last one
     # with the padding row); the unsharded 23 rows give 5 x 4, 3.
     model = _model()
     loss_config = losses.LossConfig(type="chunked", chunk_size=5)
-    params = model.init(
-        jax.random.key(1), np.ones((1, 8), np.int32), np.zeros((1, 3), np.int32), train=False
-    )["params"]
+    params = train_step_lib.create_train_state(  # what the steps below start from
+        model, optax.sgd(1.0), sharding_lib.make_mesh(1), max_predictions=3, seed=0
+    ).params
     batch = _batch(model, params)
     m_dp, g_dp, _ = _one_sgd_step(model, sharding_lib.make_mesh(data=8), loss_config, batch)
     m_vp, g_vp, state = _one_sgd_step(
@@ -176,6 +178,7 @@ def test_vocab_parallel_loss_and_gradients_equal_unsharded(loss_type):
     assert not np.asarray(grads_vp[1])[VOCAB:].any()  # the padding row is never scored
 
 
+@pytest.mark.slow
 def test_evaluation_metrics_equal_on_a_split_table(tmp_path):
     config = tiny_config(tmp_path, **{"synthetic.num_items": 61, "eval.item_chunk": 16})
     exp = experiment.Experiment.from_config(config)  # V = 63: padded to 64 on model = 2
@@ -194,6 +197,7 @@ def test_evaluation_metrics_equal_on_a_split_table(tmp_path):
         assert results[(4, 2)][key] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_across_mesh_shapes(tmp_path):
     model = _model()
     tx = optax.adam(1e-2)
