@@ -3,6 +3,7 @@
     python benchmarks/catalog_scaling.py                       # ML-1m shape, 3.4k .. 10M items
     python benchmarks/catalog_scaling.py --shape=beauty --sizes=54542 --variants=full,chunked
     python benchmarks/catalog_scaling.py --sizes=1M --variants=chunked --steps=2 --mem_gib=24
+    python benchmarks/catalog_scaling.py --sizes=1M --variants=chunked --model_axis=8  # 8 devices
 
 For every (catalogue size, variant) it runs the full training step of bert4rec_jax.steps
 (forward, backward, clip + AdamW, dropout on) on a synthetic batch and prints ms/step and the
@@ -17,6 +18,11 @@ every peak is that cell's own. The variants are the `config.loss.type`s:
 
 A cell whose estimated memory (4x the full variant's logits, or the parameters' and AdamW's
 O(items * hidden) arrays) exceeds --mem_gib is not run and prints "does not fit".
+
+--model_axis=M splits the item table, the output bias and their AdamW moments over M devices
+(`config.mesh.model`; the rest of the devices split the batch): each row then also reports the
+train state's bytes on one device ("state/device"), which falls as 1/M for large catalogues. The
+memory budget stays per process (the estimate is not divided by M).
 
 Imports only jax, flax, optax, numpy and the project's TF-free modules, so it runs on a bare
 accelerator image.
@@ -116,13 +122,21 @@ def run_cell(variant: str, num_items: int, args) -> dict:
     )
     schedule = optimizer.make_schedule(1e-3, 100, 10_000)
     tx = optimizer.make_optimizer(schedule)
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(model=args.model_axis)
     sharding.check_batch_size("--batch", args.batch, mesh)
     state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=args.predictions, seed=0
     )
     step = train_step_lib.jit_train_step(
-        train_step_lib.make_train_step(model, tx, schedule, loss_config), state, mesh
+        train_step_lib.make_train_step(model, tx, schedule, loss_config, mesh=mesh), state, mesh
+    )
+    # The train state's bytes held by one device: its shard of every array.
+    device = jax.devices()[0]
+    state_bytes = sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(state)
+        for shard in leaf.addressable_shards
+        if shard.device == device
     )
     batch = sharding.global_batch(mesh, synthetic_batch(num_items, args))
 
@@ -149,6 +163,7 @@ def run_cell(variant: str, num_items: int, args) -> dict:
         "first_step_s": first,
         "peak_gib": peak / GIB,
         "peak_source": source,
+        "state_gib_per_device": state_bytes / GIB,
         "loss": float(metrics["loss_sum"] / metrics["weight_sum"]),
     }
 
@@ -168,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--chunk_size", type=int, default=8192)
     parser.add_argument("--num_negatives", type=int, default=1024)
+    parser.add_argument(
+        "--model_axis", type=int, default=1, help="devices the item table is split over"
+    )
     parser.add_argument(
         "--mem_gib", type=float, default=24.0, help="memory a cell may use; larger ones are skipped"
     )
@@ -190,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"shape {args.shape}: batch {args.batch}, max_len {args.max_len}, predictions "
         f"{args.predictions}, d {args.hidden}, {args.layers} layers, {args.dtype}; chunk "
-        f"{args.chunk_size}, {args.num_negatives} negatives; {args.steps} timed steps after "
+        f"{args.chunk_size}, {args.num_negatives} negatives; model axis {args.model_axis}; "
+        f"{args.steps} timed steps after "
         f"{1 + args.warmup}; budget {args.mem_gib:g} GiB",
         flush=True,
     )
@@ -216,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
             row = json.loads(out.stdout.strip().splitlines()[-1])
             print(
                 f"{items:>10d} {variant:16s} {row['ms_per_step']:10.0f} {row['peak_gib']:9.2f}  "
-                f"{row['peak_source']}, first step {row['first_step_s']:.1f} s, "
+                f"{row['peak_source']}, state/device {row['state_gib_per_device']:.3f} GiB, "
+                f"first step {row['first_step_s']:.1f} s, "
                 f"loss {row['loss']:.3f}",
                 flush=True,
             )

@@ -8,6 +8,11 @@ A workdir (local or any path epath reads, e.g. gs://) holds:
   best/          the parameters that scored best on validation, with their metrics
 
 The data position is not stored: the input pipeline derives it from the step alone.
+
+A checkpoint restores on any mesh shape. On a mesh whose `model` axis splits the item table, the
+item rows (item_embedding, output_bias and their Adam moments) are padded with zeros to a multiple
+of the axis (`sharding.padded_vocab_size`); restoring onto another shape pads or cuts those rows
+to the target's count (Orbax's non-strict restore), which changes padding only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
+from bert4rec_jax import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
 BEST_METRIC_KEY = "selection_score"
@@ -195,8 +202,14 @@ class Checkpointer:
             ),
         )
 
-    def restore_latest(self, abstract_state: Any) -> tuple[Any, LoopState] | None:
+    def restore_latest(
+        self, abstract_state: Any, vocab_size: int | None = None
+    ) -> tuple[Any, LoopState] | None:
         """The newest usable saved state, laid out like `abstract_state`, and the loop's state.
+
+        `vocab_size` (V) lets the item rows differ from `abstract_state`'s: a checkpoint saved on
+        another mesh shape holds V rows padded for its own model axis; they are padded (zeros) or
+        cut to the target's. None = every shape must match.
 
         A checkpoint that cannot be read (truncated, partial, corrupted) is skipped with a warning
         naming it, and the one before it is tried. When an older one restores, the unreadable
@@ -219,11 +232,15 @@ class Checkpointer:
             try:
                 # Shapes first: a checkpoint of another model is an error, not a damaged file.
                 saved = self._latest.item_metadata(step)["state"]
-                _check_shapes(where, getattr(saved, "tree", saved), abstract_state)
+                resize = _check_shapes(
+                    where, getattr(saved, "tree", saved), abstract_state, vocab_size
+                )
                 restored = self._latest.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
+                        # Non-strict only when item rows differ (checked above: padding only).
+                        state=ocp.args.StandardRestore(abstract_state, strict=not resize),
+                        loop=ocp.args.JsonRestore(),
                     ),
                 )
                 loop = LoopState(**restored["loop"])
@@ -269,13 +286,25 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self._best.best_step()
 
-    def restore_best(self, abstract_params: Any) -> Any:
-        """The best parameters laid out like `abstract_params` (waits for pending saves)."""
+    def restore_best(self, abstract_params: Any, vocab_size: int | None = None) -> Any:
+        """The best parameters laid out like `abstract_params` (waits for pending saves).
+
+        `vocab_size`: as in `restore_latest` (the best ones may come from another mesh shape).
+        """
         self._best.wait_until_finished()
         step = self._best.best_step()
         if step is None:
             raise FileNotFoundError(f"no best checkpoint in {self._best.directory}")
-        return self._best.restore(step, args=ocp.args.StandardRestore(abstract_params))
+        saved = self._best.item_metadata(step)
+        resize = _check_shapes(
+            self._best.directory / str(step),
+            getattr(saved, "tree", saved),
+            abstract_params,
+            vocab_size,
+        )
+        return self._best.restore(
+            step, args=ocp.args.StandardRestore(abstract_params, strict=not resize)
+        )
 
     def close(self) -> None:
         """Waits for pending asynchronous saves; call before the process exits."""
@@ -285,20 +314,42 @@ class Checkpointer:
         self._best.close()
 
 
-def _check_shapes(where: epath.Path, saved: Any, abstract_state: Any) -> None:
-    """Raises CheckpointError naming the first array whose saved shape differs from the model's."""
+def _check_shapes(
+    where: epath.Path, saved: Any, abstract_state: Any, vocab_size: int | None = None
+) -> bool:
+    """Raises CheckpointError naming the first array whose saved shape differs from the model's.
+
+    With `vocab_size` (V), item-row arrays (`sharding.ITEM_ROW_PARAMS`) may differ in their row
+    count as long as both counts are >= V: the rows past V are a mesh's padding.
+
+    Returns:
+      Whether some item rows differ (the restore must then pad or cut them).
+    """
     saved_leaves = {_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    resize = False
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
         name = "/".join(_names(path))
         have = saved_leaves.get(_names(path))
         if have is None:
             continue  # a missing array is a damaged checkpoint; restoring it reports that
-        if tuple(have.shape) != tuple(leaf.shape):
+        have_shape, want_shape = tuple(have.shape), tuple(leaf.shape)
+        if (
+            vocab_size is not None
+            and have_shape != want_shape
+            and _names(path)[-1] in sharding_lib.ITEM_ROW_PARAMS
+            and len(have_shape) == len(want_shape) >= 1
+            and have_shape[1:] == want_shape[1:]
+            and min(have_shape[0], want_shape[0]) >= vocab_size
+        ):
+            resize = True
+            continue
+        if have_shape != want_shape:
             raise CheckpointError(
                 f"{where} holds {name} of shape {tuple(have.shape)}, but this config builds "
                 f"{tuple(leaf.shape)}: the checkpoints belong to another model or vocabulary "
                 f"(see {', '.join(SHAPE_FIELDS)} and the data set's fields). Nothing was changed."
             )
+    return resize
 
 
 def _names(path: tuple) -> tuple[str, ...]:
@@ -312,7 +363,9 @@ def absolute(path: epath.PathLike) -> epath.Path:
     return path if "://" in str(path) else path.absolute()
 
 
-def restore_params(workdir: epath.PathLike, which: str = "best") -> tuple[Any, int]:
+def restore_params(
+    workdir: epath.PathLike, which: str = "best", vocab_size: int | None = None
+) -> tuple[Any, int]:
     """Parameters of a finished or running workdir, for evaluation and export.
 
     They are restored onto this process's first device whatever mesh saved them, so a run trained
@@ -322,6 +375,8 @@ def restore_params(workdir: epath.PathLike, which: str = "best") -> tuple[Any, i
       workdir: the run's workdir.
       which: "best" (the best validation checkpoint; falls back to the latest state when the run
         kept none, e.g. in paper split mode) or "latest".
+      vocab_size: V; when given, item rows a sharded run padded its table with are cut, so the
+        parameters have the model's shapes whatever mesh saved them. None = as saved.
 
     Returns:
       (params as a pytree of arrays, the step they come from).
@@ -332,9 +387,15 @@ def restore_params(workdir: epath.PathLike, which: str = "best") -> tuple[Any, i
     if which == "best" and (workdir / "best").exists():
         params, step = _restore_on_one_device(workdir / "best", best=True)
         if params is not None:
-            return params, step
+            return _unpadded(params, vocab_size), step
     state, step = restore_train_state(workdir)
-    return state["params"], step
+    return _unpadded(state["params"], vocab_size), step
+
+
+def _unpadded(params: Any, vocab_size: int | None) -> Any:
+    if vocab_size is None:
+        return params
+    return sharding_lib.fit_item_rows(params, vocab_size)
 
 
 def restore_train_state(workdir: epath.PathLike, step: int | None = None) -> tuple[Any, int]:

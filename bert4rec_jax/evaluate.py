@@ -4,7 +4,8 @@
     python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --model=popularity
 
 Only what evaluation needs is checked, so any protocol can be asked for and a run trained on many
-devices is evaluated on one. Writes the numbers as JSON beside the checkpoints:
+devices is evaluated on one (with its item table split over `mesh.model` devices when this
+machine's device count allows it). Writes the numbers as JSON beside the checkpoints:
 <workdir>/eval_<model>_<split>.json.
 """
 
@@ -49,8 +50,21 @@ def main(argv: list[str]) -> None:
         step = None
     else:
         fns = exp.scoring_fns
-        params, step = checkpointing.restore_params(workdir, FLAGS.checkpoint)
-    mesh = sharding.make_mesh()
+        params, step = checkpointing.restore_params(
+            workdir, FLAGS.checkpoint, vocab_size=exp.corpus.vocab_size
+        )
+    # The run's model axis (config.mesh.model splits the item table) over this machine's
+    # devices, the rest on the data axis; a machine whose devices it does not divide (e.g. one
+    # CPU) evaluates with the table whole. The evaluator lays the parameters out on the mesh.
+    model_axis = int(config.mesh.model) if config.get("mesh") else 1
+    if jax.device_count() % model_axis:
+        logging.warning(
+            "mesh.model=%d does not divide the %d devices here: the item table is not split",
+            model_axis,
+            jax.device_count(),
+        )
+        model_axis = 1
+    mesh = sharding.make_mesh(model=model_axis)
     # The scoring batch only sets how many users are scored at once, never the metrics: fit it
     # to this machine's devices, whatever the run was trained on.
     devices = sharding.data_parallelism(mesh)

@@ -447,7 +447,10 @@ def export_workdir(
     if manual_dir is not None:
         config.manual_dir = manual_dir
     exp = experiment.Experiment.from_config(config)
-    params, step = checkpointing.restore_params(workdir, checkpoint)
+    # Rows a sharded run padded its item table with are dropped: the artifact is mesh-free.
+    params, step = checkpointing.restore_params(
+        workdir, checkpoint, vocab_size=exp.corpus.vocab_size
+    )
     source = {
         "workdir": str(workdir),
         "checkpoint": checkpoint,

@@ -26,6 +26,13 @@ The variants (`LossConfig.type`, `config.loss.type`):
 `cloze_loss(loss_config, h, table, bias, labels, weights, key=..., item_counts=...)` is the one
 entry point the train step calls, with the head features h [B, P, H] (the model's
 `predict_hidden`) and the tied output layer (item table [V, H], bias [V]).
+
+Vocabulary-parallel: when the table's rows are split over the mesh's `model` axis (`mesh=` with
+model > 1; rows padded to a multiple of the axis, see `sharding.py`), "chunked" runs the stream
+on each shard's own rows and combines the partial statistics across the axis
+(`vocab_parallel_cross_entropy`, a shard_map), and "full" lets XLA partition the [B, P, V] logits
+over the axis; padding rows are masked out of both. Loss, accuracy and gradients are those of the
+unsharded table.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from bert4rec_jax.sharding import DATA_AXIS, MODEL_AXIS
 
 if TYPE_CHECKING:
     import ml_collections
@@ -44,6 +54,9 @@ if TYPE_CHECKING:
 LOSS_TYPES = ("auto", "full", "chunked", "sampled_softmax", "gbce")
 PROPOSALS = ("uniform", "popularity")
 Sums = dict[str, jax.Array]
+# The logit of a padding row of a sharded table: finite (a shard of padding only must not give
+# exp(-inf - -inf) = NaN in the stream), and exp(it - any real logit) is exactly 0.
+_PADDING_LOGIT = -1e30
 
 
 # ---- Config -------------------------------------------------------------------------------------
@@ -182,6 +195,8 @@ def cloze_loss(
     *,
     key: jax.Array | None = None,
     item_counts: jax.Array | None = None,
+    vocab_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Sums:
     """The configured loss of the masked-item predictions.
 
@@ -194,15 +209,43 @@ def cloze_loss(
       weights: [B, P] float; 0 for padded prediction slots.
       key: PRNG key for the negatives of the sampled losses (a fresh one every step).
       item_counts: int32 [V] from `prepare_item_counts`; needed by proposal="popularity".
+      vocab_size: V, the real rows of `table`; rows past it are padding of a table sharded over
+        `mesh` and are never scored. None = every row is real.
+      mesh: the mesh whose `model` axis splits the rows of `table` and `bias`; None or
+        model = 1: the table is not split.
 
     Returns:
       A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count.
     """
-    vocab_size = table.shape[0]
+    rows = table.shape[0]
+    vocab_size = rows if vocab_size is None else int(vocab_size)
+    if not 3 <= vocab_size <= rows:
+        raise ValueError(f"vocab_size={vocab_size} must be in [3, rows of the table = {rows}]")
+    sharded = mesh is not None and mesh.shape[MODEL_AXIS] > 1
     kind = loss_config.resolve(vocab_size)
     if kind == "full":
-        return masked_cross_entropy(full_logits(h, table, bias), labels, weights)
+        logits = full_logits(h, table, bias)  # [B, P, rows]
+        if sharded:  # each device holds its predictions' scores of its own rows only
+            logits = jax.lax.with_sharding_constraint(
+                logits, jax.sharding.NamedSharding(mesh, P(DATA_AXIS, None, MODEL_AXIS))
+            )
+        if rows > vocab_size:
+            logits = jnp.where(jnp.arange(rows) < vocab_size, logits, _PADDING_LOGIT)
+        return masked_cross_entropy(logits, labels, weights)
     if kind == "chunked":
+        if sharded:
+            return vocab_parallel_cross_entropy(
+                h,
+                table,
+                bias,
+                labels,
+                weights,
+                mesh=mesh,
+                vocab_size=vocab_size,
+                chunk_size=loss_config.chunk_size,
+            )
+        if rows > vocab_size:  # padded for a mesh, but not split: drop the padding
+            table, bias = table[:vocab_size], bias[:vocab_size]
         return chunked_cross_entropy(
             h, table, bias, labels, weights, chunk_size=loss_config.chunk_size
         )
@@ -293,8 +336,22 @@ def _chunk_logits(h: jax.Array, table_c: jax.Array, bias_c: jax.Array) -> jax.Ar
     return jnp.einsum("nh,ch->nc", h, table_c) + bias_c
 
 
+def _masked(x: jax.Array, start: int | jax.Array, limit: int | None) -> jax.Array:
+    """x [N, C] with the columns of global ids start + c >= limit set to _PADDING_LOGIT."""
+    if limit is None:
+        return x
+    ids = start + jnp.arange(x.shape[-1], dtype=jnp.int32)  # [C]
+    return jnp.where(ids < limit, x, _PADDING_LOGIT)
+
+
 def _stream_stats(
-    h: jax.Array, table: jax.Array, bias: jax.Array, labels: jax.Array, chunk: int, offset: int = 0
+    h: jax.Array,
+    table: jax.Array,
+    bias: jax.Array,
+    labels: jax.Array,
+    chunk: int,
+    offset: int | jax.Array = 0,
+    limit: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Running (max, sum of exp(x - max), target logit, argmax) over the rows of `table`.
 
@@ -304,7 +361,8 @@ def _stream_stats(
       bias: [V].
       labels: [N] int32 global ids.
       chunk: rows scored at once; the last chunk may be shorter.
-      offset: the global id of table[0].
+      offset: the global id of table[0] (may be traced: a shard's axis index times its rows).
+      limit: global ids >= limit are padding rows, scored _PADDING_LOGIT; None = none.
 
     Returns:
       m [N] (the best logit), s [N], tgt [N] (0 where the label is not in these rows), arg [N]
@@ -317,7 +375,7 @@ def _stream_stats(
     def update(carry, start, table_c, bias_c):
         m, s, tgt, arg = carry
         width = table_c.shape[0]
-        x = _chunk_logits(h, table_c, bias_c)  # [N, C]
+        x = _masked(_chunk_logits(h, table_c, bias_c), start, limit)  # [N, C]
         c_max = jnp.max(x, axis=-1)  # [N]
         new_m = jnp.maximum(m, c_max)
         s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(x - new_m[:, None]), axis=-1)
@@ -360,7 +418,8 @@ def _stream_grads(
     g_lse: jax.Array,
     g_tgt: jax.Array,
     chunk: int,
-    offset: int = 0,
+    offset: int | jax.Array = 0,
+    limit: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Gradients of sum_n (g_lse[n] lse[n] + g_tgt[n] tgt[n]), recomputing each chunk's logits.
 
@@ -376,7 +435,7 @@ def _stream_grads(
 
     def chunk_grads(dh, start, table_c, bias_c):
         width = table_c.shape[0]
-        x = _chunk_logits(h, table_c, bias_c)  # [N, C]
+        x = _masked(_chunk_logits(h, table_c, bias_c), start, limit)  # [N, C]
         onehot = (labels - start)[:, None] == jnp.arange(width, dtype=jnp.int32)  # [N, C]
         probs = jnp.exp((x - m[:, None]) - log_s[:, None])  # [N, C]
         dx = g_lse[:, None] * probs + jnp.where(onehot, g_tgt[:, None], 0.0)
@@ -462,6 +521,150 @@ def chunked_cross_entropy(
     labels = labels.astype(jnp.int32).reshape(-1)  # [N]
     chunk = max(1, min(int(chunk_size), table.shape[0]))
     lse, tgt, arg = _chunked_lse_target(h32, table, bias, labels, chunk)  # [N] each
+    nll = (lse - tgt).reshape(batch_shape)
+    correct = (arg == labels).reshape(batch_shape)
+    return _sums(weights, nll, correct)
+
+
+# ---- Vocabulary-parallel chunked softmax ---------------------------------------------------------
+#
+# The table's rows are split over the mesh's `model` axis, the predictions over `data`. Each device
+# streams its own rows for its own predictions (offset = its model index x rows per shard) and the
+# partial statistics are combined across `model` as the comment block above says; the backward
+# pass recomputes each device's rows' logits with the global (m, log s), sums dh across `model`
+# and its rows' dtable, dbias across `data`. Peak extra memory per device: [N / data, chunk].
+
+
+@dataclasses.dataclass(frozen=True)
+class _VocabShards:
+    """Static description of a sharded table (hashable: a custom_vjp non-differentiable arg)."""
+
+    mesh: jax.sharding.Mesh
+    vocab_size: int  # real rows; the rest is padding
+    rows_per_shard: int
+    chunk: int
+
+
+def _vp_stats(shards: _VocabShards, h, table, bias, labels):
+    # Per device: h [N/data, H], table [rows/model, H], bias [rows/model], labels [N/data].
+    offset = jax.lax.axis_index(MODEL_AXIS) * shards.rows_per_shard
+    m, s, tgt, arg = _stream_stats(
+        h, table, bias, labels, shards.chunk, offset, limit=shards.vocab_size
+    )
+    m_all = jax.lax.pmax(m, MODEL_AXIS)  # [N/data]
+    s_all = jax.lax.psum(s * jnp.exp(m - m_all), MODEL_AXIS)
+    tgt_all = jax.lax.psum(tgt, MODEL_AXIS)  # 0 on every shard but the label's
+    # Shards hold increasing ids, so the smallest id among the shards holding the best logit is
+    # the global first-index argmax.
+    arg_all = jax.lax.pmin(jnp.where(m == m_all, arg, shards.vocab_size), MODEL_AXIS)
+    return m_all, jnp.log(s_all), tgt_all, arg_all
+
+
+def _vp_grads(shards: _VocabShards, h, table, bias, labels, m, log_s, g_lse, g_tgt):
+    offset = jax.lax.axis_index(MODEL_AXIS) * shards.rows_per_shard
+    dh, dtable, dbias = _stream_grads(
+        h, table, bias, labels, m, log_s, g_lse, g_tgt, shards.chunk, offset, shards.vocab_size
+    )
+    # dh: every shard's rows contribute to a prediction; dtable: every data shard's predictions
+    # contribute to a row.
+    return (
+        jax.lax.psum(dh, MODEL_AXIS),
+        jax.lax.psum(dtable, DATA_AXIS),
+        jax.lax.psum(dbias, DATA_AXIS),
+    )
+
+
+_ROWS = P(DATA_AXIS, None)  # [N, H] predictions over data
+_VEC = P(DATA_AXIS)  # [N]
+_TABLE = P(MODEL_AXIS, None)  # [rows, H] item rows over model
+_BIAS = P(MODEL_AXIS)  # [rows]
+
+
+def _vp_forward(shards: _VocabShards, h, table, bias, labels):
+    return jax.shard_map(
+        functools.partial(_vp_stats, shards),
+        mesh=shards.mesh,
+        in_specs=(_ROWS, _TABLE, _BIAS, _VEC),
+        out_specs=(_VEC, _VEC, _VEC, _VEC),
+        # The stream's scan carries start as constants that become device-varying; the combined
+        # statistics are made identical across `model` by the collectives above.
+        check_vma=False,
+    )(h, table, bias, labels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _vp_lse_target(shards: _VocabShards, h, table, bias, labels):
+    m, log_s, tgt, arg = _vp_forward(shards, h, table, bias, labels)
+    return m + log_s, tgt, arg
+
+
+def _vp_fwd(shards, h, table, bias, labels):
+    m, log_s, tgt, arg = _vp_forward(shards, h, table, bias, labels)
+    return (m + log_s, tgt, arg), (h, table, bias, labels, m, log_s)
+
+
+def _vp_bwd(shards, residuals, cotangents):
+    h, table, bias, labels, m, log_s = residuals
+    g_lse, g_tgt, _ = cotangents
+    dh, dtable, dbias = jax.shard_map(
+        functools.partial(_vp_grads, shards),
+        mesh=shards.mesh,
+        in_specs=(_ROWS, _TABLE, _BIAS, _VEC, _VEC, _VEC, _VEC, _VEC),
+        out_specs=(_ROWS, _TABLE, _BIAS),
+        check_vma=False,
+    )(h, table, bias, labels, m, log_s, g_lse, g_tgt)
+    return dh, dtable, dbias, None
+
+
+_vp_lse_target.defvjp(_vp_fwd, _vp_bwd)
+
+
+def vocab_parallel_cross_entropy(
+    h: jax.Array,
+    table: jax.Array,
+    bias: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh,
+    vocab_size: int | None = None,
+    chunk_size: int = 8192,
+) -> Sums:
+    """`chunked_cross_entropy` of a table whose rows are split over the mesh's `model` axis.
+
+    Args:
+      h: [B, P, H] head features; B must divide over the mesh's data axis.
+      table: [R, H] float32 item embeddings, R a multiple of the model axis (rows >= vocab_size
+        are padding and never scored); split over `model` (it is resharded if it is not).
+      bias: [R] float32.
+      labels: [B, P] int target ids (< vocab_size).
+      weights: [B, P] float; 0 for padded prediction slots.
+      mesh: the mesh; its `model` axis splits the rows, its `data` axis the predictions.
+      vocab_size: V, the real rows; None = R.
+      chunk_size: rows scored at once on each device (clipped to R / model).
+
+    Returns:
+      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count, equal to the unsharded
+      ones.
+    """
+    rows, hidden = table.shape
+    num_shards = mesh.shape[MODEL_AXIS]
+    if rows % num_shards:
+        raise ValueError(
+            f"the item table's {rows} rows do not split over mesh.model={num_shards}: pad them "
+            "to sharding.padded_vocab_size"
+        )
+    rows_per_shard = rows // num_shards
+    shards = _VocabShards(
+        mesh=mesh,
+        vocab_size=rows if vocab_size is None else int(vocab_size),
+        rows_per_shard=rows_per_shard,
+        chunk=max(1, min(int(chunk_size), rows_per_shard)),
+    )
+    batch_shape = labels.shape
+    h32 = h.astype(jnp.float32).reshape(-1, hidden)  # [N, H]
+    labels = labels.astype(jnp.int32).reshape(-1)  # [N]
+    lse, tgt, arg = _vp_lse_target(shards, h32, table, bias, labels)  # [N] each
     nll = (lse - tgt).reshape(batch_shape)
     correct = (arg == labels).reshape(batch_shape)
     return _sums(weights, nll, correct)

@@ -1,7 +1,16 @@
 """The device mesh, the shardings used on it, and global arrays built from per-process data.
 
 One `Mesh` spans every device of every process with two axes: `data` (the batch is split over it)
-and `model` (size 1 today; reserved for sharding the item table of very large catalogues).
+and `model` (the rows of the item table and of the output bias are split over it, for catalogues
+too large for one device; `config.mesh.model`, 1 by default).
+
+Vocabulary-parallel parameters: with `model` > 1 the two item-row parameters (`ITEM_ROW_PARAMS`)
+and their optimizer moments are split by rows over `model`, everything else is replicated. An
+array's rows must divide evenly over the axis, so their row count is the vocabulary rounded up to
+a multiple of the axis (`padded_vocab_size`): the extra rows are zeros that the losses and the
+rankers never score. With `model` = 1 nothing is padded. Checkpoints keep the rows of the mesh
+that saved them; `fit_item_rows` pads or cuts them to another mesh's count (the extra rows hold
+zeros only).
 """
 
 from __future__ import annotations
@@ -9,8 +18,10 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -19,14 +30,146 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A [data, model=1] mesh over the first `num_devices` devices (default: all of them)."""
+# Parameters whose leading dimension is the item vocabulary (ids 0..V-1): split over `model`.
+ITEM_ROW_PARAMS = ("item_embedding", "output_bias")
+
+
+def make_mesh(num_devices: int | None = None, *, data: int = 0, model: int = 1) -> Mesh:
+    """A [data, model] mesh over the first `num_devices` devices (default: all of them).
+
+    Devices are laid out process by process (each process's own devices in `jax.devices()`
+    order), so that with several processes a `model` group never spans two processes as long as
+    `model` divides the devices of a process: the collectives of the vocabulary-parallel loss then
+    stay on one host's interconnect. A plain reshape rather than `mesh_utils.create_device_mesh`,
+    which may reorder devices and would change the single-process [data, 1] mesh of earlier runs.
+
+    Args:
+      num_devices: use only the first devices (tests, benchmarks); None = every device.
+      data: devices on the data axis; 0 = all the devices / `model`.
+      model: devices the item table's rows are split over.
+
+    Returns:
+      The mesh, axes (DATA_AXIS, MODEL_AXIS).
+
+    Raises:
+      ValueError: naming mesh.data / mesh.model when the shape does not fit the devices.
+    """
     devices = jax.devices()
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"num_devices={num_devices}, but {len(devices)} devices are visible")
         devices = devices[:num_devices]
-    return Mesh(np.asarray(devices).reshape(len(devices), 1), (DATA_AXIS, MODEL_AXIS))
+    count = len(devices)
+    if model < 1:
+        raise ValueError(f"mesh.model={model} must be a positive number of devices")
+    if data < 0:
+        raise ValueError(f"mesh.data={data} must be >= 0 (0 = all devices / mesh.model)")
+    if data == 0:
+        if count % model:
+            raise ValueError(
+                f"mesh.model={model} does not divide the {count} devices: set mesh.model to a "
+                f"divisor of {count}"
+            )
+        data = count // model
+    if data * model != count:
+        raise ValueError(
+            f"mesh.data={data} x mesh.model={model} = {data * model} devices, but the mesh has "
+            f"{count}; set mesh.data=0 to use all of them"
+        )
+    if jax.process_count() > 1 and model > 1 and jax.local_device_count() % model:
+        raise ValueError(
+            f"mesh.model={model} must divide the {jax.local_device_count()} devices of each "
+            "process, so that a model group stays within one process"
+        )
+    # Stable sort: one process's devices keep their order, so one process gets today's mesh.
+    devices = sorted(devices, key=lambda d: d.process_index)
+    return Mesh(np.asarray(devices).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
+
+
+def mesh_from_config(config: Any) -> Mesh:
+    """`make_mesh` of `config.mesh` (data, model); a config without the block gets [all, 1]."""
+    mesh = config.get("mesh")
+    if mesh is None:
+        return make_mesh()
+    return make_mesh(data=int(mesh.data), model=int(mesh.model))
+
+
+def model_parallelism(mesh: Mesh) -> int:
+    """Devices the item rows are split over."""
+    return mesh.shape[MODEL_AXIS]
+
+
+def padded_vocab_size(vocab_size: int, mesh: Mesh) -> int:
+    """The item-row count on `mesh`: vocab_size rounded up to a multiple of the model axis."""
+    shards = model_parallelism(mesh)
+    return -(-vocab_size // shards) * shards
+
+
+def is_item_rows(path: tuple) -> bool:
+    """Whether a tree path ends at an item-row parameter (or an optimizer moment of one)."""
+    return bool(path) and getattr(path[-1], "key", None) in ITEM_ROW_PARAMS
+
+
+def fit_item_rows(tree: Any, rows: int) -> Any:
+    """Pads (with zeros) or cuts the leading dimension of the item-row leaves to `rows`.
+
+    Leaves that already have `rows` rows are returned as they are, so on a [data, 1] mesh this is
+    the identity. Cutting drops only padding when `rows` >= the vocabulary size.
+
+    Args:
+      tree: parameters, a train state, or anything whose item-row leaves are named by
+        ITEM_ROW_PARAMS (optax moments mirror the parameters' names).
+      rows: the row count wanted, e.g. `padded_vocab_size(V, mesh)`, or V to drop the padding.
+
+    Returns:
+      The tree with its item-row leaves resized.
+    """
+
+    def fit(path, x):
+        if not is_item_rows(path) or np.ndim(x) == 0 or x.shape[0] == rows:
+            return x
+        if x.shape[0] > rows:
+            return x[:rows]
+        return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+    return jax.tree_util.tree_map_with_path(fit, tree)
+
+
+def state_shardings(tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for parameters or a train state: item rows over `model`, rest replicated.
+
+    Args:
+      tree: arrays or jax.ShapeDtypeStructs; item-row leaves need rows divisible by the model
+        axis (`padded_vocab_size`).
+      mesh: the mesh.
+
+    Returns:
+      A tree of NamedSharding of the same structure.
+    """
+    rows = NamedSharding(mesh, P(MODEL_AXIS))
+    whole = replicated(mesh)
+    sharded = model_parallelism(mesh) > 1
+
+    def pick(path, x):
+        return rows if sharded and is_item_rows(path) and np.ndim(x) >= 1 else whole
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def place_params(params: Any, mesh: Mesh, vocab_size: int) -> Any:
+    """Parameters from anywhere (e.g. one device after a restore) laid out on `mesh`.
+
+    Args:
+      params: the parameters; item-row leaves of any row count >= vocab_size.
+      mesh: the mesh to place them on.
+      vocab_size: V, the real rows.
+
+    Returns:
+      The parameters with `padded_vocab_size(V, mesh)` item rows, split over `model`, the rest
+      replicated.
+    """
+    params = fit_item_rows(params, padded_vocab_size(vocab_size, mesh))
+    return jax.device_put(params, state_shardings(params, mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,7 +1,7 @@
 """Training and evaluation of BERT4Rec: `train_and_evaluate(config, workdir)`.
 
 The loop, in order: check the config (before anything compiles), build the experiment (corpus,
-split, model, evaluator; `experiment.py`), create the train state already replicated or restore
+split, model, evaluator; `experiment.py`), create the train state already sharded or restore
 it and the loop's state from the workdir, then step through the cloze batches, logging,
 validating and checkpointing when it is time, and finally evaluate the best parameters on the
 test split.
@@ -152,7 +152,7 @@ def train_and_evaluate(
       The test metrics of the best (or, without validation, the final) parameters; empty when
       the run stopped before num_train_steps.
     """
-    mesh = sharding_lib.make_mesh()
+    mesh = sharding_lib.mesh_from_config(config)  # fails naming mesh.data / mesh.model
     check_config(config, mesh)
     if config.eval.every_steps > 0 and not validates(config):
         logging.warning(
@@ -175,7 +175,8 @@ def train_and_evaluate(
     )
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
     loop = LoopState()
-    restored = ckpt.restore_latest(state)
+    # A checkpoint of another mesh shape has the item rows padded for its own model axis.
+    restored = ckpt.restore_latest(state, vocab_size=exp.model.config.vocab_size)
     if restored is not None:
         state, loop = restored
     start, total = int(state.step), config.num_train_steps
@@ -229,7 +230,7 @@ def train_and_evaluate(
         params, params_step = state.params, int(state.step)
         if validates(config) and ckpt.best_step() is not None:
             params_step = ckpt.best_step()
-            params = ckpt.restore_best(state.params)
+            params = ckpt.restore_best(state.params, vocab_size=exp.model.config.vocab_size)
     finally:
         ckpt.close()
         writer.close()
@@ -266,6 +267,7 @@ def _step_fn(
         schedule,
         losses.LossConfig.from_config(config),
         item_counts=exp.corpus.popularity,
+        mesh=mesh,
     )
     # Each row's user travels with the batch only when the model reads it.
     with_users = bool(exp.model.config.user_features)

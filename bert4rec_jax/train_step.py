@@ -41,7 +41,11 @@ def create_train_state(
     max_predictions: int,
     seed: int,
 ) -> TrainState:
-    """Initialises the state directly in its (replicated) sharding: nothing lands on host first.
+    """Initialises the state directly in its sharding: nothing lands on host first.
+
+    The parameters are drawn at their model shapes whatever the mesh, so every mesh starts from
+    the same values; on a mesh with a `model` axis > 1 the item rows are then padded with zeros to
+    `sharding.padded_vocab_size` and split over it (see `sharding.state_shardings`).
 
     Args:
       model: the model.
@@ -51,14 +55,16 @@ def create_train_state(
       seed: parameters and the run's dropout key derive from it.
 
     Returns:
-      The initial state, replicated over the mesh.
+      The initial state on the mesh.
     """
+    rows = sharding_lib.padded_vocab_size(model.config.vocab_size, mesh)
 
     def init(key: jax.Array) -> TrainState:
         init_key, run_key = jax.random.split(key)
         ids = jnp.ones((1, model.config.max_len), jnp.int32)
         positions = jnp.zeros((1, max_predictions), jnp.int32)
         params = model.init({"params": init_key}, ids, positions, train=False)["params"]
+        params = sharding_lib.fit_item_rows(params, rows)  # the identity when model = 1
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -68,7 +74,7 @@ def create_train_state(
 
     key = jax.random.key(seed)
     abstract = jax.eval_shape(init, key)
-    shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract)
+    shardings = sharding_lib.state_shardings(abstract, mesh)
     return jax.jit(init, out_shardings=shardings)(key)
 
 
@@ -78,6 +84,7 @@ def make_train_step(
     schedule: optax.Schedule,
     loss_config: losses.LossConfig | None = None,
     item_counts: np.ndarray | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure training step: cloze loss, gradients, one optimizer update.
 
@@ -88,6 +95,8 @@ def make_train_step(
       loss_config: which loss (`losses.LossConfig.from_config(config)`); None = its defaults.
       item_counts: interactions per item, [num_items + 1] (`Corpus.popularity`) or [vocab_size];
         needed only by the sampled losses' popularity proposal.
+      mesh: the mesh the state lives on (`create_train_state`); with a `model` axis > 1 the
+        softmax losses combine the item-row shards across it. None = a [data, 1] mesh.
 
     Returns:
       The step; its metrics are sums (loss_sum, weight_sum, correct_sum, prediction_count,
@@ -106,8 +115,11 @@ def make_train_step(
         loss_key = jax.random.fold_in(dropout_key, _LOSS_KEY_STREAM)
 
         def loss_fn(params):
+            # The model sees its own shapes: a sharded table's padding rows are cut here (the
+            # identity on a [data, 1] mesh) and only the loss below scores the padded table.
+            model_params = sharding_lib.fit_item_rows(params, vocab_size)
             h = model.apply(
-                {"params": params},
+                {"params": model_params},
                 batch["ids"],
                 batch["positions"],
                 train=True,
@@ -119,12 +131,14 @@ def make_train_step(
             sums = losses.cloze_loss(
                 loss_config,
                 h,
-                params["item_embedding"],  # [V, H]
-                params["output_bias"],  # [V]
+                params["item_embedding"],  # [V', H], V' = V padded to the model axis
+                params["output_bias"],  # [V']
                 batch["labels"],
                 batch["weights"],
                 key=loss_key,
                 item_counts=counts,
+                vocab_size=vocab_size,  # the table may carry padding rows past it
+                mesh=mesh,
             )
             # The weighted mean: normalised by the sum of weights, not by the prediction count.
             # A prediction of weight w (`input.mask_last_weight`) then counts as w predictions,
@@ -157,7 +171,7 @@ def jit_train_step(
     state: TrainState,
     mesh: jax.sharding.Mesh,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """jit with explicit shardings: state replicated and donated, batch split over `data`."""
+    """jit with explicit shardings: the state's own (kept, donated), batch split over `data`."""
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         train_step,

@@ -130,6 +130,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.adam_b2 = 0.999
     c.adam_eps = 1e-6
 
+    # The device mesh (bert4rec_jax/sharding.py): mesh.data x mesh.model must be the device count.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 0  # devices on the data axis (the batch is split over it); 0 = all / mesh.model
+    # Devices the item table's rows (and the output bias's) are split over, for catalogues too
+    # large for one device; 1 = replicated. Within a process's devices on multi-host runs.
+    c.mesh.model = 1
+
     c.log_every_steps = 50  # metrics to TensorBoard, JSON lines and the console
     c.checkpoint_every_steps = 500  # 0 = only at the end
     c.keep_checkpoints = 3  # the last K checkpoints are kept (plus the best, see eval)

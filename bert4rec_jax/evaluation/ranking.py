@@ -273,7 +273,8 @@ class Evaluator:
           split: its leave-one-out split.
           config: the evaluation settings.
           fns: the model's encode and score functions.
-          mesh: batches are split over its data axis, parameters replicated.
+          mesh: batches are split over its data axis; parameters replicated but for the item
+            rows, split over its model axis.
           cache_dir: where sampled candidates are saved and reused; None = never saved.
         """
         sharding.check_batch_size("eval.batch_size", config.batch_size, mesh)
@@ -287,13 +288,28 @@ class Evaluator:
         self._candidates: dict[tuple[str, str], np.ndarray] = {}
         replicated = sharding.replicated(mesh)
         data = sharding.data_sharded(mesh)
-        # Batches are split over 'data' (inputs arrive as global arrays sharded that way),
-        # parameters replicated. The hidden states stay sharded on device for the rankers; the
+        # Batches are split over 'data' (inputs arrive as global arrays sharded that way);
+        # parameters keep the layout `evaluate` gives them (`sharding.place_params`: replicated,
+        # item rows split over 'model' when that axis is > 1; XLA partitions the item gathers
+        # and products over it). The hidden states stay sharded on device for the rankers; the
         # small rank vectors come back replicated so that every process can read them.
+        params_layout = None  # = the argument's own sharding
+        vocab_size = corpus.vocab_size
+
+        def model_rows(params):
+            # The scoring functions see the model's shapes: padding rows cut (else the identity).
+            return sharding.fit_item_rows(params, vocab_size)
+
+        def encode(params, ids, mask_pos, users=None):
+            return fns.encode(model_rows(params), ids, mask_pos, users)
+
+        def with_model_rows(ranker: Ranker) -> Ranker:
+            return lambda params, h, arrays: ranker(model_rows(params), h, arrays)
+
         self._uses_users = fns.uses_users
         self._encode = jax.jit(
-            fns.encode,
-            in_shardings=(replicated, data, data) + ((data,) if fns.uses_users else ()),
+            encode,
+            in_shardings=(params_layout, data, data) + ((data,) if fns.uses_users else ()),
             out_shardings=data,
         )
         self._rankers = {}
@@ -305,7 +321,9 @@ class Evaluator:
             else:
                 ranker = sampled_ranker(fns.score)
             self._rankers[protocol] = jax.jit(
-                ranker, in_shardings=(replicated, data, data), out_shardings=replicated
+                with_model_rows(ranker),
+                in_shardings=(params_layout, data, data),
+                out_shardings=replicated,
             )
 
     def inputs(self, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -388,7 +406,7 @@ class Evaluator:
         Each user is encoded once; every protocol then scores the same hidden states.
 
         Args:
-          params: the parameters, replicated over the mesh.
+          params: the parameters on the mesh (`sharding.place_params`).
           which: "valid" or "test".
           protocols: some of the protocols the evaluator was built for.
           rows: int [R], rows of split.eval_users.
@@ -456,7 +474,9 @@ class Evaluator:
         if which not in SPLITS:
             raise ValueError(f"which must be one of {SPLITS}, got {which!r}")
         rows = self.user_sample(num_users)
-        params = jax.device_put(params, sharding.replicated(self.mesh))
+        # Item rows padded (zeros) to the mesh's model axis and split over it; never ranked:
+        # the rankers score ids 1..num_items only.
+        params = sharding.place_params(params, self.mesh, self.corpus.vocab_size)
         ranks = self.rank_targets(params, which, self.config.protocols, rows)
         results: dict[str, float] = {}
         for protocol in self.config.protocols:
