@@ -644,8 +644,8 @@ def vocab_parallel_cross_entropy(
       chunk_size: rows scored at once on each device (clipped to R / model).
 
     Returns:
-      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count, equal to the unsharded
-      ones.
+      A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count, equal
+      to the unsharded ones.
     """
     rows, hidden = table.shape
     num_shards = mesh.shape[MODEL_AXIS]
