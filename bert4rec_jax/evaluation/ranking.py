@@ -300,8 +300,8 @@ class Evaluator:
             # The scoring functions see the model's shapes: padding rows cut (else the identity).
             return sharding.fit_item_rows(params, vocab_size)
 
-        def encode(params, ids, mask_pos, users=None):
-            return fns.encode(model_rows(params), ids, mask_pos, users)
+        def encode(params, ids, mask_pos, *users):  # users: [B] rows, with user features only
+            return fns.encode(model_rows(params), ids, mask_pos, *users)
 
         def with_model_rows(ranker: Ranker) -> Ranker:
             return lambda params, h, arrays: ranker(model_rows(params), h, arrays)
