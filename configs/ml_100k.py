@@ -1,9 +1,15 @@
-"""BERT4Rec on MovieLens-100K from raw ratings (not in the paper; the ML-1m model, sized for a CPU).
+"""BERT4Rec on MovieLens-100K from raw ratings (not in the paper): a recipe for the CPU minute.
 
     python -m bert4rec_jax.train --config=configs/ml_100k.py --workdir=/tmp/bert4rec_ml100k \
         --config.manual_dir=../shared/data   # offline copy holding ml-100k/u.data
 
-Uses the standard split: validation picks the best checkpoint, test reports it.
+Uses the standard split: validation picks the best checkpoint, test reports it. About 3 minutes
+of training on the 2-core CPU. Chosen on validation (README, "Beyond the paper") among model
+width, dropout, mask rate, fresh vs fixed masks, batch size, learning rate and steps at a fixed
+CPU budget; the first recipe (configs/ml_100k_v1.py: 100 positions, batch 128, learning rate
+1e-3, 2,000 steps) underfits and takes four times as long. What mattered, in order: the learning
+rate (3e-3; 1e-2 diverges), 50 positions instead of 100 (half the cost per step at the same
+validation NDCG), batch 64 instead of 128 (twice the updates for the same compute), dropout 0.1.
 """
 
 from configs import default
@@ -13,22 +19,22 @@ def get_config():
     c = default.get_config()
     c.dataset = "ml-100k-raw"
     c.split_mode = "standard"
-    c.model.max_len = 100  # covers the median history (65 ratings) in one window
+    c.model.max_len = 50  # the last 49 items + [MASK] at test time
     c.model.hidden_size = 64
     c.model.num_layers = 2
     c.model.num_heads = 2
     c.model.intermediate_size = 256
-    c.model.hidden_dropout = 0.2
-    c.model.attention_dropout = 0.2
-    c.input.mask_prob = 0.2
-    c.input.max_predictions = 20
-    c.input.sliding_step = 50
-    c.input.dupe_factor = 10
-    c.batch_size = 128
-    c.num_train_steps = 2000
-    c.learning_rate = 1e-3
+    c.model.hidden_dropout = 0.1
+    c.model.attention_dropout = 0.1
+    c.input.mask_prob = 0.2  # 0.4 was worse at this budget
+    c.input.max_predictions = 10
+    c.input.sliding_step = 25
+    c.input.dupe_factor = 10  # fixed copies beat fresh masks per epoch at this budget
+    c.batch_size = 64
+    c.num_train_steps = 1200
+    c.learning_rate = 3e-3
     c.warmup_steps = 100
-    c.eval.every_steps = 500
+    c.eval.every_steps = 200
     c.eval.protocols = ("pop100", "full")
     c.eval.metric = "pop100/ndcg@10"
     return c

@@ -1,0 +1,159 @@
+"""The README's ablation table: each idea on top of a recipe, several seeds, test reported once.
+
+    python benchmarks/ablations.py --data=../shared/data --workroot=/tmp/ablations
+    python benchmarks/ablations.py --data=../shared/data --workroot=/tmp/ablations \
+        --rows=ml100k,ml100k-weight2 --seeds=0,1,2
+
+Every (row, seed) is one `python -m bert4rec_jax.train` run in its own workdir
+`<workroot>/<row>/seed<S>`, on the standard split: validation picks the checkpoint, test is
+evaluated once for it (the trainer's `test_results.json`). A finished run is not repeated, so an
+interrupted table resumes where it stopped and new rows can be added to an existing one.
+
+Printed per row: validation pop100 NDCG@10 of the chosen checkpoint, test pop100 and full NDCG@10
+and pop100 HR@10, each as mean ± the half-width of a 95% Student-t interval over the seeds, and
+the training time: wall-clock from the command's start to the end of its last training step
+(data loading, compilation and the validations included; the final test evaluation not).
+`--out` also writes the per-seed numbers as CSV. Times depend on the machine and its load: the
+README names both for every table it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# name -> (config file, overrides). Every row starts from a config in configs/ and changes one
+# thing, so the table reads as ablations of that config.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    # MovieLens-100K: the first recipe (2,000 steps, d=64) and the current one.
+    "ml100k-v1": ("configs/ml_100k_v1.py", []),
+    "ml100k": ("configs/ml_100k.py", []),
+    "ml100k-weight2": ("configs/ml_100k.py", ["--config.input.mask_last_weight=2"]),
+    "ml100k-weight4": ("configs/ml_100k.py", ["--config.input.mask_last_weight=4"]),
+    "ml100k-share0.25": ("configs/ml_100k.py", ["--config.input.mask_last_share=0.25"]),
+    "ml100k-items": ("configs/ml_100k.py", ["--config.model.item_features=True"]),
+    "ml100k-user-add": ("configs/ml_100k.py", ["--config.model.user_features=add"]),
+    "ml100k-user-mask": ("configs/ml_100k.py", ["--config.model.user_features=mask"]),
+    "ml100k-user-prefix": ("configs/ml_100k.py", ["--config.model.user_features=prefix"]),
+}
+
+METRICS = (
+    ("valid pop100 NDCG@10", "valid", "pop100/ndcg@10"),
+    ("test pop100 NDCG@10", "test", "pop100/ndcg@10"),
+    ("test full NDCG@10", "test", "full/ndcg@10"),
+    ("test pop100 HR@10", "test", "pop100/hr@10"),
+)
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 seeds).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t interval over the values); half-width nan for one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    t = _T95.get(len(values) - 1, 1.96)
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def run_one(
+    workdir: pathlib.Path, config: str, overrides: list[str], seed: int, data: str
+) -> dict[str, float]:
+    """Trains and tests one (row, seed) unless already done; returns its numbers."""
+    summary_path = workdir / "ablation_run.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    if workdir.exists() and any(workdir.iterdir()):
+        # A run that died before its summary: its clock is lost, so it starts again.
+        subprocess.run(["rm", "-rf", str(workdir)], check=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "bert4rec_jax.train",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.manual_dir={data}",
+        f"--config.seed={seed}",
+        *overrides,
+    ]
+    print(" ".join(command), flush=True)
+    start = time.time()
+    with open(workdir / "train.log", "w") as log:
+        subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    test = json.loads((workdir / "test_results.json").read_text())
+    valid = [r for r in rows if r["step"] == test["step"] and "valid/pop100/ndcg@10" in r]
+    last_train = max((r for r in rows if "train/loss" in r), key=lambda r: r["step"])
+    summary = {
+        "seed": seed,
+        "step": test["step"],
+        "train_seconds": last_train["time"] - start,
+        "valid/pop100/ndcg@10": valid[-1]["valid/pop100/ndcg@10"] if valid else math.nan,
+        **{f"test/{k}": v for k, v in test.items() if "/" in k},
+    }
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="directory holding ml-100k/ and beauty.txt")
+    parser.add_argument("--workroot", default="/tmp/bert4rec_ablations")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"from {list(ROWS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default="", help="CSV of every (row, seed)")
+    args = parser.parse_args()
+    names = [n for n in args.rows.split(",") if n]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {list(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    results: dict[str, list[dict[str, float]]] = {}
+    for name in names:
+        config, overrides = ROWS[name]
+        results[name] = [
+            run_one(
+                pathlib.Path(args.workroot) / name / f"seed{seed}",
+                config,
+                overrides,
+                seed,
+                args.data,
+            )
+            for seed in seeds
+        ]
+
+    header = ["row", *(m[0] for m in METRICS), "train min"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, runs in results.items():
+        cells = [name]
+        for _, split, key in METRICS:
+            mean, half = interval([r[f"{split}/{key}"] for r in runs])
+            cells.append(f"{mean:.4f} ± {half:.4f}")
+        mean, half = interval([r["train_seconds"] / 60 for r in runs])
+        cells.append(f"{mean:.1f} ± {half:.1f}")
+        print("| " + " | ".join(cells) + " |")
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.writer(f)
+            keys = sorted({k for runs in results.values() for r in runs for k in r})
+            writer.writerow(["row", *keys])
+            for name, runs in results.items():
+                for r in runs:
+                    writer.writerow([name, *(r.get(k, "") for k in keys)])
+
+
+if __name__ == "__main__":
+    main()
