@@ -124,8 +124,9 @@ def run_cli(module, *args):
     return out
 
 
-# A short real training on MovieLens-100K (offline copy): a smaller window and a higher learning
-# rate than configs/ml_100k.py so that a few hundred CPU steps learn something measurable.
+# A short real training on MovieLens-100K (offline copy): fewer steps and copies, and a higher
+# learning rate and mask rate than configs/ml_100k.py, so that 500 CPU steps learn something
+# measurable.
 ML100K_OVERRIDES = {
     "model.max_len": 50,
     "model.hidden_dropout": 0.1,
