@@ -10,7 +10,9 @@ validating every `eval.every_steps`; then prints a table of (step, seconds since
 command, validation metric) and writes `<workdir>/time_to_quality.csv` and, when matplotlib is
 installed, `<workdir>/time_to_quality.png`. The seconds include data loading, compilation and the
 validations themselves: the time a user waits. Several runs can be drawn on one plot with
-`--compare=WORKDIR,...` (their CSV files).
+`--compare=WORKDIR,...` (their CSV files). `--redraw` trains nothing: it rebuilds the CSV and the
+plot of an existing run from its metrics.jsonl and the start time the script saved in
+`<workdir>/time_to_quality.json`, e.g. for a run stopped before its last step.
 """
 
 import csv
@@ -29,8 +31,11 @@ flags.DEFINE_string("workdir", None, "A new directory for the run.")
 flags.DEFINE_string("metric", "pop100/ndcg@10", "The validation metric to follow.")
 flags.DEFINE_list("compare", [], "Other workdirs of this script to draw on the same plot.")
 flags.DEFINE_string("label", "", "This run's name in the plot (default: the config file).")
+flags.DEFINE_bool("redraw", False, "Train nothing: redraw an existing run of this script.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+
+START_FILE = "time_to_quality.json"  # {"start": seconds since the epoch, "label": ...}
 
 
 def curve(workdir: pathlib.Path, start: float, metric: str) -> list[tuple[int, float, float]]:
@@ -67,10 +72,19 @@ def main(argv: list[str]) -> None:
 
     quiet_library_logs()
     workdir = pathlib.Path(FLAGS.workdir)
-    if workdir.exists() and any(workdir.iterdir()):
-        raise app.UsageError(f"{workdir} is not empty: time to quality needs a fresh run")
-    start = time.time()
-    train_lib.train_and_evaluate(FLAGS.config, str(workdir))
+    if FLAGS.redraw:
+        saved = json.loads((workdir / START_FILE).read_text())
+        start, label = saved["start"], FLAGS.label or saved["label"]
+    else:
+        if FLAGS.config is None:
+            raise app.UsageError("--config is required (or --redraw an existing run)")
+        if workdir.exists() and any(workdir.iterdir()):
+            raise app.UsageError(f"{workdir} is not empty: time to quality needs a fresh run")
+        start = time.time()
+        label = FLAGS.label or pathlib.Path(FLAGS["config"].value).stem
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / START_FILE).write_text(json.dumps({"start": start, "label": label}))
+        train_lib.train_and_evaluate(FLAGS.config, str(workdir))
     points = curve(workdir, start, FLAGS.metric)
     with open(workdir / "time_to_quality.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -79,11 +93,13 @@ def main(argv: list[str]) -> None:
     print(f"{'step':>8} {'seconds':>9} {FLAGS.metric:>16}")
     for step, seconds, value in points:
         print(f"{step:>8} {seconds:>9.1f} {value:>16.4f}")
-    runs = {FLAGS.label or pathlib.Path(FLAGS["config"].value).stem: points}
-    for other in FLAGS.compare:
-        with open(pathlib.Path(other) / "time_to_quality.csv") as f:
+    runs = {label: points}
+    for other in map(pathlib.Path, FLAGS.compare):
+        with open(other / "time_to_quality.csv") as f:
             rows = list(csv.reader(f))[1:]
-        runs[pathlib.Path(other).name] = [(int(a), float(b), float(c)) for a, b, c in rows]
+        saved = other / START_FILE
+        name = json.loads(saved.read_text())["label"] if saved.exists() else other.name
+        runs[name] = [(int(a), float(b), float(c)) for a, b, c in rows]
     png = workdir / "time_to_quality.png"
     print(
         f"wrote {workdir / 'time_to_quality.csv'}"
