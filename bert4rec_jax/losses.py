@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
@@ -515,14 +516,36 @@ def chunked_cross_entropy(
     Returns:
       A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count.
     """
-    batch_shape = labels.shape
-    hidden = h.shape[-1]
-    h32 = h.astype(jnp.float32).reshape(-1, hidden)  # [N, H], N = B * P
-    labels = labels.astype(jnp.int32).reshape(-1)  # [N]
     chunk = max(1, min(int(chunk_size), table.shape[0]))
-    lse, tgt, arg = _chunked_lse_target(h32, table, bias, labels, chunk)  # [N] each
+    return _streamed_sums(
+        lambda h32, flat_labels: _chunked_lse_target(h32, table, bias, flat_labels, chunk),
+        h,
+        labels,
+        weights,
+    )
+
+
+def _streamed_sums(
+    lse_target: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
+    h: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+) -> Sums:
+    """The sums of a streamed softmax: flattens the predictions, scores them, reshapes back.
+
+    Args:
+      lse_target: (h [N, H] float32, labels [N] int32) -> (lse, target logit, argmax), each [N];
+        the chunked or the vocabulary-parallel stream.
+      h: [B, P, H] head features.
+      labels: [B, P] int target ids.
+      weights: [B, P] float; 0 for padded prediction slots.
+    """
+    batch_shape = labels.shape
+    h32 = h.astype(jnp.float32).reshape(-1, h.shape[-1])  # [N, H], N = B * P
+    flat_labels = labels.astype(jnp.int32).reshape(-1)  # [N]
+    lse, tgt, arg = lse_target(h32, flat_labels)  # [N] each
     nll = (lse - tgt).reshape(batch_shape)
-    correct = (arg == labels).reshape(batch_shape)
+    correct = (arg == flat_labels).reshape(batch_shape)
     return _sums(weights, nll, correct)
 
 
@@ -647,7 +670,7 @@ def vocab_parallel_cross_entropy(
       A dict of float32 scalars: loss_sum, weight_sum, correct_sum, prediction_count, equal
       to the unsharded ones.
     """
-    rows, hidden = table.shape
+    rows = table.shape[0]
     num_shards = mesh.shape[MODEL_AXIS]
     if rows % num_shards:
         raise ValueError(
@@ -661,13 +684,12 @@ def vocab_parallel_cross_entropy(
         rows_per_shard=rows_per_shard,
         chunk=max(1, min(int(chunk_size), rows_per_shard)),
     )
-    batch_shape = labels.shape
-    h32 = h.astype(jnp.float32).reshape(-1, hidden)  # [N, H]
-    labels = labels.astype(jnp.int32).reshape(-1)  # [N]
-    lse, tgt, arg = _vp_lse_target(shards, h32, table, bias, labels)  # [N] each
-    nll = (lse - tgt).reshape(batch_shape)
-    correct = (arg == labels).reshape(batch_shape)
-    return _sums(weights, nll, correct)
+    return _streamed_sums(
+        lambda h32, flat_labels: _vp_lse_target(shards, h32, table, bias, flat_labels),
+        h,
+        labels,
+        weights,
+    )
 
 
 # ---- Sampled losses -----------------------------------------------------------------------------
