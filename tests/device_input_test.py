@@ -10,12 +10,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import random_corpus
 from scipy import stats
 
 from bert4rec_jax import input_pipeline, models, optimizer
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
-from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
+from bert4rec_jax.datasets.corpus import leave_one_out
 from bert4rec_jax.device_input import DeviceInput
 from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
 
@@ -23,20 +24,6 @@ from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
 # 5 sd a single check fails by chance with probability 6e-7 (3e-4 for 500 windows at once); the
 # draws are seeded, so a pass cannot turn into a flake.
 Z_BOUND = 5.0
-
-
-def _corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
-    """Random sequences without repeats; num_items=0 gives every interaction its own item."""
-    rng = np.random.default_rng(seed)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if num_items:
-        raw = np.concatenate(
-            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
-        )
-    else:
-        raw = rng.permutation(int(offsets[-1]))
-    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
 
 
 def _draw(source: DeviceInput, steps_: range) -> dict[str, np.ndarray]:
@@ -118,7 +105,7 @@ def _check_rules(corpus, split, config: InputConfig, rows: dict[str, np.ndarray]
 )
 def test_rows_follow_the_tf_data_rules(overrides):
     # Lengths 1..37 (some longer than max_len, so several windows per user); 80 items.
-    corpus = _corpus(np.arange(1, 61) % 37 + 1, num_items=80)
+    corpus = random_corpus(np.arange(1, 61) % 37 + 1, num_items=80)
     split = leave_one_out(corpus, "standard")
     config = InputConfig(
         **{
@@ -142,7 +129,7 @@ def test_rows_follow_the_tf_data_rules(overrides):
 
 def test_statistics_of_windows_mask_last_rows_and_positions():
     # Lengths 3..46 over max_len 12 and step 5: 1..8 windows per user.
-    corpus = _corpus(np.arange(200) % 44 + 3, num_items=60, seed=1)
+    corpus = random_corpus(np.arange(200) % 44 + 3, num_items=60, seed=1)
     split = leave_one_out(corpus, "standard")
     config = InputConfig(
         max_len=12,
@@ -180,7 +167,7 @@ def test_statistics_of_windows_mask_last_rows_and_positions():
 
 
 def test_bert_mode_proportions():
-    corpus = _corpus(np.full(100, 52), num_items=1000)
+    corpus = random_corpus(np.full(100, 52), num_items=1000)
     split = leave_one_out(corpus, "standard")
     config = InputConfig(
         max_len=50, mask_prob=0.5, max_predictions=25, fresh_masks=True, mask_replacement="bert"
@@ -200,7 +187,7 @@ def test_bert_mode_proportions():
 
 
 def test_fixed_copies_keep_their_masks_and_fresh_masks_change():
-    corpus = _corpus(np.full(20, 12), num_items=40)  # 20 windows of 10 items, 3 masked
+    corpus = random_corpus(np.full(20, 12), num_items=40)  # 20 windows of 10 items, 3 masked
     split = leave_one_out(corpus, "standard")
 
     def draw(fresh: bool) -> dict[int, list]:
@@ -265,7 +252,7 @@ def test_mask_last_share_sets_the_probability_of_a_mask_last_row():
 
 
 def _small():
-    corpus = _corpus(np.arange(40) % 15 + 3, num_items=50, seed=2)
+    corpus = random_corpus(np.arange(40) % 15 + 3, num_items=50, seed=2)
     config = InputConfig(max_len=10, mask_prob=0.3, max_predictions=4, sliding_step=3)
     return corpus, leave_one_out(corpus, "standard"), config
 

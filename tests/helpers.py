@@ -1,8 +1,25 @@
 """Helpers shared by test files (imported as `helpers`; pytest puts tests/ on the path)."""
 
 import ml_collections
+import numpy as np
 
+from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences
 from configs import tiny
+
+
+def random_corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
+    """Random sequences without repeats; num_items=0 gives every interaction its own item, so an
+    item identifies its user and its place in the sequence."""
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if num_items:
+        raw = np.concatenate(
+            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
+        )
+    else:
+        raw = rng.permutation(int(offsets[-1]))
+    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
 
 
 def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:

@@ -4,25 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import random_corpus
 
 from bert4rec_jax import input_pipeline
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
 from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
-
-
-def _corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
-    """Random sequences without repeats; num_items=0 gives every interaction its own item, so an
-    item identifies its user and its place in the sequence."""
-    rng = np.random.default_rng(seed)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if num_items:
-        raw = np.concatenate(
-            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
-        )
-    else:
-        raw = rng.permutation(int(offsets[-1]))
-    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
 
 
 def _read_beauty(path) -> Corpus:
@@ -82,7 +68,7 @@ def test_beauty_paper_recipe_counts(shared_data):
 
 def test_windows_small():
     # Users of length 12, 5, 0 (no window), 1 and 3; standard split holds out 2 items of n >= 3.
-    corpus = _corpus([14, 7, 0, 1, 3])
+    corpus = random_corpus([14, 7, 0, 1, 3])
     split = leave_one_out(corpus, "standard")
     windows = input_pipeline.make_windows(corpus, split, max_len=5, sliding_step=3)
     # 12 items: starts range(7, 0, -3) + [0] -> 0, 1, 4, 7.
@@ -148,7 +134,7 @@ def _check_masked_rows(instances: TrainingInstances, rows: dict, indices: np.nda
 
 
 def test_mask_mode_rules():
-    corpus = _corpus(np.arange(1, 61) % 37 + 1, num_items=80)
+    corpus = random_corpus(np.arange(1, 61) % 37 + 1, num_items=80)
     config = InputConfig(
         max_len=20, mask_prob=0.3, max_predictions=5, sliding_step=4, dupe_factor=3, seed=7
     )
@@ -167,7 +153,7 @@ def test_mask_mode_rules():
 
 def test_masks_uniform_over_positions():
     # 400 users, one window of 10 items each; k = 3: every position masked with rate 0.3.
-    corpus = _corpus(np.full(400, 12), num_items=50)
+    corpus = random_corpus(np.full(400, 12), num_items=50)
     config = InputConfig(max_len=10, mask_prob=0.3, max_predictions=10, dupe_factor=10)
     instances = TrainingInstances(corpus, leave_one_out(corpus, "standard"), config)
     indices = np.arange(instances.num_masked_rows)
@@ -176,7 +162,7 @@ def test_masks_uniform_over_positions():
 
 
 def test_bert_mode_proportions():
-    corpus = _corpus(np.full(500, 52), num_items=1000)
+    corpus = random_corpus(np.full(500, 52), num_items=1000)
     config = InputConfig(
         max_len=50, mask_prob=0.5, max_predictions=25, dupe_factor=4, mask_replacement="bert"
     )
@@ -201,7 +187,7 @@ def test_bert_mode_proportions():
 
 
 def test_fresh_masks():
-    corpus = _corpus(np.full(50, 15), num_items=40)
+    corpus = random_corpus(np.full(50, 15), num_items=40)
     config = InputConfig(max_len=10, mask_prob=0.4, max_predictions=4, fresh_masks=True)
     split = leave_one_out(corpus, "standard")
     instances = TrainingInstances(corpus, split, config)
@@ -220,7 +206,7 @@ def test_fresh_masks():
 
 
 def _small():
-    corpus = _corpus(np.arange(30) % 9 + 3, num_items=60, seed=3)
+    corpus = random_corpus(np.arange(30) % 9 + 3, num_items=60, seed=3)
     config = InputConfig(max_len=6, mask_prob=0.3, max_predictions=3, sliding_step=2, dupe_factor=2)
     return corpus, leave_one_out(corpus, "standard"), config
 
@@ -288,7 +274,7 @@ def test_process_slices_concatenate_to_the_global_batch():
 @pytest.mark.parametrize("mode", ["standard", "paper"])
 def test_held_out_items_never_train(mode):
     # Every interaction has its own item, so an item names its user and its place in time.
-    corpus = _corpus(np.arange(200) % 23 + 1)
+    corpus = random_corpus(np.arange(200) % 23 + 1)
     split = leave_one_out(corpus, mode)
     config = InputConfig(max_len=8, mask_prob=0.4, max_predictions=4, sliding_step=3, dupe_factor=2)
     instances = TrainingInstances(corpus, split, config)
@@ -337,7 +323,7 @@ def _last_rows_windows(instances: TrainingInstances, rows: dict) -> np.ndarray:
 
 
 def test_default_mask_last_rows_weigh_one_and_keep_their_windows():
-    corpus = _corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
+    corpus = random_corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
     split = leave_one_out(corpus, "standard")
     config = InputConfig(max_len=6, mask_prob=0.3, max_predictions=3, sliding_step=2, dupe_factor=2)
     assert config.mask_last_weight == 1.0 and config.mask_last_share == 0.0
@@ -408,7 +394,7 @@ def test_mask_last_weight_weighs_exactly_the_mask_last_predictions():
 
 @pytest.mark.parametrize("share, fresh", [(0.25, False), (0.05, False), (0.6, True)])
 def test_mask_last_share_per_epoch(share, fresh):
-    corpus = _corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
+    corpus = random_corpus(np.arange(30) % 9 + 3, seed=3)  # every interaction its own item
     split = leave_one_out(corpus, "standard")
     config = InputConfig(
         max_len=6,
