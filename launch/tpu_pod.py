@@ -311,23 +311,22 @@ class Pod:
     def create_command(self) -> list[str]:
         """`tpu-vm create`, or `queued-resources create` of a request named like its node."""
         a = self.args
-        flags = []
-        for on, flag in (
-            (a.spot, "--spot"),
-            (a.preemptible, "--preemptible"),
-            (a.reserved, "--reserved"),
-            (a.internal_ips, "--internal-ips"),
-        ):
-            if on:
-                flags.append(flag)
-        for value, flag in (
-            (a.network, "--network"),
-            (a.subnetwork, "--subnetwork"),
-            (a.service_account, "--service-account"),
-            (a.labels, "--labels"),
-        ):
-            if value:
-                flags.append(f"{flag}={value}")
+        # Spelled as `gcloud compute tpus tpu-vm create --help` and `queued-resources create
+        # --help` spell them (gcloud 528): the same in both, but for --preemptible (tpu-vm only).
+        flags = [
+            flag
+            for value, flag in (
+                (a.spot, "--spot"),
+                (a.preemptible, "--preemptible"),
+                (a.reserved, "--reserved"),
+                (a.network, f"--network={a.network}"),
+                (a.subnetwork, f"--subnetwork={a.subnetwork}"),
+                (a.service_account, f"--service-account={a.service_account}"),
+                (a.internal_ips, "--internal-ips"),
+                (a.labels, f"--labels={a.labels}"),
+            )
+            if value
+        ]
         flags += a.create_flag
         if a.queued:
             return self._queued(
@@ -505,6 +504,10 @@ exit 1"""
 
     def delete(self) -> None:
         a = self.args
+        if not a.dry_run and self.describe(queued=a.queued) is None:
+            log(f"{a.name} is already gone")
+            self.training = False
+            return
         log(f"deleting {a.name}")
         if self.run(self.delete_command()) != 0:
             log(f"deleting {a.name} failed; delete it by hand: {shlex.join(self.delete_command())}")
