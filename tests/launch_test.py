@@ -649,51 +649,150 @@ def test_slurm_variables_form_one_jax_job():
         assert o["gathered"] == [7, 17]
 
 
+class Slurm:
+    """sbatch, scontrol and srun stand-ins: sbatch runs the batch script here and again each time
+    it was requeued (with SLURM_RESTART_COUNT, as SLURM would); srun starts SLURM_NTASKS tasks
+    of its command with srun's variables, and for the first $FAKE_TIME_LIMITS runs plays the
+    time limit: SIGTERM to every task once the workdir holds a checkpoint."""
+
+    def __init__(self, tmp_path):
+        self.root = tmp_path / "slurm"
+        self.root.mkdir()
+        bin_dir = tmp_path / "slurm_bin"
+        bin_dir.mkdir()
+        _executable(
+            bin_dir / "sbatch",
+            """
+            #!/usr/bin/env bash
+            script=$1; shift
+            restarts=0
+            while true; do
+              rm -f "$FAKE_SLURM_DIR/requeued"
+              if ((restarts > 0)); then export SLURM_RESTART_COUNT=$restarts; fi
+              status=0; bash "$script" "$@" || status=$?
+              echo "$status" >> "$FAKE_SLURM_DIR/runs"
+              [[ -e "$FAKE_SLURM_DIR/requeued" ]] || exit $status
+              restarts=$((restarts + 1))
+            done
+            """,
+        )
+        _executable(
+            bin_dir / "scontrol",
+            """
+            #!/usr/bin/env bash
+            echo "$@" >> "$FAKE_SLURM_DIR/scontrol_calls"
+            [[ "$1 $2" == "requeue $SLURM_JOB_ID" ]] && touch "$FAKE_SLURM_DIR/requeued"
+            """,
+        )
+        _executable(
+            bin_dir / "srun",
+            """
+            #!/usr/bin/env bash
+            while [[ "$1" == -* ]]; do shift; done  # srun's own options
+            echo "$@" >> "$FAKE_SLURM_DIR/sruns"
+            if [[ -n "${FAKE_SRUN_STATUS:-}" ]]; then exit "$FAKE_SRUN_STATUS"; fi  # no training
+            pids=()
+            for ((i = 0; i < SLURM_NTASKS; i++)); do
+              SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost \\
+                SLURM_STEP_NUM_NODES=1 "$@" &
+              pids+=($!)
+            done
+            if (($(wc -l < "$FAKE_SLURM_DIR/sruns") <= ${FAKE_TIME_LIMITS:-0})); then
+              until ls "$FAKE_WORKDIR/checkpoints" 2> /dev/null | grep -qx '[0-9]*'; do
+                sleep 0.1
+              done
+              kill -TERM "${pids[@]}"
+            fi
+            status=0
+            for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+            exit $status
+            """,
+        )
+        self.env = dict(
+            os.environ,
+            **_slurm_env(2),
+            FAKE_SLURM_DIR=str(self.root),
+            # `python` is this one, as in a submitting shell with the environment active.
+            PATH=os.pathsep.join(
+                [str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]]
+            ),
+        )
+
+    def sbatch(self, *flags, timeout=900, **env):
+        return subprocess.run(
+            ["sbatch", "launch/slurm.sbatch", *flags],
+            cwd=REPO,
+            env=dict(self.env, **env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def lines(self, name):
+        path = self.root / name
+        return path.read_text().splitlines() if path.exists() else []
+
+
 @pytest.mark.slow
-def test_slurm_sbatch_trains_as_one_job(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _executable(
-        bin_dir / "srun",
-        """
-        #!/usr/bin/env bash
-        # Stands in for srun on one node: SLURM_NTASKS tasks of the command, with srun's variables.
-        while [[ "$1" == -* ]]; do shift; done  # srun's own options
-        pids=()
-        for ((i = 0; i < SLURM_NTASKS; i++)); do
-          SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \\
-            "$@" &
-          pids+=($!)
-        done
-        status=0
-        for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-        exit $status
-        """,
-    )
+def test_slurm_job_requeues_itself_after_its_time_limit_and_finishes(tmp_path, reference):
+    data, reference_workdir = reference
     workdir = tmp_path / "work"
-    env = dict(os.environ, **_slurm_env(2), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"  # its `python`
-    out = subprocess.run(
-        [
-            "bash",
-            "launch/slurm.sbatch",
-            "--config=configs/tiny.py",
-            f"--workdir={workdir}",
-            f"--config.data_dir={tmp_path / 'data'}",
-            "--config.num_train_steps=4",
-            "--config.warmup_steps=1",
-            "--config.eval.every_steps=0",
-            "--config.eval.protocols=pop100",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    slurm = Slurm(tmp_path)
+    out = slurm.sbatch(*tiny_flags(data, workdir), FAKE_TIME_LIMITS="1", FAKE_WORKDIR=str(workdir))
     assert out.returncode == 0, out.stderr[-4000:]
     for i in range(2):
         assert f"JAX process {i}/2, 1 local / 2 global devices" in out.stderr
-    _, step = checkpointing.restore_params(workdir, "latest")
-    assert step == 4
-    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text())["step"] == 4
+    assert "stopped before the end: requeueing (restart 1 of at most 5)" in out.stderr
+    assert slurm.lines("scontrol_calls") == [f"requeue {slurm.env['SLURM_JOB_ID']}"]
+    assert slurm.lines("runs") == ["0", "0"]  # stopped and requeued, then finished
+    resumed = int(re.search(r"Resuming from checkpoint at step (\d+)", out.stderr).group(1))
+    assert 10 <= resumed < 60
+    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text())["step"] == 60
+    assert_same_final_params(reference_workdir, workdir)
+
+
+@pytest.mark.parametrize(
+    "case, srun_status, runs, requeues, status, message",
+    [
+        # Every run stops before the end (a time limit each time): requeued twice, then not.
+        ("stops every time", "0", 3, 2, 1, "requeued 2 times already (BERT4REC_MAX_REQUEUES=2)"),
+        ("training error", "1", 1, 0, 1, "training failed (status 1): not requeued"),
+        ("already done", "0", 0, 0, 0, "the test results are in"),
+    ],
+)
+def test_slurm_requeue_is_bounded_and_only_for_stops(
+    tmp_path, case, srun_status, runs, requeues, status, message
+):
+    workdir = tmp_path / "work"
+    if case == "already done":
+        workdir.mkdir()
+        (workdir / train_lib.RESULTS_FILE).write_text("{}")
+    slurm = Slurm(tmp_path)
+    out = slurm.sbatch(
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        timeout=120,
+        FAKE_SRUN_STATUS=srun_status,
+        BERT4REC_MAX_REQUEUES="2",
+    )
+    assert out.returncode == status, out.stderr
+    assert message in out.stderr
+    assert len(slurm.lines("sruns")) == runs
+    assert len(slurm.lines("scontrol_calls")) == requeues
+    assert re.search(r"slurm.sbatch: \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\] ", out.stderr)
+
+
+def test_slurm_job_requeued_past_the_bound_by_slurm_stops_at_once(tmp_path):
+    # A preempted job is requeued by SLURM itself; past the bound the script refuses to train.
+    slurm = Slurm(tmp_path)
+    out = slurm.sbatch(
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'work'}",
+        timeout=120,
+        FAKE_SRUN_STATUS="0",
+        BERT4REC_MAX_REQUEUES="2",
+        SLURM_RESTART_COUNT="3",
+    )
+    assert out.returncode == 1
+    assert "requeued 3 times, more than BERT4REC_MAX_REQUEUES=2: stopping" in out.stderr
+    assert slurm.lines("sruns") == []
