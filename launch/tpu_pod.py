@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=6 * 3600,
         metavar="SECONDS",
-        help="give up (and withdraw the request) when not ACTIVE by then (default: 6 h)",
+        help="give up (and withdraw a queued request) when the slice is not ready by then "
+        "(default: 6 h)",
     )
 
     g = p.add_argument_group("running")
@@ -168,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--until_done",
         action="store_true",
-        help="recreate the slice and rerun whenever it is lost, until the test results exist",
+        help="recreate the slice (creating it when missing) and rerun whenever it is lost, "
+        "until the test results exist",
     )
     g.add_argument(
         "--max_retries",
@@ -540,6 +542,7 @@ exit 1"""
         log(f"training on every worker of {self.args.name}")
         self.training = True
         status = self.run(self.ssh_command(self.train_command()))
+        self.training = False  # ended (Ctrl-C while it runs leaves this True, for stop_training)
         if not self.args.dry_run:
             log(f"training command exited with status {status}")
         return status
@@ -681,7 +684,10 @@ def main(argv: list[str]) -> int:
             # Ctrl-C now would leave a billed slice behind: let the delete finish.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            pod.delete()
+            try:
+                pod.delete()
+            except GcloudError as e:
+                log(f"{e}; delete {args.name} by hand: {shlex.join(pod.delete_command())}")
     log(f"exit status {status}")
     return status
 

@@ -796,3 +796,24 @@ def test_slurm_job_requeued_past_the_bound_by_slurm_stops_at_once(tmp_path):
     assert out.returncode == 1
     assert "requeued 3 times, more than BERT4REC_MAX_REQUEUES=2: stopping" in out.stderr
     assert slurm.lines("sruns") == []
+
+
+def test_readme_shows_the_dry_run_of_a_spot_queued_launch(no_gcloud):
+    """The README's dry-run listing is what the launcher prints today (but for the times, the
+    checkout's path and the temporary directory)."""
+    readme = pathlib.Path(REPO, "README.md").read_text()
+    section = readme[readme.index("## Train on a TPU pod") : readme.index("## Train on a GPU")]
+    command = re.search(r"```bash\n(launch/tpu_pod.py [^`]*--spot --queued[^`]*)```", section)
+    words = _words(command.group(1).replace("\\\n", " ").split("2>&1")[0])
+    listing = re.search(r"```\n(\[[^`]*)```", section).group(1)
+    out = _tpu_pod(no_gcloud[0], "--dry_run", *words[1:])
+    assert out.returncode == 0, out.stderr
+
+    def normal(text):
+        text = re.sub(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\]", "[TIME]", text)
+        text = re.sub(r"/tmp/tmp\w+/", "/tmp/TMP/", text)
+        return text.replace(f"cd {REPO} ", "cd ~/bert4rec_jax ")
+
+    # stdout and stderr as a terminal shows them: the log lines sit between the commands.
+    printed = sorted(normal(out.stdout + out.stderr).splitlines())
+    assert printed == sorted(normal(listing).splitlines())
