@@ -116,11 +116,16 @@ def test_seen_items_never_come_back_unless_allowed(random_export):
     scores = [score for _, score in included]
     assert scores == sorted(scores, reverse=True)
 
-    # An item older than the window the model reads is excluded too (filtered on the host).
+    # An item older than the window the model reads is excluded too, by the exported function:
+    # every unseen item still comes back, so k = all unseen items gives exactly that many.
     width = rec.history_length
     long_history = popular[:1] + vocabulary[4 : 4 + width].tolist()  # popular[0] falls out
-    returned = [item for item, _ in rec.recommend([long_history], k=10)[0]]
-    assert popular[0] not in returned and popular[1] in returned
+    unseen = NUM_ITEMS - len(long_history)
+    returned = [item for item, _ in rec.recommend([long_history], k=unseen)[0]]
+    assert len(returned) == unseen and not set(returned) & set(long_history)
+    assert popular[1] == returned[0] or popular[2] == returned[0]
+    ids, scores = rec.run([np.asarray([1] + list(range(4, 4 + width)), np.int32)])
+    assert 1 not in ids[0, :unseen] and np.isneginf(scores[0, unseen:]).all()
 
 
 def test_unknown_ids_are_skipped_and_counted_or_refused(random_export):
@@ -133,10 +138,15 @@ def test_unknown_ids_are_skipped_and_counted_or_refused(random_export):
     assert result[0] == result[1]
     with pytest.raises(recommend.UnknownItemError, match=r"histories\[1\]: item id 'no-such-item'"):
         rec.recommend([known, known + unknown], k=5, strict=True)
+    # An empty and an all-unknown history are reported; the others are served.
+    result = rec.recommend([known, [], unknown, known], k=5)
+    assert result.errors == (None, "no item ids", "no known item ids", None)
+    assert result[1] == result[2] == [] and result[0] == result[3] and len(result[0]) == 5
+    assert result.num_failed == 2 and result.unknown_ids == (0, 0, 2, 0)
     with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[2\] has no item ids"):
-        rec.recommend([known, known, []], k=5)
-    with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[0\] has only unknown"):
-        rec.recommend([unknown], k=5)
+        rec.recommend([known, known, []], k=5, strict=True)
+    with pytest.raises(recommend.UnknownItemError, match=r"histories\[0\]: item id 'no-such"):
+        rec.recommend([unknown], k=5, strict=True)
     with pytest.raises(ValueError, match=f"k=41: must be in 1..{NUM_ITEMS}"):
         rec.recommend([known], k=NUM_ITEMS + 1)
     with pytest.raises(TypeError, match=r"histories\[0\]: expected a sequence"):
@@ -272,7 +282,9 @@ def test_saved_model_in_tensorflow_returns_the_same_top_k(trained):
     exclude = np.arange(1000) % 2 == 0  # the flag is per row
     loaded = tf.saved_model.load(str(output / artifact.SAVED_MODEL_DIR))
     out = loaded.signatures[export.SIGNATURE](
-        history=tf.constant(history), exclude_seen=tf.constant(exclude)
+        history=tf.constant(history),
+        users=tf.zeros([1000], tf.int32),
+        exclude_seen=tf.constant(exclude),
     )
     for flag in (True, False):
         want_ids, want_scores = rec.run(history, exclude_seen=flag)
