@@ -436,7 +436,9 @@ class Recommender:
             size = min(_pow2(len(chunk)), self.batch_size)
             batch_users = np.zeros(size, np.int32)
             batch_users[: len(chunk)] = users[start : start + len(chunk)]
-            yield _padded(chunk, size), batch_users, len(chunk)
+            # Widths from the window up: the model's cost does not grow with the width (only the
+            # exclusion's scatter does), so few widths means few compilations.
+            yield _padded(chunk, size, self.history_length + 1), batch_users, len(chunk)
 
     def run(
         self,
