@@ -757,6 +757,8 @@ class Progress:
         now = time.monotonic()
         if not final and now - self._last < (0.5 if self.tty else 10.0):
             return
+        if not final and not self.tty and self.total and done >= self.total:
+            return  # the final line follows at once; a log gets it only once
         self._last = now
         elapsed = max(now - self.start, 1e-9)
         text = f"{users:,} users, {users / elapsed:,.0f}/s"

@@ -1,5 +1,6 @@
 """Export and recommend: the artifact against in-process scoring, TF, raw ids, damage, the CLIs."""
 
+import io
 import json
 import os
 import pathlib
@@ -327,3 +328,34 @@ def test_recommend_cli_prints_raw_ids_on_one_device(trained, tmp_path):
                      "--strict", check=False)  # fmt: skip
     assert failed.returncode != 0
     assert f"{requests}:2 (user 2): item id 'x' is not in the model's vocabulary" in failed.stderr
+
+
+def test_version_difference_is_a_warning_not_a_refusal(random_export, tmp_path, caplog):
+    output, _, _ = random_export
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    path = copy / artifact.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["versions"]["jax"] = "0.0.1"
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        rec = recommend.Recommender.load(copy)
+    assert f"jax 0.0.1 (running {jax.__version__})" in caplog.text
+    assert rec.top_k == NUM_ITEMS
+
+
+def test_progress_redraws_on_a_terminal_and_prints_plain_lines_otherwise():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = recommend.Progress(100, "rows", stream)
+        progress.update(50, 10)
+        progress.update(100, 20, final=True)
+    assert terminal.getvalue().startswith("\r[") and " ETA " in terminal.getvalue()
+    assert terminal.getvalue().count("\n") == 1  # only the final line ends one
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    assert "100/100 rows, 20 users" in lines[1]
