@@ -359,3 +359,33 @@ def test_progress_redraws_on_a_terminal_and_prints_plain_lines_otherwise():
     lines = log.getvalue().splitlines()
     assert len(lines) == 2 and "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
     assert "100/100 rows, 20 users" in lines[1]
+
+
+def test_interactions_csv_is_streamed_by_user_in_time_order(random_export, tmp_path):
+    _, vocabulary, rec = random_export
+    raw = vocabulary.tolist()
+    csv_file = tmp_path / "interactions.csv"
+    # u1's rows out of time order; u2 has only unknown items; u3 a single item.
+    csv_file.write_text(
+        "user,item,timestamp\n"
+        f"u1,{raw[5]},30\nu1,{raw[7]},10\nu1,{raw[9]},20\n"
+        "u2,no-such-item,5\n"
+        f"u3,{raw[2]},1\n"
+    )
+    records = [r for r, _ in recommend.iter_interactions(csv_file)]
+    assert [r[0] for r in records] == ["u1", "u2", "u3"]
+    assert [list(map(str, r[1])) for r in records][0] == [str(raw[7]), str(raw[9]), str(raw[5])]
+    out = tmp_path / "recs.jsonl"
+    writer = recommend.OutputWriter(str(out), rec.vocabulary.dtype)
+    summary = recommend.recommend_all(
+        rec, recommend.iter_interactions(csv_file), writer, k=3, chunk_users=2
+    )
+    writer.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user"] for r in rows] == ["u1", "u2", "u3"]
+    assert rows[1]["error"] == "no known item ids" and rows[1]["recommendations"] == []
+    want = rec.recommend([[raw[7], raw[9], raw[5]]], k=3)[0]
+    assert [x["item"] for x in rows[0]["recommendations"]] == [item for item, _ in want]
+    assert (summary.users, summary.served, dict(summary.errors)) == (
+        3, 2, {"no known item ids": 1}
+    )  # fmt: skip
