@@ -54,10 +54,12 @@ from absl import app, flags, logging
 
 from bert4rec_jax import artifact
 
-# Histories run through the exported function at once. Measured with benchmarks/recommend.py on
-# the 2-core CPU (ML-1m shape): 32-64 serve the most histories/s; from 128 up the [b, items]
-# score matrix and the attention activations leave the caches and throughput falls 5-8x.
-DEFAULT_BATCH_SIZE = 64
+# Histories run through the exported function at once, from measurements on the 2-core CPU at
+# the ML-1m shape (benchmarks/recommend.py, sweep): batches of 8-64 served 3,800-4,700
+# histories/s and 256-1,024 served 490-570 in the sweep of issue 17; under a load average of 9
+# 8-16 served 730-780 and 32-1,024 150-340. Above the cliff the activations ([b, 200, 256] per
+# layer) leave the caches. 16 is on the fast side of the cliff in both.
+DEFAULT_BATCH_SIZE = 16
 # Users read, encoded and written together by the file-to-file jobs (memory per chunk, not per job).
 DEFAULT_CHUNK_USERS = 4096
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
