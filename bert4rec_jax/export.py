@@ -92,17 +92,21 @@ def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Arra
     """Whole histories -> the encoder's input: the last max_len - 1 known items, then [MASK].
 
     Returns:
-      inputs(history int32 [b, s]) -> (ids int32 [b, max_len], mask_pos int32 [b]); ids is
-      the window oldest first, [MASK] right after its last item, padded at the end with 0 (the
-      layout of `build_inputs`). Unknown entries (outside 1..num_items) anywhere in the history
-      are skipped, not counted as items.
+      inputs(history int32 [b, s]) -> (ids int32 [b, min(s, max_len - 1) + 1], mask_pos int32
+      [b]); ids is the window oldest first, [MASK] right after its last item, padded at the end
+      with 0 (the layout of `build_inputs`). Unknown entries (outside 1..num_items) anywhere in
+      the history are skipped, not counted as items. A short s gives a short window: padding
+      at the end changes no output of the encoder (padded keys get no attention weight and the
+      positions are absolute), so a batch of short histories costs what its length costs.
     """
     num_items = model.config.vocab_size - 2
     mask_id = model.config.mask_id
-    width = model.config.max_len - 1
+    max_width = model.config.max_len - 1
 
     def inputs(history):
-        b = history.shape[0]
+        b, s = history.shape
+        # min(s, max_len - 1), also when s is symbolic (then it is part of the exported shape).
+        width = jax.core.min_dim(s, max_width)
         known = (history >= 1) & (history <= num_items)  # [b, s]
         rank = jnp.cumsum(known, axis=1, dtype=jnp.int32)  # [b, s]: 1-based among known items
         total = rank[:, -1:]  # [b, 1] known items in the history
@@ -111,9 +115,10 @@ def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Arra
         pos = jnp.where(known & (pos >= 0), pos, width)  # everything else to a spare column
         rows = jnp.arange(b)[:, None]
         window = jnp.zeros((b, width + 1), jnp.int32).at[rows, pos].set(history, mode="drop")
-        window = window.at[:, width].set(models.PAD_ID)  # [b, max_len], the spare column cleared
+        columns = jnp.arange(width + 1)[None, :]  # [1, width + 1]
+        window = jnp.where(columns == width, models.PAD_ID, window)  # the spare column cleared
         mask_pos = jnp.minimum(total[:, 0], width)  # [b]: right after the window's last item
-        ids = jnp.where(jnp.arange(width + 1)[None, :] == mask_pos[:, None], mask_id, window)
+        ids = jnp.where(columns == mask_pos[:, None], mask_id, window)  # [b, width + 1]
         return ids.astype(jnp.int32), mask_pos.astype(jnp.int32)
 
     return inputs

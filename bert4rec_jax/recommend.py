@@ -55,11 +55,13 @@ from absl import app, flags, logging
 from bert4rec_jax import artifact
 
 # Histories run through the exported function at once, from measurements on the 2-core CPU at
-# the ML-1m shape (benchmarks/recommend.py, sweep): batches of 8-64 served 3,800-4,700
-# histories/s and 256-1,024 served 490-570 in the sweep of issue 17; under a load average of 9
-# 8-16 served 730-780 and 32-1,024 150-340. Above the cliff the activations ([b, 200, 256] per
-# layer) leave the caches. 16 is on the fast side of the cliff in both.
-DEFAULT_BATCH_SIZE = 16
+# the ML-1m shape (benchmarks/recommend.py): in the sweep of issue 17, batches of 8-64 served
+# 3,800-4,700 histories/s and 256-1,024 served 490-570; under a load average of 11, full
+# windows (199 items) served 700-770/s at batches of 2-8, 540 at 16 and 250 at 32, while
+# windows of 64 items served 2,000-2,500/s at every batch of 4-32. Above the cliff the
+# activations ([batch, window, 256] per layer) leave the caches; 8 is on the fast side of it in
+# every measurement.
+DEFAULT_BATCH_SIZE = 8
 # Users read, encoded and written together by the file-to-file jobs (memory per chunk, not per job).
 DEFAULT_CHUNK_USERS = 4096
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -429,18 +431,26 @@ class Recommender:
 
     def _batches(
         self, histories: Sequence[np.ndarray] | np.ndarray, users: np.ndarray | None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(history [size, w], users [size], rows used) per batch, padded to powers of two."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(history [size, w], users [size], rows) per batch, padded to powers of two.
+
+        Rows go shortest first: the exported encoder reads a window as wide as the batch's
+        history (up to max_len - 1), so a batch of short histories costs what they are long.
+        """
         n = len(histories)
         users = np.zeros(n, np.int32) if users is None else np.asarray(users, np.int32)
+        if isinstance(histories, np.ndarray):
+            lengths = np.count_nonzero(histories, axis=1)
+        else:
+            lengths = np.fromiter((len(h) for h in histories), np.int64, n)
+        order = np.argsort(lengths, kind="stable")
         for start in range(0, n, self.batch_size):
-            chunk = histories[start : start + self.batch_size]
-            size = min(_pow2(len(chunk)), self.batch_size)
+            rows = order[start : start + self.batch_size]
+            size = min(_pow2(len(rows)), self.batch_size)
             batch_users = np.zeros(size, np.int32)
-            batch_users[: len(chunk)] = users[start : start + len(chunk)]
-            # Widths from the window up: the model's cost does not grow with the width (only the
-            # exclusion's scatter does), so few widths means few compilations.
-            yield _padded(chunk, size, self.history_length + 1), batch_users, len(chunk)
+            batch_users[: len(rows)] = users[rows]
+            chunk = [histories[i] for i in rows]
+            yield _padded(chunk, size), batch_users, rows
 
     def run(
         self,
@@ -461,16 +471,15 @@ class Recommender:
           and come last, only in rows with fewer than top_k other items.
         """
         pending = []
-        for history, batch_users, n in self._batches(histories, users):
+        for history, batch_users, rows in self._batches(histories, users):
             exclude = np.full(len(batch_users), bool(exclude_seen))
-            pending.append((self._serve(self._params, history, batch_users, exclude), n))
-        ids = [np.asarray(i)[:n] for (i, _), n in pending]
-        scores = [np.asarray(s)[:n] for (_, s), n in pending]
-        top_k = self.top_k
-        return (
-            np.concatenate(ids) if ids else np.zeros((0, top_k), np.int32),
-            np.concatenate(scores) if scores else np.zeros((0, top_k), np.float32),
-        )
+            pending.append((self._serve(self._params, history, batch_users, exclude), rows))
+        ids = np.zeros((len(histories), self.top_k), np.int32)
+        scores = np.zeros((len(histories), self.top_k), np.float32)
+        for (batch_ids, batch_scores), rows in pending:
+            ids[rows] = np.asarray(batch_ids)[: len(rows)]
+            scores[rows] = np.asarray(batch_scores)[: len(rows)]
+        return ids, scores
 
     def user_vectors(
         self, histories: Sequence[np.ndarray] | np.ndarray, users: np.ndarray | None = None
@@ -480,12 +489,10 @@ class Recommender:
         Dotted with `item_vectors()` they give the model's scores (the output bias is the last
         coordinate, 1 on the user side).
         """
-        out = [
-            np.asarray(self._encode(self._params, history, batch_users))[:n]
-            for history, batch_users, n in self._batches(histories, users)
-        ]
-        width = int(self.manifest["hidden_size"]) + 1
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+        out = np.zeros((len(histories), int(self.manifest["hidden_size"]) + 1), np.float32)
+        for history, batch_users, rows in self._batches(histories, users):
+            out[rows] = np.asarray(self._encode(self._params, history, batch_users))[: len(rows)]
+        return out
 
     def item_vectors(self) -> np.ndarray:
         """float32 [num_items, hidden + 1]: row j is dense item j + 1's [embedding, output bias]."""
