@@ -28,6 +28,9 @@ of value 1, so maximum-inner-product search over the item vectors is exact top-k
 Why a symbolic-length history rather than a separate seen-items input: one array carries
 everything the model needs, so a client cannot pass a window and a seen list that disagree, and
 it does not need to know max_len to cut the window itself.
+The window is min(s, max_len - 1) items wide (symbolic too): padding at the end changes no
+output of the encoder, so a batch of short histories padded to a short s costs what it is long
+(`recommend.Recommender` batches histories shortest first for this).
 
 The parameters are the function's first input, stored beside it (item_embeddings.npy,
 output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
