@@ -7,11 +7,14 @@ and it imports neither JAX nor TensorFlow, so reading an artifact costs nothing 
       manifest.json          format, versions, creation time, shapes, top_k, and a sha256 per file
       serving.jax            the serving function, serialised with jax.export (parameters are its
                              first input, not constants inside it)
+      encode.jax             history -> user vector [hidden + 1], for nearest-neighbour retrieval
       params.npz             the other parameters it takes (flattened names, "/"-separated)
       item_embeddings.npy    float32 [vocab_size, hidden]: row i embeds dense id i (1..num_items);
                              the parameter item_embedding, kept once, in a file any tool reads
       output_bias.npy        float32 [vocab_size]; item i scores h . embedding[i] + bias[i]
       vocabulary.npy         raw item ids by dense id: [0] stands for padding, [i] for item i
+      users.npy              models with user features only: raw user ids by user row ([0] = the
+                             unknown user); user_features.npz: the feature rows by user row
       config.json            the training run's config
       saved_model/           the same function as a TensorFlow SavedModel (optional)
 """
@@ -26,10 +29,13 @@ from typing import Any
 
 FORMAT = "bert4rec_jax.export"
 # Bumped whenever a reader of the previous format would misread the new one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whole-history input of symbolic length, users input, encode.jax
 
 MANIFEST = "manifest.json"
 SERVING_FN = "serving.jax"
+ENCODE_FN = "encode.jax"
+USERS = "users.npy"
+USER_FEATURES = "user_features.npz"
 PARAMS = "params.npz"
 VOCABULARY = "vocabulary.npy"
 ITEM_EMBEDDINGS = "item_embeddings.npy"
@@ -37,7 +43,7 @@ OUTPUT_BIAS = "output_bias.npy"
 CONFIG = "config.json"
 SAVED_MODEL_DIR = "saved_model"
 # The files every artifact has; the SavedModel's are listed in the manifest when it was written.
-REQUIRED_FILES = (SERVING_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OUTPUT_BIAS, CONFIG)
+REQUIRED_FILES = (SERVING_FN, ENCODE_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OUTPUT_BIAS, CONFIG)
 # What the jax.export function's params argument is read from.
 PARAMETER_FILES = (PARAMS, ITEM_EMBEDDINGS, OUTPUT_BIAS)
 
@@ -133,6 +139,67 @@ def read_verified_manifest(directory: pathlib.Path) -> dict[str, Any]:
                 "after export"
             )
     return manifest
+
+
+def _fail(field: str, have: Any, want: Any, why: str) -> None:
+    raise ArtifactError(
+        f"{MANIFEST}: {field} is {have!r}, but {why} give {want!r}: the manifest was edited or "
+        "the artifact is damaged; export the model again"
+    )
+
+
+def check_manifest(manifest: Mapping[str, Any]) -> None:
+    """Checks the manifest's fields against each other (no file is read).
+
+    The files are checked against their checksums by `read_verified_manifest`; the manifest is
+    not covered by any checksum, so its own fields are checked here, and the loader checks them
+    against what the files hold (`Recommender.load`).
+
+    Raises:
+      ArtifactError: naming the first field that disagrees.
+    """
+    try:
+        model = manifest["model"]
+        num_items = int(manifest["num_items"])
+        top_k = int(manifest["top_k"])
+        hidden = int(model["hidden_size"])
+        serving = manifest["serving"]
+        encode = manifest["encode"]
+        shapes = manifest["shapes"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{MANIFEST}: field {e} is missing or malformed") from e
+    if model.get("vocab_size") != num_items + 2:
+        _fail("num_items", num_items, model.get("vocab_size", 0) - 2, "model.vocab_size - 2")
+    if manifest.get("max_len") != model.get("max_len"):
+        _fail("max_len", manifest.get("max_len"), model.get("max_len"), "model.max_len")
+    if manifest.get("history_length") != model.get("max_len", 0) - 1:
+        _fail("history_length", manifest.get("history_length"), model["max_len"] - 1,
+              "model.max_len - 1")  # fmt: skip
+    if manifest.get("hidden_size") != hidden:
+        _fail("hidden_size", manifest.get("hidden_size"), hidden, "model.hidden_size")
+    if not 1 <= top_k <= num_items:
+        _fail("top_k", top_k, f"1..{num_items}", "the num_items")
+    for name in ("item_ids", "scores"):
+        shape = serving.get("outputs", {}).get(name, {}).get("shape")
+        if shape != ["b", top_k]:
+            _fail(f"serving.outputs.{name}.shape", shape, ["b", top_k], "top_k")
+    shape = encode.get("outputs", {}).get("user_vectors", {}).get("shape")
+    if shape != ["b", hidden + 1]:
+        _fail("encode.outputs.user_vectors.shape", shape, ["b", hidden + 1], "hidden_size + 1")
+    for field, inputs in (("serving", serving), ("encode", encode)):
+        shape = inputs.get("inputs", {}).get("history", {}).get("shape")
+        if shape != ["b", "s"]:
+            _fail(f"{field}.inputs.history.shape", shape, ["b", "s"], "format_version 2")
+    want = {
+        "item_embedding": [num_items + 2, hidden],
+        "output_bias": [num_items + 2],
+        VOCABULARY: [num_items + 1],
+    }
+    if manifest.get("user_features"):
+        want[USERS] = [int(manifest.get("num_users", 0)) + 1]
+    for name, shape in want.items():
+        if shapes.get(name) != shape:
+            _fail(f"shapes[{name!r}]", shapes.get(name), shape, "num_items and hidden_size")
 
 
 # Parameters stored as files of their own rather than in params.npz: {parameter: file}.

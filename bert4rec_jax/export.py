@@ -3,18 +3,34 @@
     python -m bert4rec_jax.export --workdir=/tmp/bert4rec --output=/tmp/bert4rec_export
     python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
 
-The artifact (layout in `artifact.py`) serves one function, in two serialisations:
+The artifact (layout in `artifact.py`) serves two functions, each in two serialisations (jax.export
+and a TF SavedModel signature):
 
-    serve(params, history int32 [b, max_len - 1], exclude_seen bool [b])
+    serve(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
         -> (item_ids int32 [b, top_k], scores float32 [b, top_k])
+    encode(params, history int32 [b, s], users int32 [b]) -> user_vectors float32 [b, hidden + 1]
 
-`history` holds dense item ids (1..num_items), oldest first, padded at the end with 0; ids outside
-1..num_items count as padding. The model reads the history followed by [MASK] (as evaluation does,
-`evaluation.ranking.build_inputs`) and scores every item; rows with `exclude_seen` set never get
-back an item of their `history` (its score becomes -inf, so such items only appear, last, when
-fewer than top_k others exist). Padding and [MASK] are never returned. The batch size b is
-symbolic: any b >= 1 runs without exporting again. Raw ids (integers or strings) cannot enter
-XLA, so the raw <-> dense mapping is the vocabulary's job, done by `recommend.Recommender`.
+`history` holds a user's WHOLE history as dense item ids (1..num_items), oldest first, padded at
+the end with 0; ids outside 1..num_items count as padding. Its length s is symbolic, like the
+batch size b: any s >= 1 runs without exporting again. The encoder reads the last max_len - 1
+known items, followed by [MASK] (as evaluation does, `evaluation.ranking.build_inputs`), and
+every item of the history, however old, is excluded from the top-k of rows with `exclude_seen`
+(its score becomes -inf, so such items only appear, last, when fewer than top_k others exist).
+Padding and [MASK] are never returned. `users` holds user rows (row 0 = an unknown user; the
+artifact's users.npy maps raw user ids to rows): read only by models with `model.user_features`,
+ignored (pass zeros) otherwise. Raw ids (integers or strings) cannot enter XLA, so the raw <->
+dense mapping is the vocabularies' job, done by `recommend.Recommender` (or by the client).
+
+`encode`'s vector u and the item vectors [item_embeddings[i], output_bias[i]] (i = 1..num_items)
+give the model's score of item i as their dot product: the bias is folded in as a last coordinate
+of value 1, so maximum-inner-product search over the item vectors is exact top-k retrieval.
+
+Why a symbolic-length history rather than a separate seen-items input: one array carries
+everything the model needs, so a client cannot pass a window and a seen list that disagree, and
+it does not need to know max_len to cut the window itself.
+The window is min(s, max_len - 1) items wide (symbolic too): padding at the end changes no
+output of the encoder, so a batch of short histories padded to a short s costs what it is long
+(`recommend.Recommender` batches histories shortest first for this).
 
 The parameters are the function's first input, stored beside it (item_embeddings.npy,
 output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
@@ -31,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import json
 import pathlib
@@ -54,12 +71,15 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Input and output names, in the jax.export function's argument order and in the SavedModel.
 HISTORY = "history"
+USERS = "users"
 EXCLUDE_SEEN = "exclude_seen"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
+USER_VECTORS = "user_vectors"
 SIGNATURE = "serving_default"
+ENCODE_SIGNATURE = "encode"
 
-ServeFn = Callable[[Any, jax.Array, jax.Array], Any]
+ServeFn = Callable[..., Any]
 
 
 def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
@@ -71,37 +91,84 @@ def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
     return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None), model.tables)
 
 
+def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+    """Whole histories -> the encoder's input: the last max_len - 1 known items, then [MASK].
+
+    Returns:
+      inputs(history int32 [b, s]) -> (ids int32 [b, min(s, max_len - 1) + 1], mask_pos int32
+      [b]); ids is the window oldest first, [MASK] right after its last item, padded at the end
+      with 0 (the layout of `build_inputs`). Unknown entries (outside 1..num_items) anywhere in
+      the history are skipped, not counted as items. A short s gives a short window: padding
+      at the end changes no output of the encoder (padded keys get no attention weight and the
+      positions are absolute), so a batch of short histories costs what its length costs.
+    """
+    num_items = model.config.vocab_size - 2
+    mask_id = model.config.mask_id
+    max_width = model.config.max_len - 1
+
+    def inputs(history):
+        b, s = history.shape
+        # min(s, max_len - 1), also when s is symbolic (then it is part of the exported shape).
+        width = jax.core.min_dim(s, max_width)
+        known = (history >= 1) & (history <= num_items)  # [b, s]
+        rank = jnp.cumsum(known, axis=1, dtype=jnp.int32)  # [b, s]: 1-based among known items
+        total = rank[:, -1:]  # [b, 1] known items in the history
+        start = jnp.maximum(total - width, 0)  # [b, 1] known items left of the window
+        pos = rank - 1 - start  # [b, s]: where each known item lands in the window
+        pos = jnp.where(known & (pos >= 0), pos, width)  # everything else to a spare column
+        rows = jnp.arange(b)[:, None]
+        window = jnp.zeros((b, width + 1), jnp.int32).at[rows, pos].set(history, mode="drop")
+        columns = jnp.arange(width + 1)[None, :]  # [1, width + 1]
+        window = jnp.where(columns == width, models.PAD_ID, window)  # the spare column cleared
+        mask_pos = jnp.minimum(total[:, 0], width)  # [b]: right after the window's last item
+        ids = jnp.where(columns == mask_pos[:, None], mask_id, window)  # [b, width + 1]
+        return ids.astype(jnp.int32), mask_pos.astype(jnp.int32)
+
+    return inputs
+
+
+def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
+    """encode(params, history [b, s], users [b]) -> float32 [b, hidden + 1]: [h, 1].
+
+    With item vectors [E[i], bias[i]], u . item = h . E[i] + bias[i], the model's score.
+    """
+    fns = models.scoring_fns(model)
+    inputs = model_inputs(model)
+    uses_users = bool(model.config.user_features)
+
+    def encode(params, history, users):
+        ids, mask_pos = inputs(history)
+        # Item features need nothing here: their tables are constants of the exported program;
+        # so are the user feature rows, indexed by `users` (row 0: the unknown user).
+        h = fns.encode(params, ids, mask_pos, users if uses_users else None)  # [b, H]
+        h = h.astype(jnp.float32)
+        return jnp.concatenate([h, jnp.ones((h.shape[0], 1), jnp.float32)], axis=1)
+
+    return encode
+
+
 def scores_fn(model: models.BERT4Rec) -> ServeFn:
-    """The scores of every item for a batch of histories.
+    """The scores of every item for a batch of whole histories.
 
     Args:
       model: the model (its `scoring_fns` do the work, as in evaluation).
 
     Returns:
-      scores(params, history int32 [b, W], exclude_seen bool [b]) -> float32 [b, num_items],
-      column j scoring dense item j + 1; -inf where exclude_seen and the item is in the history.
-      W <= max_len - 1.
+      scores(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
+      -> float32 [b, num_items], column j scoring dense item j + 1; -inf where exclude_seen and
+      the item is anywhere in the history.
     """
     fns = models.scoring_fns(model)
+    encode = user_vectors_fn(model)
     num_items = model.config.vocab_size - 2
-    mask_id = model.config.mask_id
 
-    def scores(params, history, exclude_seen):
-        b, width = history.shape
-        known = (history >= 1) & (history <= num_items)  # [b, W]
-        history = jnp.where(known, history, models.PAD_ID).astype(jnp.int32)
-        # [MASK] right after the last item: build_inputs' layout for a history padded at the end
-        # (and still a valid input if a caller leaves holes: they are padding to attention).
-        columns = jnp.arange(1, width + 1, dtype=jnp.int32)  # [W]
-        mask_pos = jnp.max(jnp.where(known, columns[None, :], 0), axis=1)  # [b]
-        ids = jnp.concatenate([history, jnp.zeros((b, 1), jnp.int32)], axis=1)  # [b, W + 1]
-        ids = jnp.where(jnp.arange(width + 1)[None, :] == mask_pos[:, None], mask_id, ids)
-        # No user rows: the artifact serves raw histories of users it may never have seen, so
-        # with model.user_features every row is the unknown user (row 0, no user features).
-        # Item features need nothing here: their tables are constants of the exported program.
-        h = fns.encode(params, ids, mask_pos)  # [b, H]
+    def scores(params, history, users, exclude_seen):
+        b = history.shape[0]
+        u = encode(params, history, users)  # [b, H + 1]
         items = jnp.arange(1, num_items + 1, dtype=jnp.int32)  # [V]: padding, [MASK] never scored
-        out = fns.score(params, h, items).astype(jnp.float32)  # [b, V]
+        out = fns.score(params, u[:, :-1], items).astype(jnp.float32)  # [b, V]
+        known = (history >= 1) & (history <= num_items)
+        history = jnp.where(known, history, models.PAD_ID)
         rows = jnp.arange(b)[:, None]  # [b, 1]
         seen = jnp.zeros((b, num_items + 1), bool).at[rows, history].set(True)[:, 1:]  # [b, V]
         return jnp.where(seen & exclude_seen[:, None], -jnp.inf, out)
@@ -110,30 +177,32 @@ def scores_fn(model: models.BERT4Rec) -> ServeFn:
 
 
 def serving_fn(model: models.BERT4Rec, top_k: int) -> ServeFn:
-    """The exported function: (params, history [b, W], exclude_seen [b]) -> (item_ids, scores).
+    """The exported function: (params, history, users, exclude_seen) -> (item_ids, scores).
 
     Args:
       model: the model.
       top_k: items returned per row, best first (ties: the lower dense id first).
 
     Returns:
-      serve(params, history, exclude_seen) -> (int32 [b, top_k] dense ids, float32 [b, top_k]).
+      serve(params, history, users, exclude_seen) -> (int32 [b, top_k] dense ids,
+      float32 [b, top_k]).
     """
     scores = scores_fn(model)
 
-    def serve(params, history, exclude_seen):
-        top_scores, top_index = jax.lax.top_k(scores(params, history, exclude_seen), top_k)
+    def serve(params, history, users, exclude_seen):
+        top_scores, top_index = jax.lax.top_k(scores(params, history, users, exclude_seen), top_k)
         return (top_index + 1).astype(jnp.int32), top_scores  # column j is dense id j + 1
 
     return serve
 
 
-def input_specs(params: Any, history_width: int) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
-    """Abstract (params, history, exclude_seen) with a symbolic batch size b."""
-    (b,) = jax.export.symbolic_shape("b")
+def input_specs(params: Any) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
+    """Abstract (params, history [b, s], users [b], exclude_seen [b]); b and s are symbolic."""
+    b, s = jax.export.symbolic_shape("b, s")
     return (
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params),
-        jax.ShapeDtypeStruct((b, history_width), jnp.int32),
+        jax.ShapeDtypeStruct((b, s), jnp.int32),
+        jax.ShapeDtypeStruct((b,), jnp.int32),
         jax.ShapeDtypeStruct((b,), jnp.bool_),
     )
 
@@ -141,7 +210,7 @@ def input_specs(params: Any, history_width: int) -> tuple[Any, jax.ShapeDtypeStr
 def export_serving_fn(
     model: models.BERT4Rec, params: Any, top_k: int, platforms: Sequence[str] = DEFAULT_PLATFORMS
 ) -> jax.export.Exported:
-    """`serving_fn` exported with jax.export for a symbolic batch size.
+    """`serving_fn` exported with jax.export for a symbolic batch size and history length.
 
     Args:
       model: the model.
@@ -152,8 +221,16 @@ def export_serving_fn(
     Returns:
       The Exported function; `.serialize()` gives the bytes of serving.jax.
     """
-    specs = input_specs(params, model.config.max_len - 1)
+    specs = input_specs(params)
     return jax.export.export(jax.jit(serving_fn(model, top_k)), platforms=tuple(platforms))(*specs)
+
+
+def export_encode_fn(
+    model: models.BERT4Rec, params: Any, platforms: Sequence[str] = DEFAULT_PLATFORMS
+) -> jax.export.Exported:
+    """`user_vectors_fn` exported like `export_serving_fn`: the bytes of encode.jax."""
+    specs = input_specs(params)[:3]
+    return jax.export.export(jax.jit(user_vectors_fn(model)), platforms=tuple(platforms))(*specs)
 
 
 def write_saved_model(
@@ -163,10 +240,12 @@ def write_saved_model(
     directory: pathlib.Path,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> None:
-    """Writes the serving function as a TensorFlow SavedModel (TF is imported here only).
+    """Writes both functions as a TensorFlow SavedModel (TF is imported here only).
 
-    Signature `serving_default`: history int32 [b, max_len - 1], exclude_seen bool [b] ->
-    {item_ids int32 [b, top_k], scores float32 [b, top_k]}. The parameters are tf.Variables.
+    Signatures (shapes in the module docstring; b and s are None):
+      `serving_default`: history, users, exclude_seen -> {item_ids, scores};
+      `encode`: history, users -> {user_vectors}.
+    The parameters are tf.Variables.
 
     The model and the exclusion run in jax2tf's XlaCallModule; the top-k runs as TF's own TopKV2:
     jax lowers `lax.top_k` to a StableHLO composite that TensorFlow releases built against an
@@ -184,18 +263,22 @@ def write_saved_model(
     from jax.experimental import jax2tf
 
     scores = scores_fn(model)
-    width = model.config.max_len - 1
+    encode = user_vectors_fn(model)
 
-    def scores_of_flat(flat, history, exclude_seen):
-        return scores(artifact.unflatten_params(flat), history, exclude_seen)
+    def scores_of_flat(flat, history, users, exclude_seen):
+        return scores(artifact.unflatten_params(flat), history, users, exclude_seen)
+
+    def encode_of_flat(flat, history, users):
+        return encode(artifact.unflatten_params(flat), history, users)
 
     # native_serialization is the only mode left (the flag is deprecated since jax 0.4.31).
-    scores_tf = jax2tf.convert(
-        scores_of_flat,
-        polymorphic_shapes=[None, "(b, _)", "(b,)"],
-        with_gradient=False,
-        native_serialization_platforms=tuple(platforms),
+    convert = functools.partial(
+        jax2tf.convert, with_gradient=False, native_serialization_platforms=tuple(platforms)
     )
+    scores_tf = convert(scores_of_flat, polymorphic_shapes=[None, "(b, s)", "(b,)", "(b,)"])
+    encode_tf = convert(encode_of_flat, polymorphic_shapes=[None, "(b, s)", "(b,)"])
+    history_spec = tf.TensorSpec([None, None], tf.int32, name=HISTORY)
+    users_spec = tf.TensorSpec([None], tf.int32, name=USERS)
 
     class Serving(tf.Module):
         def __init__(self):
@@ -207,18 +290,27 @@ def write_saved_model(
 
         @tf.function(
             input_signature=[
-                tf.TensorSpec([None, width], tf.int32, name=HISTORY),
+                history_spec,
+                users_spec,
                 tf.TensorSpec([None], tf.bool, name=EXCLUDE_SEEN),
             ],
             autograph=False,
         )
-        def serve(self, history, exclude_seen):
-            all_scores = scores_tf(self.params, history, exclude_seen)  # [b, V]
+        def serve(self, history, users, exclude_seen):
+            all_scores = scores_tf(self.params, history, users, exclude_seen)  # [b, V]
             top_scores, top_index = tf.math.top_k(all_scores, k=top_k)  # [b, k]
             return {ITEM_IDS: top_index + 1, SCORES: top_scores}
 
+        @tf.function(input_signature=[history_spec, users_spec], autograph=False)
+        def encode(self, history, users):
+            return {USER_VECTORS: encode_tf(self.params, history, users)}
+
     module = Serving()
-    tf.saved_model.save(module, str(directory), signatures={SIGNATURE: module.serve})
+    tf.saved_model.save(
+        module,
+        str(directory),
+        signatures={SIGNATURE: module.serve, ENCODE_SIGNATURE: module.encode},
+    )
 
 
 def _versions(saved_model: bool) -> dict[str, str]:
@@ -237,23 +329,26 @@ def _versions(saved_model: bool) -> dict[str, str]:
     return out
 
 
-def _check_vocabulary(vocabulary: np.ndarray, num_items: int) -> np.ndarray:
+def _check_vocabulary(
+    vocabulary: np.ndarray, size: int, name: str = "vocabulary", what: str = "item"
+) -> np.ndarray:
+    """Raw ids by dense id ([0] stands for padding / the unknown user), checked."""
     vocabulary = np.asarray(vocabulary)
     if vocabulary.dtype == object and all(isinstance(x, str) for x in vocabulary[1:]):
         # Python strings in an object array: stored as a unicode array, which needs no pickle.
         vocabulary = np.array([""] + vocabulary[1:].tolist(), dtype=str)
     if vocabulary.ndim != 1 or vocabulary.dtype.kind not in "iuUS":
         raise ValueError(
-            f"vocabulary: expected a 1-D array of integer or string raw ids, got "
+            f"{name}: expected a 1-D array of integer or string raw ids, got "
             f"{vocabulary.dtype} {vocabulary.shape}"
         )
-    if len(vocabulary) != num_items + 1:
+    if len(vocabulary) != size + 1:
         raise ValueError(
-            f"vocabulary has {len(vocabulary)} entries, but the model has {num_items} items: "
-            f"expected num_items + 1 (entry 0 stands for padding)"
+            f"{name} has {len(vocabulary)} entries, but the model has {size} {what}s: "
+            f"expected {size} + 1 (entry 0 stands for padding or the unknown {what})"
         )
-    if len(set(vocabulary[1:].tolist())) != num_items:
-        raise ValueError("vocabulary: raw item ids repeat; each item needs its own raw id")
+    if len(set(vocabulary[1:].tolist())) != size:
+        raise ValueError(f"{name}: raw {what} ids repeat; each {what} needs its own raw id")
     return vocabulary
 
 
@@ -293,6 +388,7 @@ def export_model(
     vocabulary: np.ndarray,
     output: str | pathlib.Path,
     *,
+    user_ids: np.ndarray | None = None,
     top_k: int = DEFAULT_TOP_K,
     config: ml_collections.ConfigDict | None = None,
     source: dict[str, Any] | None = None,
@@ -311,6 +407,8 @@ def export_model(
       vocabulary: raw item ids by dense id, [num_items + 1], integers or strings; entry 0 stands
         for padding (`Corpus.raw_item_ids`).
       output: the directory to create (local).
+      user_ids: raw user ids of the model's user feature rows, [num_users]: user row u + 1
+        (`Corpus.raw_user_ids`); needed exactly when the model has `user_features`.
       top_k: items the function returns per history; more than num_items is cut to num_items.
       config: the training config, written as config.json (default: the model's config).
       source: where the parameters come from (workdir, checkpoint, step), for the manifest.
@@ -325,6 +423,24 @@ def export_model(
     cfg = model.config
     num_items = cfg.vocab_size - 2
     vocabulary = _check_vocabulary(vocabulary, num_items)
+    user_rows = {name: np.asarray(t) for name, t in model.tables.users.items()}
+    if cfg.user_features:
+        if user_ids is None:
+            raise ValueError(
+                f"model.user_features={cfg.user_features!r}: pass user_ids (the raw id of each "
+                "user feature row, Corpus.raw_user_ids) so the artifact can serve known users"
+            )
+        num_users = len(next(iter(user_rows.values()))) - 1
+        user_vocabulary = np.asarray(user_ids)
+        pad = "" if user_vocabulary.dtype.kind in "US" else -1
+        user_vocabulary = _check_vocabulary(
+            np.concatenate([np.array([pad], user_vocabulary.dtype), user_vocabulary]),
+            num_users,
+            "user_ids",
+            "user",
+        )
+    elif user_ids is not None:
+        raise ValueError("user_ids given, but the model has no user_features to read them")
     params = _check_params(params, model)
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be positive")
@@ -349,6 +465,12 @@ def export_model(
     try:
         exported = export_serving_fn(model, params, top_k, platforms)
         (tmp / artifact.SERVING_FN).write_bytes(exported.serialize())
+        encoder = export_encode_fn(model, params, platforms)
+        (tmp / artifact.ENCODE_FN).write_bytes(encoder.serialize())
+        if cfg.user_features:
+            # The feature rows are constants of both functions; kept here too, in the open.
+            np.save(tmp / artifact.USERS, user_vocabulary, allow_pickle=False)
+            np.savez(tmp / artifact.USER_FEATURES, **user_rows)
         flat = artifact.flatten_params(params)
         for name, file in artifact.SEPARATE_PARAMS.items():
             np.save(tmp / file, flat.pop(name), allow_pickle=False)
@@ -372,7 +494,10 @@ def export_model(
             "num_items": num_items,
             "max_len": cfg.max_len,
             "history_length": width,
+            "hidden_size": cfg.hidden_size,
             "top_k": top_k,
+            "user_features": cfg.user_features,
+            "num_users": (len(user_vocabulary) - 1) if cfg.user_features else 0,
             "platforms": list(exported.platforms),
             "vocabulary_dtype": vocabulary.dtype.str,
             "serving": {
@@ -381,7 +506,8 @@ def export_model(
                 "saved_model": artifact.SAVED_MODEL_DIR if saved_model else None,
                 "signature": SIGNATURE if saved_model else None,
                 "inputs": {
-                    HISTORY: {"dtype": "int32", "shape": ["b", width]},
+                    HISTORY: {"dtype": "int32", "shape": ["b", "s"]},
+                    USERS: {"dtype": "int32", "shape": ["b"]},
                     EXCLUDE_SEEN: {"dtype": "bool", "shape": ["b"]},
                 },
                 "outputs": {
@@ -389,10 +515,22 @@ def export_model(
                     SCORES: {"dtype": "float32", "shape": ["b", top_k]},
                 },
             },
+            "encode": {
+                "function": artifact.ENCODE_FN,
+                "signature": ENCODE_SIGNATURE if saved_model else None,
+                "inputs": {
+                    HISTORY: {"dtype": "int32", "shape": ["b", "s"]},
+                    USERS: {"dtype": "int32", "shape": ["b"]},
+                },
+                "outputs": {
+                    USER_VECTORS: {"dtype": "float32", "shape": ["b", cfg.hidden_size + 1]}
+                },
+            },
             "shapes": {
                 name: list(value.shape) for name, value in artifact.flatten_params(params).items()
             }
-            | {artifact.VOCABULARY: list(vocabulary.shape)},
+            | {artifact.VOCABULARY: list(vocabulary.shape)}
+            | ({artifact.USERS: list(user_vocabulary.shape)} if cfg.user_features else {}),
         }
         manifest = artifact.write_manifest(tmp, manifest)
         if output.is_dir():
@@ -462,6 +600,7 @@ def export_workdir(
         params,
         exp.corpus.raw_item_ids,
         output,
+        user_ids=exp.corpus.raw_user_ids if exp.model.config.user_features else None,
         top_k=top_k,
         config=config,
         source=source,
@@ -507,8 +646,9 @@ def main(argv: list[str]) -> None:
     source = manifest["source"]
     print(
         f"Exported {source['dataset']} step {source['step']} ({source['checkpoint']}): "
-        f"{manifest['num_items']} items, top_k={manifest['top_k']}, history of up to "
-        f"{manifest['history_length']} items, platforms {','.join(manifest['platforms'])}"
+        f"{manifest['num_items']} items, top_k={manifest['top_k']}, the model reads the last "
+        f"{manifest['history_length']} items of a history, platforms "
+        f"{','.join(manifest['platforms'])}"
     )
     print(f"Wrote {f.output} ({len(manifest['files'])} files, {size / 1e6:.1f} MB)")
 

@@ -1,28 +1,39 @@
 """Top-k recommendations for user histories of raw item ids, from an exported model.
 
     python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
-    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --input=users.csv --output=r.jsonl
+    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --input=u.jsonl --output=r.jsonl
+    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --input=interactions.parquet \
+        --output=recs.parquet
+    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --workdir=/tmp/bert4rec \
+        --all_users --output=recs.parquet
 
 From Python:
 
-    rec = Recommender.load("/tmp/bert4rec_export")      # checks every file's sha256 first
-    result = rec.recommend([[12, 7, 33], [5, 8]], k=10)
+    rec = Recommender.load("/tmp/bert4rec_export")      # checks every file and the manifest
+    result = rec.recommend([[12, 7, 33], [5, 8], []], k=10)
     result[0]              # [(raw item id, score), ...], best first
-    result.num_unknown     # ids skipped because the model does not know them
+    result.errors          # per history: None, or why it got nothing (here [2]: "no item ids")
+    result.unknown_ids     # per history: ids skipped because the model does not know them
 
-A history lists raw item ids (integers or strings, as the data set has them), oldest first; the
-model reads its last `max_len - 1` known items. Unknown ids are skipped and counted (a warning says
-how many), or refused with `strict=True` / `--strict`. With `exclude_seen` (the default) no item of
-the history comes back, however old.
+A history lists raw item ids (integers or strings, as the data set has them), oldest first, and
+it is passed WHOLE: the model reads its last `max_len - 1` known items, and with `exclude_seen`
+(the default) the exported function itself excludes every item of it, however old, so k unseen
+items always come back while the catalogue has that many. Unknown ids are skipped and counted;
+a history with no known id gets an error status and no recommendations, and the others are
+served. `strict=True` / `--strict` refuses the first unknown id or empty history instead.
 
-Input files (`--input`), chosen by `--input_format` or the file's extension:
+Input files (`--input`), by `--input_format` or the file's extension:
   * JSON lines (.jsonl, .json, .ndjson): one object per line, `{"user": ..., "history": [...]}`;
-    "user" is optional and any JSON value.
-  * CSV (anything else): `user,item,item,...` per line, no header; the first field is the user's
-    label, the rest the history (quoting as Python's csv module reads it).
-Blank lines are skipped. The output (`--output`, default standard output) is JSON lines, one per
-input line in order: `{"user": ..., "recommendations": [{"item": ..., "score": ...}, ...],
-"unknown_ids": n}`.
+    "user" is optional and any JSON value (with a user-feature model: the raw user id).
+  * CSV histories (.csv, .txt): `user,item,item,...` per line, no header.
+  * Interactions (.parquet, or `--input_format=interactions` for a CSV with a header): one row
+    per interaction, columns `user` and `item` (`--user_column`, `--item_column`) and optionally
+    `timestamp` (`--timestamp_column`; a user's rows are ordered by it, else kept in file order).
+    Rows must be grouped by user (as a file sorted by user is): the file is streamed, so a user
+    whose rows are split gets one output row per run of rows.
+The output (`--output`, default standard output) is JSON lines or, for .parquet, Parquet, one row
+per user in input order: user, items, scores, unknown_ids, error (null when served). Jobs stream
+in chunks of `--chunk_users` users, so memory does not grow with the number of users.
 """
 
 from __future__ import annotations
@@ -33,8 +44,9 @@ import dataclasses
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO
 
 import jax
 import numpy as np
@@ -42,8 +54,19 @@ from absl import app, flags, logging
 
 from bert4rec_jax import artifact
 
-DEFAULT_BATCH_SIZE = 1024
+# Histories run through the exported function at once, from measurements on the 2-core CPU at
+# the ML-1m shape (benchmarks/recommend.py): in the sweep of issue 17, batches of 8-64 served
+# 3,800-4,700 histories/s and 256-1,024 served 490-570; under a load average of 11, full
+# windows (199 items) served 700-770/s at batches of 2-8, 540 at 16 and 250 at 32, while
+# windows of 64 items served 2,000-2,500/s at every batch of 4-32. Above the cliff the
+# activations ([batch, window, 256] per layer) leave the caches; 8 is on the fast side of it in
+# every measurement.
+DEFAULT_BATCH_SIZE = 8
+# Users read, encoded and written together by the file-to-file jobs (memory per chunk, not per job).
+DEFAULT_CHUNK_USERS = 4096
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
+NO_ITEM_IDS = "no item ids"
+NO_KNOWN_ITEM_IDS = "no known item ids"
 
 
 class UnknownItemError(ValueError):
@@ -51,7 +74,7 @@ class UnknownItemError(ValueError):
 
 
 class EmptyHistoryError(ValueError):
-    """A history holds no item the model knows."""
+    """A history holds no item the model knows (with strict=True)."""
 
 
 class InputFileError(ValueError):
@@ -63,14 +86,16 @@ class Recommendations(collections.abc.Sequence):
     """What `Recommender.recommend` returns: a sequence with one entry per history.
 
     Attributes:
-      items: per history, (raw item id, score) pairs, best first; fewer than k only when fewer
-        than k of the exported top_k best items lie outside the history (a catalogue hardly
-        larger than the history, or a history longer than the model's window).
+      items: per history, (raw item id, score) pairs, best first: k of them, fewer only when
+        the catalogue has fewer than k items outside the history; [] for a history in error.
       unknown_ids: per history, how many of its ids were skipped as unknown.
+      errors: per history, None when served, else why not ("no item ids", "no known item
+        ids"): such a history gets no recommendations.
     """
 
     items: tuple[list[tuple[Any, float]], ...]
     unknown_ids: tuple[int, ...]
+    errors: tuple[str | None, ...]
 
     def __getitem__(self, index):
         return self.items[index]
@@ -83,21 +108,27 @@ class Recommendations(collections.abc.Sequence):
         """Unknown ids skipped over all histories."""
         return sum(self.unknown_ids)
 
+    @property
+    def num_failed(self) -> int:
+        """Histories that got no recommendations (an error status)."""
+        return sum(e is not None for e in self.errors)
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodedHistories:
-    """Histories as the exported function reads them.
+    """Histories as the exported functions read them.
 
     Attributes:
-      windows: int32 [n, max_len - 1]; each history's last known items as dense ids, oldest
-        first, padded at the end with 0.
-      older: {row: int32 [m]} dense ids of the known items before the window (long histories).
+      histories: per history, int32 [m] dense ids of its known items, oldest first (whole).
+      users: int32 [n] user rows (0 = unknown user, or a model without user features).
       unknown_ids: int64 [n]; ids skipped per history.
+      errors: per history, None or why it cannot be served (then its ids are empty).
     """
 
-    windows: np.ndarray
-    older: dict[int, np.ndarray]
+    histories: list[np.ndarray]
+    users: np.ndarray
     unknown_ids: np.ndarray
+    errors: list[str | None]
 
 
 def _key_function(kind: str) -> Callable[[Any], Any]:
@@ -140,6 +171,18 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _padded(rows: Sequence[np.ndarray], size: int, minimum: int = 8) -> np.ndarray:
+    """int32 [size, w]: the rows left-aligned, padded with 0; w a power of two >= the longest.
+
+    Powers of two, so that a handful of compiled history lengths serve every request.
+    """
+    width = _pow2(max([minimum] + [len(r) for r in rows]))
+    out = np.zeros((size, width), np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
 class Recommender:
     """An exported model, ready to recommend; build it with `Recommender.load`."""
 
@@ -150,6 +193,8 @@ class Recommender:
         vocabulary: np.ndarray,
         params: dict[str, Any],
         exported: jax.export.Exported,
+        encoder: jax.export.Exported,
+        user_vocabulary: np.ndarray | None,
         batch_size: int,
     ):
         if batch_size < 1:
@@ -167,14 +212,25 @@ class Recommender:
         # Sorted copy for histories given as numpy arrays of the vocabulary's kind (vectorised).
         self._sorted_order = np.argsort(vocabulary[1:], kind="stable") + 1  # [V] dense ids
         self._sorted_raw = vocabulary[self._sorted_order]  # [V]
+        self.user_vocabulary = user_vocabulary
+        self._user_rows: dict[Any, int] = {}
+        if user_vocabulary is not None:
+            if user_vocabulary.dtype.kind == "S":
+                user_vocabulary = user_vocabulary.astype(str)
+            self._user_key = _key_function(user_vocabulary.dtype.kind)
+            self._user_rows = {
+                self._user_key(raw): i for i, raw in enumerate(user_vocabulary.tolist()) if i > 0
+            }
+        self._flat_item_table = (params["item_embedding"], params["output_bias"])
         self._params = jax.device_put(params)
         self._serve = jax.jit(exported.call)
+        self._encode = jax.jit(encoder.call)
 
     @classmethod
     def load(
         cls, directory: str | pathlib.Path, *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> Recommender:
-        """Loads an export directory after checking every file against its manifest.
+        """Loads an export directory after checking its files and its manifest.
 
         Args:
           directory: written by `export.export_model` / `python -m bert4rec_jax.export`.
@@ -185,11 +241,13 @@ class Recommender:
           The recommender.
 
         Raises:
-          artifact.ArtifactError: naming the file, when one is missing, altered or unreadable;
+          artifact.ArtifactError: naming the file or the manifest's field, when a file is
+            missing, altered or unreadable, or the manifest disagrees with itself or the files;
             nothing is loaded then.
         """
         directory = pathlib.Path(directory)
         manifest = artifact.read_verified_manifest(directory)
+        artifact.check_manifest(manifest)
 
         def read(name: str, reader: Callable[[pathlib.Path], Any]) -> Any:
             try:
@@ -206,27 +264,44 @@ class Recommender:
         def read_npy(path: pathlib.Path) -> np.ndarray:
             return np.load(path, allow_pickle=False)
 
+        def deserialize(path: pathlib.Path) -> jax.export.Exported:
+            return jax.export.deserialize(bytearray(path.read_bytes()))
+
         vocabulary = read(artifact.VOCABULARY, read_npy)
         flat = read(artifact.PARAMS, read_npz)
         for name, file in artifact.SEPARATE_PARAMS.items():
             flat[name] = read(file, read_npy)
+        arrays = dict(flat, **{artifact.VOCABULARY: vocabulary})
+        user_vocabulary = None
+        if manifest["user_features"]:
+            user_vocabulary = arrays[artifact.USERS] = read(artifact.USERS, read_npy)
+        # The manifest's shapes against the files (check_manifest tied them to num_items etc.).
+        for name, shape in manifest["shapes"].items():
+            have = list(np.shape(arrays[name])) if name in arrays else None
+            if have != shape:
+                raise artifact.ArtifactError(
+                    f"{artifact.MANIFEST}: shapes[{name!r}] is {shape}, but the artifact holds "
+                    f"{have}: the manifest was edited or the artifact is damaged"
+                )
+        exported = read(artifact.SERVING_FN, deserialize)
+        encoder = read(artifact.ENCODE_FN, deserialize)
+        # The functions' signatures against the manifest.
+        for field, got, want in (
+            ("top_k", exported.out_avals[0].shape[1], manifest["top_k"]),
+            ("hidden_size", encoder.out_avals[0].shape[1] - 1, manifest["hidden_size"]),
+            ("serving.inputs", len(exported.in_avals) - len(flat), 3),
+        ):
+            if got != want:
+                raise artifact.ArtifactError(
+                    f"{artifact.MANIFEST}: {field} is {want}, but {artifact.SERVING_FN} / "
+                    f"{artifact.ENCODE_FN} give {got}: the manifest was edited or the artifact "
+                    "is damaged"
+                )
+        _warn_on_version_difference(manifest)
         params = artifact.unflatten_params(flat)
-        exported = read(
-            artifact.SERVING_FN, lambda p: jax.export.deserialize(bytearray(p.read_bytes()))
+        return cls(
+            directory, manifest, vocabulary, params, exported, encoder, user_vocabulary, batch_size
         )
-        num_items = int(manifest["num_items"])
-        if vocabulary.ndim != 1 or len(vocabulary) != num_items + 1:
-            raise artifact.ArtifactError(
-                f"{directory / artifact.VOCABULARY} holds {vocabulary.shape} ids; the manifest "
-                f"says {num_items} items (+1 for padding)"
-            )
-        history = exported.in_avals[-2]
-        if history.shape[1] != manifest["history_length"]:
-            raise artifact.ArtifactError(
-                f"{directory / artifact.SERVING_FN} reads histories of {history.shape[1]} items; "
-                f"the manifest says {manifest['history_length']}"
-            )
-        return cls(directory, manifest, vocabulary, params, exported, batch_size)
 
     @property
     def top_k(self) -> int:
@@ -279,31 +354,45 @@ class Recommender:
                 f"{where}: item id {unknown[0]!r} is not in the model's vocabulary of "
                 f"{self.num_items} items{more}"
             )
-        if not len(dense):
-            what = f"only unknown item ids ({len(unknown)})" if unknown else "no item ids"
-            raise EmptyHistoryError(f"{where} has {what}: nothing to recommend from")
         return dense, unknown
+
+    def user_rows(self, users: Sequence[Any] | None, n: int) -> np.ndarray:
+        """int32 [n]: each raw user id's feature row; 0 (the unknown user) when the model has no
+        user features, when `users` is None, or for a user the artifact does not know."""
+        rows = np.zeros(n, np.int32)
+        if users is None or not self._user_rows:
+            return rows
+        if len(users) != n:
+            raise ValueError(f"users: {len(users)} ids for {n} histories")
+        for i, raw in enumerate(users):
+            try:
+                rows[i] = self._user_rows.get(self._user_key(raw), 0)
+            except TypeError:  # unhashable: not an id
+                rows[i] = 0
+        return rows
 
     def encode(
         self,
         histories: Sequence[Sequence[Any]],
         *,
+        users: Sequence[Any] | None = None,
         strict: bool = False,
         labels: Sequence[str] | None = None,
     ) -> EncodedHistories:
-        """Maps histories of raw ids to the exported function's input.
+        """Maps histories of raw ids (and raw user ids) to the exported functions' input.
 
         Args:
-          histories: per user, raw item ids, oldest first.
-          strict: refuse unknown ids instead of skipping them.
-          labels: names of the histories for error messages (default "histories[i]").
+          histories: per user, raw item ids, oldest first (the whole history).
+          users: per history, the raw user id (read by models with user features; unknown
+            users, and None, get the unknown-user row).
+          strict: refuse unknown ids and empty histories instead of reporting them.
+          labels: names of the histories for messages (default "histories[i]").
 
         Returns:
-          The encoded histories.
+          The encoded histories, with a per-history error status.
 
         Raises:
-          UnknownItemError: with strict, naming the first unknown id and its history.
-          EmptyHistoryError: naming a history with no known item.
+          UnknownItemError, EmptyHistoryError: with strict, naming the history.
         """
         if isinstance(histories, str | bytes) or not isinstance(
             histories, collections.abc.Sequence
@@ -311,55 +400,105 @@ class Recommender:
             raise TypeError(
                 f"histories: expected a list of histories, got {type(histories).__name__}"
             )
-        width = self.history_length
-        windows = np.zeros((len(histories), width), np.int32)
-        older: dict[int, np.ndarray] = {}
+        dense_rows: list[np.ndarray] = []
         unknown = np.zeros(len(histories), np.int64)
+        errors: list[str | None] = []
         examples: list[Any] = []
         for row, history in enumerate(histories):
             where = labels[row] if labels is not None else f"histories[{row}]"
             dense, skipped = self._dense_ids(history, where, strict)
             unknown[row] = len(skipped)
             examples.extend(skipped[: 5 - len(examples)])
-            if len(dense) > width:
-                older[row] = dense[:-width]
-                dense = dense[-width:]
-            windows[row, : len(dense)] = dense
+            error = None
+            if not len(dense):
+                error = NO_KNOWN_ITEM_IDS if skipped else NO_ITEM_IDS
+                if strict:
+                    what = f"only unknown item ids ({len(skipped)})" if skipped else "no item ids"
+                    raise EmptyHistoryError(f"{where} has {what}: nothing to recommend from")
+            dense_rows.append(dense)
+            errors.append(error)
         if unknown.any():
-            logging.warning(
+            logging.log_first_n(
+                logging.WARNING,
                 "Skipped %d unknown item ids in %d of %d histories (e.g. %s)",
+                5,
                 int(unknown.sum()),
                 int((unknown > 0).sum()),
                 len(histories),
                 ", ".join(repr(x) for x in examples),
             )
-        return EncodedHistories(windows, older, unknown)
+        return EncodedHistories(dense_rows, self.user_rows(users, len(histories)), unknown, errors)
 
-    def run(self, windows: np.ndarray, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _batches(
+        self, histories: Sequence[np.ndarray] | np.ndarray, users: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(history [size, w], users [size], rows) per batch, padded to powers of two.
+
+        Rows go shortest first: the exported encoder reads a window as wide as the batch's
+        history (up to max_len - 1), so a batch of short histories costs what they are long.
+        """
+        n = len(histories)
+        users = np.zeros(n, np.int32) if users is None else np.asarray(users, np.int32)
+        if isinstance(histories, np.ndarray):
+            lengths = np.count_nonzero(histories, axis=1)
+        else:
+            lengths = np.fromiter((len(h) for h in histories), np.int64, n)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, n, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            size = min(_pow2(len(rows)), self.batch_size)
+            batch_users = np.zeros(size, np.int32)
+            batch_users[: len(rows)] = users[rows]
+            chunk = [histories[i] for i in rows]
+            yield _padded(chunk, size), batch_users, rows
+
+    def run(
+        self,
+        histories: Sequence[np.ndarray] | np.ndarray,
+        users: np.ndarray | None = None,
+        exclude_seen: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The exported function on encoded histories, in batches.
 
         Args:
-          windows: int32 [n, history_length] dense ids (`encode`).
+          histories: per history, int32 dense ids, oldest first (whole; 0 = padding), as a list
+            of arrays or a padded [n, s] array.
+          users: int32 [n] user rows (default: all unknown).
           exclude_seen: drop each row's own items.
 
         Returns:
-          (dense ids int32 [n, top_k], scores float32 [n, top_k]); excluded items score -inf.
+          (dense ids int32 [n, top_k], scores float32 [n, top_k]); excluded items score -inf
+          and come last, only in rows with fewer than top_k other items.
         """
         pending = []
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start : start + self.batch_size]
-            # Padded to a power of two: a handful of compiled batch sizes serve every request.
-            size = min(_pow2(len(chunk)), self.batch_size)
-            padded = np.zeros((size, windows.shape[1]), np.int32)
-            padded[: len(chunk)] = chunk
-            exclude = np.full(size, bool(exclude_seen))
-            pending.append((self._serve(self._params, padded, exclude), len(chunk)))
-        ids = [np.asarray(i)[:n] for (i, _), n in pending]
-        scores = [np.asarray(s)[:n] for (_, s), n in pending]
-        top_k = self.top_k
-        return (
-            np.concatenate(ids) if ids else np.zeros((0, top_k), np.int32),
-            np.concatenate(scores) if scores else np.zeros((0, top_k), np.float32),
+        for history, batch_users, rows in self._batches(histories, users):
+            exclude = np.full(len(batch_users), bool(exclude_seen))
+            pending.append((self._serve(self._params, history, batch_users, exclude), rows))
+        ids = np.zeros((len(histories), self.top_k), np.int32)
+        scores = np.zeros((len(histories), self.top_k), np.float32)
+        for (batch_ids, batch_scores), rows in pending:
+            ids[rows] = np.asarray(batch_ids)[: len(rows)]
+            scores[rows] = np.asarray(batch_scores)[: len(rows)]
+        return ids, scores
+
+    def user_vectors(
+        self, histories: Sequence[np.ndarray] | np.ndarray, users: np.ndarray | None = None
+    ) -> np.ndarray:
+        """float32 [n, hidden + 1]: the exported encode function on encoded histories.
+
+        Dotted with `item_vectors()` they give the model's scores (the output bias is the last
+        coordinate, 1 on the user side).
+        """
+        out = np.zeros((len(histories), int(self.manifest["hidden_size"]) + 1), np.float32)
+        for history, batch_users, rows in self._batches(histories, users):
+            out[rows] = np.asarray(self._encode(self._params, history, batch_users))[: len(rows)]
+        return out
+
+    def item_vectors(self) -> np.ndarray:
+        """float32 [num_items, hidden + 1]: row j is dense item j + 1's [embedding, output bias]."""
+        table, bias = self._flat_item_table
+        return np.concatenate(
+            [table[1 : self.num_items + 1], bias[1 : self.num_items + 1, None]], 1
         )
 
     def recommend(
@@ -367,6 +506,7 @@ class Recommender:
         histories: Sequence[Sequence[Any]],
         k: int = 10,
         *,
+        users: Sequence[Any] | None = None,
         exclude_seen: bool = True,
         strict: bool = False,
         labels: Sequence[str] | None = None,
@@ -374,19 +514,39 @@ class Recommender:
         """The k best items for each history.
 
         Args:
-          histories: per user, raw item ids (ints or strings), oldest first.
+          histories: per user, raw item ids (ints or strings), oldest first, whole.
           k: items per history, at most the exported top_k.
-          exclude_seen: never return an item of the history (all of it, not only the window
-            the model reads).
-          strict: refuse unknown ids (UnknownItemError) instead of skipping and counting them.
+          users: per history, the raw user id (models with user features read it).
+          exclude_seen: never return an item of the history (all of it: the exported function
+            excludes every item it is given).
+          strict: refuse the first unknown id (UnknownItemError) or empty history
+            (EmptyHistoryError) instead of reporting them per history.
           labels: names of the histories in error messages.
 
         Returns:
-          Per history, [(raw id, score)] best first; `.unknown_ids` counts skipped ids.
+          Per history, [(raw id, score)] best first; `.errors` says which histories got nothing
+          and why, `.unknown_ids` counts skipped ids.
 
         Raises:
-          ValueError: k out of range; UnknownItemError, EmptyHistoryError (naming the history).
+          ValueError: k out of range; with strict, UnknownItemError or EmptyHistoryError.
         """
+        self._check_k(k)
+        encoded = self.encode(histories, users=users, strict=strict, labels=labels)
+        served = [i for i, e in enumerate(encoded.errors) if e is None]
+        ids, scores = self.run(
+            [encoded.histories[i] for i in served], encoded.users[served], exclude_seen
+        )  # [served, top_k] each
+        raw = self.vocabulary[ids[:, :k]]  # [served, k]
+        items: list[list[tuple[Any, float]]] = [[] for _ in histories]
+        for row, i in enumerate(served):
+            # -inf marks excluded items: only rows that ran out of other items reach them.
+            n = int(np.sum(~np.isneginf(scores[row, :k])))
+            items[i] = list(zip(raw[row, :n].tolist(), scores[row, :n].tolist(), strict=True))
+        return Recommendations(
+            tuple(items), tuple(int(u) for u in encoded.unknown_ids), tuple(encoded.errors)
+        )
+
+    def _check_k(self, k: int) -> None:
         if not isinstance(k, int | np.integer) or not 1 <= k <= self.top_k:
             more = (
                 f"export again with --top_k={k} for more"
@@ -397,47 +557,76 @@ class Recommender:
                 f"k={k}: must be in 1..{self.top_k}, the top_k this model was exported with "
                 f"({more})"
             )
-        encoded = self.encode(histories, strict=strict, labels=labels)
-        ids, scores = self.run(encoded.windows, exclude_seen)  # [n, top_k] each
-        # -inf marks excluded items; they only fill rows that ran out of other items.
-        keep = ~np.isneginf(scores)  # [n, top_k]
-        if exclude_seen:
-            # The function excluded the window; older items of long histories are dropped here.
-            for row, old in encoded.older.items():
-                keep[row] &= ~np.isin(ids[row], old)
-        raw = self.vocabulary[ids]  # [n, top_k]
-        items = []
-        for row in range(len(ids)):
-            chosen = np.flatnonzero(keep[row])[:k]
-            items.append(
-                list(zip(raw[row, chosen].tolist(), scores[row, chosen].tolist(), strict=True))
+
+
+def _warn_on_version_difference(manifest: dict[str, Any]) -> None:
+    """Logs a warning when the libraries that exported differ from the running ones."""
+    import importlib.metadata
+
+    differ = []
+    for package, exported in sorted(manifest.get("versions", {}).items()):
+        if package == "tensorflow":
+            continue  # only the SavedModel's readers need it
+        try:
+            running = jax.__version__ if package == "jax" else importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            running = "not installed"
+        if running != exported:
+            differ.append(f"{package} {exported} (running {running})")
+    if differ:
+        logging.warning(
+            "The artifact was exported with %s; it should still load (jax.export keeps "
+            "compatibility for 6 months), but export again if results look off",
+            ", ".join(differ),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs over many users: streamed readers, writers and a progress bar
+# ---------------------------------------------------------------------------------------------
+
+# One user to serve: (raw user id, history of raw item ids, label for messages).
+Record = tuple[Any, Sequence[Any], str]
+
+
+def input_kind(path: pathlib.Path, input_format: str = "auto") -> str:
+    """ "jsonl", "csv" (histories) or "interactions", by `input_format` or the extension."""
+    if input_format != "auto":
+        if input_format not in ("jsonl", "csv", "interactions"):
+            raise ValueError(
+                f"input_format={input_format!r}: expected auto, jsonl, csv or interactions"
             )
-        return Recommendations(tuple(items), tuple(int(u) for u in encoded.unknown_ids))
+        return input_format
+    suffix = path.suffix.lower()
+    if suffix in JSON_LINES_SUFFIXES:
+        return "jsonl"
+    if suffix == ".parquet":
+        return "interactions"
+    return "csv"
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
+def _count_lines(path: pathlib.Path) -> int:
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
-def read_histories(path: pathlib.Path, input_format: str = "auto") -> tuple[list, list, list]:
-    """Reads an input file (formats in the module docstring).
+def input_size(path: pathlib.Path, kind: str) -> int:
+    """The progress bar's total for an input: lines of text, rows of Parquet."""
+    if kind == "interactions" and path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
 
-    Args:
-      path: the file.
-      input_format: "csv", "jsonl", or "auto" (by extension: .jsonl/.json/.ndjson are JSON lines).
+        return pq.ParquetFile(path).metadata.num_rows
+    return _count_lines(path)
 
-    Returns:
-      (users, histories, labels "<file>:<line> (user ...)"), one entry per non-blank line.
+
+def iter_histories(path: pathlib.Path, kind: str) -> Iterator[tuple[Record, int]]:
+    """Streams a JSON-lines or CSV file of histories: ((user, history, label), lines read).
 
     Raises:
       InputFileError: naming the file and line of a malformed line.
     """
-    if input_format == "auto":
-        input_format = "jsonl" if path.suffix.lower() in JSON_LINES_SUFFIXES else "csv"
-    users, histories, labels = [], [], []
     with open(path, newline="", encoding="utf-8") as f:
-        if input_format == "jsonl":
+        if kind == "jsonl":
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -451,20 +640,346 @@ def read_histories(path: pathlib.Path, input_format: str = "auto") -> tuple[list
                         f'{where}: expected an object with a "history" list, e.g. '
                         '{"user": "u1", "history": [12, 7]}'
                     )
-                users.append(record.get("user"))
-                histories.append(record["history"])
-                labels.append(f"{where} (user {record.get('user')!r})")
-        elif input_format == "csv":
-            for number, row in enumerate(csv.reader(f), 1):
+                user = record.get("user")
+                yield (user, record["history"], f"{where} (user {user!r})"), number
+        else:
+            reader = csv.reader(f)
+            for row in reader:
                 fields = [field.strip() for field in row]
                 if not any(fields):
                     continue
-                users.append(fields[0])
-                histories.append([x for x in fields[1:] if x])
-                labels.append(f"{path}:{number} (user {fields[0]!r})")
+                number = reader.line_num
+                yield (
+                    (
+                        fields[0],
+                        [x for x in fields[1:] if x],
+                        f"{path}:{number} (user {fields[0]!r})",
+                    ),
+                    number,
+                )
+
+
+def read_histories(path: pathlib.Path, input_format: str = "auto") -> tuple[list, list, list]:
+    """Reads a whole JSON-lines or CSV file of histories (formats in the module docstring).
+
+    Returns:
+      (users, histories, labels "<file>:<line> (user ...)"), one entry per non-blank line.
+    """
+    kind = input_kind(path, input_format)
+    if kind == "interactions":
+        raise ValueError(f"{path}: read_histories reads histories; use iter_interactions")
+    records = [record for record, _ in iter_histories(path, kind)]
+    return [r[0] for r in records], [r[1] for r in records], [r[2] for r in records]
+
+
+def iter_interactions(
+    path: pathlib.Path,
+    user_column: str = "user",
+    item_column: str = "item",
+    timestamp_column: str | None = "timestamp",
+    batch_rows: int = 1 << 16,
+) -> Iterator[tuple[Record, int]]:
+    """Streams an interactions table (Parquet, or CSV with a header), grouped by user.
+
+    Yields ((user, history, label), rows read) per run of rows of one user; a user's items are
+    ordered by the timestamp column when the file has it (stable: ties keep file order).
+
+    Raises:
+      InputFileError: naming the file and the column that is missing.
+    """
+    import pyarrow as pa
+
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        source = pq.ParquetFile(path)
+        names = source.schema_arrow.names
+        columns = [c for c in (user_column, item_column, timestamp_column) if c in names]
+        batches: Iterable[pa.RecordBatch] = source.iter_batches(
+            batch_size=batch_rows, columns=columns
+        )
+    else:
+        import pyarrow.csv as pcsv
+
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 22))
+        names = reader.schema.names
+        batches = reader
+    for column in (user_column, item_column):
+        if column not in names:
+            raise InputFileError(
+                f"{path}: no column {column!r} (columns: {names}); name them with "
+                "--user_column / --item_column"
+            )
+    with_time = timestamp_column is not None and timestamp_column in names
+    rows_read = 0
+    user: Any = None
+    items: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    first_row = 0
+
+    def record() -> Record:
+        history = np.concatenate(items)
+        if with_time:
+            history = history[np.argsort(np.concatenate(times), kind="stable")]
+        return user, history, f"{path}: rows {first_row + 1}.. (user {user!r})"
+
+    for batch in batches:
+        users = batch.column(user_column).to_numpy(zero_copy_only=False)
+        batch_items = batch.column(item_column).to_numpy(zero_copy_only=False)
+        batch_times = (
+            batch.column(timestamp_column).to_numpy(zero_copy_only=False) if with_time else None
+        )
+        # Where the user changes inside the batch (and whether it continues the last one).
+        starts = np.flatnonzero(users[1:] != users[:-1]) + 1
+        bounds = [0, *starts.tolist(), len(users)]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            if lo == hi:
+                continue
+            u = users[lo].item() if isinstance(users[lo], np.generic) else users[lo]
+            if items and u != user:
+                yield record(), rows_read + lo
+                items, times = [], []
+            if not items:
+                user, first_row = u, rows_read + lo
+            items.append(batch_items[lo:hi])
+            if with_time:
+                times.append(batch_times[lo:hi])
+        rows_read += len(users)
+    if items:
+        yield record(), rows_read
+
+
+class Progress:
+    """A progress bar on stderr: a redrawn line on a terminal, plain lines every 10 s otherwise
+    (a log file gets no carriage returns or escape codes)."""
+
+    def __init__(self, total: int | None, unit: str, stream: TextIO | None = None):
+        self.total = total
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, users: int, final: bool = False) -> None:
+        """Shows `done` of `total` input units read and `users` users served so far."""
+        now = time.monotonic()
+        if not final and now - self._last < (0.5 if self.tty else 10.0):
+            return
+        if not final and not self.tty and self.total and done >= self.total:
+            return  # the final line follows at once; a log gets it only once
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        text = f"{users:,} users, {users / elapsed:,.0f}/s"
+        if self.total:
+            fraction = min(done / self.total, 1.0)
+            eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+            bar = "#" * int(30 * fraction)
+            eta_text = "" if final or eta != eta else f" ETA {_clock(eta)}"
+            text = (
+                f"[{bar:<30}] {fraction:4.0%} {done:,}/{self.total:,} {self.unit}, {text}, "
+                f"{_clock(elapsed)}{eta_text}"
+            )
         else:
-            raise ValueError(f"input_format={input_format!r}: expected auto, csv or jsonl")
-    return users, histories, labels
+            text = f"{done:,} {self.unit}, {text}, {_clock(elapsed)}"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class OutputWriter:
+    """Writes recommendation rows as JSON lines or Parquet (by the path's extension), chunk by
+    chunk: user, items, scores, unknown_ids, error."""
+
+    def __init__(self, path: str, item_dtype: np.dtype):
+        self.path = path
+        self.parquet = path != "-" and pathlib.Path(path).suffix.lower() == ".parquet"
+        self._writer = None
+        self._schema = None
+        self._item_type = item_dtype
+        if self.parquet:
+            self._file = None
+        elif path == "-":
+            self._file = sys.stdout
+        else:
+            self._file = open(path, "w", encoding="utf-8")
+        self.rows = 0
+
+    def write(self, users: Sequence[Any], result: Recommendations) -> None:
+        self.rows += len(users)
+        if not self.parquet:
+            lines = []
+            for user, pairs, unknown, error in zip(
+                users, result.items, result.unknown_ids, result.errors, strict=True
+            ):
+                line = {
+                    "user": user,
+                    "recommendations": [{"item": item, "score": score} for item, score in pairs],
+                    "unknown_ids": unknown,
+                }
+                if error is not None:
+                    line["error"] = error
+                lines.append(json.dumps(line) + "\n")
+            self._file.write("".join(lines))
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._schema is None:
+            user_type = pa.array(list(users)).type if users else pa.string()
+            if not (pa.types.is_integer(user_type) or pa.types.is_string(user_type)):
+                user_type = pa.string()
+            item_type = pa.string() if self._item_type.kind in "US" else pa.int64()
+            self._schema = pa.schema(
+                [
+                    ("user", user_type),
+                    ("items", pa.list_(item_type)),
+                    ("scores", pa.list_(pa.float32())),
+                    ("unknown_ids", pa.int64()),
+                    ("error", pa.string()),
+                ]
+            )
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        user_type = self._schema.field("user").type
+        if pa.types.is_string(user_type):
+            users = [u if isinstance(u, str) or u is None else json.dumps(u) for u in users]
+        try:
+            user_column = pa.array(list(users), user_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise InputFileError(
+                f"users of type {user_type} came first, then {users[:3]}...: a Parquet column "
+                f"holds one type; write JSON lines instead ({e})"
+            ) from e
+        table = pa.table(
+            [
+                user_column,
+                pa.array([[item for item, _ in pairs] for pairs in result.items],
+                         self._schema.field("items").type),
+                pa.array([[score for _, score in pairs] for pairs in result.items],
+                         self._schema.field("scores").type),
+                pa.array(result.unknown_ids, pa.int64()),
+                pa.array(result.errors, pa.string()),
+            ],
+            schema=self._schema,
+        )  # fmt: skip
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
+
+
+@dataclasses.dataclass
+class JobSummary:
+    """Counts of a job over many users."""
+
+    users: int = 0
+    served: int = 0
+    unknown_ids: int = 0
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        failed = sum(self.errors.values())
+        why = ", ".join(f"{n:,} {error}" for error, n in sorted(self.errors.items()))
+        return (
+            f"{self.users:,} users: {self.served:,} served, {failed:,} without recommendations"
+            + (f" ({why})" if why else "")
+            + f"; {self.unknown_ids:,} unknown item ids skipped; "
+            f"{self.users / max(self.seconds, 1e-9):,.0f} users/s"
+        )
+
+
+def recommend_all(
+    recommender: Recommender,
+    records: Iterable[tuple[Record, int]],
+    writer: OutputWriter,
+    k: int,
+    *,
+    exclude_seen: bool = True,
+    strict: bool = False,
+    chunk_users: int = DEFAULT_CHUNK_USERS,
+    progress: Progress | None = None,
+) -> JobSummary:
+    """Serves a stream of users chunk by chunk, writing each chunk before reading the next.
+
+    Args:
+      recommender: the model.
+      records: ((raw user id, history, label), input units read so far) per user.
+      writer: where the rows go, one per user in order.
+      k: items per user.
+      exclude_seen: never return an item of the history.
+      strict: stop at the first unknown id or empty history (raising, naming it).
+      chunk_users: users per chunk: memory holds one chunk.
+      progress: shown after each chunk.
+
+    Returns:
+      The job's counts.
+    """
+    recommender._check_k(k)
+    summary = JobSummary()
+    start = time.monotonic()
+    chunk: list[Record] = []
+    done = 0
+
+    def flush(done: int) -> None:
+        users = [r[0] for r in chunk]
+        result = recommender.recommend(
+            [r[1] for r in chunk],
+            k,
+            users=users,
+            exclude_seen=exclude_seen,
+            strict=strict,
+            labels=[r[2] for r in chunk],
+        )
+        writer.write(users, result)
+        summary.users += len(chunk)
+        summary.served += len(chunk) - result.num_failed
+        summary.unknown_ids += result.num_unknown
+        summary.errors.update(e for e in result.errors if e is not None)
+        if progress is not None:
+            progress.update(done, summary.users)
+
+    for record, done in records:
+        chunk.append(record)
+        if len(chunk) >= chunk_users:
+            flush(done)
+            chunk = []
+    if chunk:
+        flush(done)
+    summary.seconds = time.monotonic() - start
+    if progress is not None:
+        progress.update(done, summary.users, final=True)
+    return summary
+
+
+def workdir_users(
+    workdir: str, data_dir: str | None = None
+) -> tuple[Iterator[tuple[Record, int]], int]:
+    """Every user of a training run's corpus, whole sequences as raw ids: (records, users)."""
+    from bert4rec_jax import checkpointing, experiment  # the data sets: only here
+
+    config = checkpointing.load_config(checkpointing.absolute(workdir))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    corpus = experiment.Experiment.from_config(config).corpus
+
+    def records() -> Iterator[tuple[Record, int]]:
+        raw_items = corpus.raw_item_ids
+        for u in range(corpus.num_users):
+            user = corpus.raw_user_ids[u].item()
+            yield (user, raw_items[corpus.sequence(u)], f"{workdir} user {user!r}"), u + 1
+
+    return records(), corpus.num_users
 
 
 def format_table(pairs: list[tuple[Any, float]]) -> str:
@@ -482,15 +997,26 @@ def define_flags() -> None:
     """The command line's flags (defined only when this module runs as the program)."""
     flags.DEFINE_string("model", None, "An export directory (python -m bert4rec_jax.export).")
     flags.DEFINE_list("history", None, "One history: raw item ids, oldest first, comma-separated.")
-    flags.DEFINE_string("input", None, "A file of histories (CSV or JSON lines; see --help).")
-    flags.DEFINE_string(
-        "output", "-", "Where --input's recommendations go (JSON lines); - = stdout."
+    flags.DEFINE_string("user", None, "With --history: the raw user id (user-feature models).")
+    flags.DEFINE_string("input", None, "A file of users (JSON lines, CSV, Parquet; see --help).")
+    flags.DEFINE_string("workdir", None, "With --all_users: a training run whose users to serve.")
+    flags.DEFINE_bool("all_users", False, "Serve every user of --workdir's corpus.")
+    flags.DEFINE_string("data_dir", None, "With --workdir: override the run's config.data_dir.")
+    flags.DEFINE_string("output", "-", "Where the rows go: .parquet, else JSON lines; - = stdout.")
+    flags.DEFINE_enum(
+        "input_format", "auto", ["auto", "csv", "jsonl", "interactions"], "How --input is read."
     )
-    flags.DEFINE_enum("input_format", "auto", ["auto", "csv", "jsonl"], "How --input is read.")
+    flags.DEFINE_string("user_column", "user", "Interactions: the user id column.")
+    flags.DEFINE_string("item_column", "item", "Interactions: the item id column.")
+    flags.DEFINE_string("timestamp_column", "timestamp", "Interactions: orders a user's rows.")
     flags.DEFINE_integer("k", 10, "Items per history (at most the exported top_k).")
     flags.DEFINE_bool("exclude_seen", True, "Never recommend an item of the history.")
-    flags.DEFINE_bool("strict", False, "Refuse unknown item ids instead of skipping them.")
+    flags.DEFINE_bool(
+        "strict", False, "Stop at the first unknown item id or empty history (exit 1)."
+    )
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Histories run at once.")
+    flags.DEFINE_integer("chunk_users", DEFAULT_CHUNK_USERS, "Users read and written at once.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
     flags.mark_flags_as_required(["model"])
 
 
@@ -498,42 +1024,59 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    if (f.history is None) == (f.input is None):
-        raise app.UsageError("give exactly one of --history and --input")
+    sources = [f.history is not None, f.input is not None, f.all_users]
+    if sum(sources) != 1:
+        raise app.UsageError("give exactly one of --history, --input and --workdir --all_users")
+    if f.all_users != (f.workdir is not None):
+        raise app.UsageError("--all_users and --workdir go together")
+    writer = None
     try:
         recommender = Recommender.load(f.model, batch_size=f.batch_size)
         if f.history is not None:
             result = recommender.recommend(
                 [f.history],
                 f.k,
+                users=None if f.user is None else [f.user],
                 exclude_seen=f.exclude_seen,
                 strict=f.strict,
                 labels=["--history"],
             )
+            if result.errors[0] is not None:
+                sys.exit(f"error: --history has {result.errors[0]}: nothing to recommend from")
             print(format_table(result[0]))
             return
-        users, histories, labels = read_histories(pathlib.Path(f.input), f.input_format)
-        result = recommender.recommend(
-            histories, f.k, exclude_seen=f.exclude_seen, strict=f.strict, labels=labels
+        if f.all_users:
+            records, total = workdir_users(f.workdir, f.data_dir)
+            unit = "users"
+        else:
+            path = pathlib.Path(f.input)
+            kind = input_kind(path, f.input_format)
+            total = input_size(path, kind)
+            if kind == "interactions":
+                records = iter_interactions(
+                    path, f.user_column, f.item_column, f.timestamp_column or None
+                )
+                unit = "rows"
+            else:
+                records = iter_histories(path, kind)
+                unit = "lines"
+        writer = OutputWriter(f.output, recommender.vocabulary.dtype)
+        summary = recommend_all(
+            recommender,
+            records,
+            writer,
+            f.k,
+            exclude_seen=f.exclude_seen,
+            strict=f.strict,
+            chunk_users=f.chunk_users,
+            progress=Progress(total, unit) if f.progress else None,
         )
+        writer.close()
     except (ValueError, TypeError, OSError) as e:  # ArtifactError and ours are ValueErrors
+        if writer is not None:
+            writer.close()
         sys.exit(f"error: {e}")
-    lines = [
-        json.dumps(
-            {
-                "user": user,
-                "recommendations": [{"item": item, "score": score} for item, score in pairs],
-                "unknown_ids": unknown,
-            }
-        )
-        for user, pairs, unknown in zip(users, result.items, result.unknown_ids, strict=True)
-    ]
-    text = "".join(line + "\n" for line in lines)
-    if f.output == "-":
-        sys.stdout.write(text)
-    else:
-        pathlib.Path(f.output).write_text(text)
-        logging.info("Wrote %d recommendations to %s", len(lines), f.output)
+    print(summary.text(), file=sys.stderr)
 
 
 if __name__ == "__main__":

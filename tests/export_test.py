@@ -1,5 +1,6 @@
 """Export and recommend: the artifact against in-process scoring, TF, raw ids, damage, the CLIs."""
 
+import io
 import json
 import os
 import pathlib
@@ -116,11 +117,16 @@ def test_seen_items_never_come_back_unless_allowed(random_export):
     scores = [score for _, score in included]
     assert scores == sorted(scores, reverse=True)
 
-    # An item older than the window the model reads is excluded too (filtered on the host).
+    # An item older than the window the model reads is excluded too, by the exported function:
+    # every unseen item still comes back, so k = all unseen items gives exactly that many.
     width = rec.history_length
     long_history = popular[:1] + vocabulary[4 : 4 + width].tolist()  # popular[0] falls out
-    returned = [item for item, _ in rec.recommend([long_history], k=10)[0]]
-    assert popular[0] not in returned and popular[1] in returned
+    unseen = NUM_ITEMS - len(long_history)
+    returned = [item for item, _ in rec.recommend([long_history], k=unseen)[0]]
+    assert len(returned) == unseen and not set(returned) & set(long_history)
+    assert popular[1] == returned[0] or popular[2] == returned[0]
+    ids, scores = rec.run([np.asarray([1] + list(range(4, 4 + width)), np.int32)])
+    assert 1 not in ids[0, :unseen] and np.isneginf(scores[0, unseen:]).all()
 
 
 def test_unknown_ids_are_skipped_and_counted_or_refused(random_export):
@@ -133,10 +139,15 @@ def test_unknown_ids_are_skipped_and_counted_or_refused(random_export):
     assert result[0] == result[1]
     with pytest.raises(recommend.UnknownItemError, match=r"histories\[1\]: item id 'no-such-item'"):
         rec.recommend([known, known + unknown], k=5, strict=True)
+    # An empty and an all-unknown history are reported; the others are served.
+    result = rec.recommend([known, [], unknown, known], k=5)
+    assert result.errors == (None, "no item ids", "no known item ids", None)
+    assert result[1] == result[2] == [] and result[0] == result[3] and len(result[0]) == 5
+    assert result.num_failed == 2 and result.unknown_ids == (0, 0, 2, 0)
     with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[2\] has no item ids"):
-        rec.recommend([known, known, []], k=5)
-    with pytest.raises(recommend.EmptyHistoryError, match=r"histories\[0\] has only unknown"):
-        rec.recommend([unknown], k=5)
+        rec.recommend([known, known, []], k=5, strict=True)
+    with pytest.raises(recommend.UnknownItemError, match=r"histories\[0\]: item id 'no-such"):
+        rec.recommend([unknown], k=5, strict=True)
     with pytest.raises(ValueError, match=f"k=41: must be in 1..{NUM_ITEMS}"):
         rec.recommend([known], k=NUM_ITEMS + 1)
     with pytest.raises(TypeError, match=r"histories\[0\]: expected a sequence"):
@@ -272,7 +283,9 @@ def test_saved_model_in_tensorflow_returns_the_same_top_k(trained):
     exclude = np.arange(1000) % 2 == 0  # the flag is per row
     loaded = tf.saved_model.load(str(output / artifact.SAVED_MODEL_DIR))
     out = loaded.signatures[export.SIGNATURE](
-        history=tf.constant(history), exclude_seen=tf.constant(exclude)
+        history=tf.constant(history),
+        users=tf.zeros([1000], tf.int32),
+        exclude_seen=tf.constant(exclude),
     )
     for flag in (True, False):
         want_ids, want_scores = rec.run(history, exclude_seen=flag)
@@ -315,3 +328,64 @@ def test_recommend_cli_prints_raw_ids_on_one_device(trained, tmp_path):
                      "--strict", check=False)  # fmt: skip
     assert failed.returncode != 0
     assert f"{requests}:2 (user 2): item id 'x' is not in the model's vocabulary" in failed.stderr
+
+
+def test_version_difference_is_a_warning_not_a_refusal(random_export, tmp_path, caplog):
+    output, _, _ = random_export
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    path = copy / artifact.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["versions"]["jax"] = "0.0.1"
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        rec = recommend.Recommender.load(copy)
+    assert f"jax 0.0.1 (running {jax.__version__})" in caplog.text
+    assert rec.top_k == NUM_ITEMS
+
+
+def test_progress_redraws_on_a_terminal_and_prints_plain_lines_otherwise():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = recommend.Progress(100, "rows", stream)
+        progress.update(50, 10)
+        progress.update(100, 20, final=True)
+    assert terminal.getvalue().startswith("\r[") and " ETA " in terminal.getvalue()
+    assert terminal.getvalue().count("\n") == 1  # only the final line ends one
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    assert "100/100 rows, 20 users" in lines[1]
+
+
+def test_interactions_csv_is_streamed_by_user_in_time_order(random_export, tmp_path):
+    _, vocabulary, rec = random_export
+    raw = vocabulary.tolist()
+    csv_file = tmp_path / "interactions.csv"
+    # u1's rows out of time order; u2 has only unknown items; u3 a single item.
+    csv_file.write_text(
+        "user,item,timestamp\n"
+        f"u1,{raw[5]},30\nu1,{raw[7]},10\nu1,{raw[9]},20\n"
+        "u2,no-such-item,5\n"
+        f"u3,{raw[2]},1\n"
+    )
+    records = [r for r, _ in recommend.iter_interactions(csv_file)]
+    assert [r[0] for r in records] == ["u1", "u2", "u3"]
+    assert [list(map(str, r[1])) for r in records][0] == [str(raw[7]), str(raw[9]), str(raw[5])]
+    out = tmp_path / "recs.jsonl"
+    writer = recommend.OutputWriter(str(out), rec.vocabulary.dtype)
+    summary = recommend.recommend_all(
+        rec, recommend.iter_interactions(csv_file), writer, k=3, chunk_users=2
+    )
+    writer.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user"] for r in rows] == ["u1", "u2", "u3"]
+    assert rows[1]["error"] == "no known item ids" and rows[1]["recommendations"] == []
+    want = rec.recommend([[raw[7], raw[9], raw[5]]], k=3)[0]
+    assert [x["item"] for x in rows[0]["recommendations"]] == [item for item, _ in want]
+    assert (summary.users, summary.served, dict(summary.errors)) == (
+        3, 2, {"no known item ids": 1}
+    )  # fmt: skip
