@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     # drop_repeats, then min_item_interactions, then min_user_interactions.
     c.file = ml_collections.ConfigDict()
     c.file.path = ""  # the file: local or gs://...; edits are noticed (content is hashed)
-    c.file.format = ""  # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension
+    # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension, also for compressed
+    # text files (.csv.gz, .tsv.bz2, .txt.zst: read decompressed).
+    c.file.format = ""
     c.file.columns = ""  # headerless CSV/TSV: names of its columns, "user_id,item_id,rating,ts"
     c.file.delimiter = ""  # CSV/TSV separator, one character ("\t" = tab); "" = , or tab
     c.file.user_column = "user_id"  # integer or string ids

@@ -305,3 +305,44 @@ def _parquet(tmp_path, table, name="t.parquet"):
     path = tmp_path / name
     pq.write_table(table, path, row_group_size=2)
     return path
+
+
+# ---- Compressed files ---------------------------------------------------------------------
+
+
+def _compressed(tmp_path, name, text, codec):
+    path = tmp_path / name
+    with pa.output_stream(str(path), compression=codec) as f:
+        f.write(text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, codec", [("log.csv.gz", "gzip"), ("log.csv.zst", "zstd"), ("log.tsv.bz2", "bz2")]
+)
+def test_compressed_files_are_read_by_their_extension(tmp_path, name, codec):
+    text = LOG.replace(",", "\t") if ".tsv" in name else LOG
+    encoded = _read(_compressed(tmp_path, name, text, codec), min_user_interactions=3, **COLUMNS)
+    assert _as_lists(encoded) == EXPECTED
+
+
+def test_compressed_paper_file(tmp_path):
+    path = _compressed(tmp_path, "beauty.txt.gz", "1 10\n1 11\n2 12\n", "gzip")
+    assert _as_lists(_read(path, min_user_interactions=1)) == {1: [10, 11], 2: [12]}
+
+
+@pytest.mark.parametrize("fmt", ["", "csv"])
+def test_error_line_in_a_gz_file_counts_decompressed_lines(tmp_path, fmt):
+    lines = ["user,item,time"] + [f"u{i % 300},i{i % 50},{i}" for i in range(15_000)]
+    lines.insert(15_001, "u7,i8")  # line 15,002: the header is line 1
+    path = _compressed(tmp_path, "big.csv.gz", "\n".join(lines) + "\n", "gzip")
+    with pytest.raises(readers.DataFormatError, match=r"big\.csv\.gz:15002: expected 3 columns"):
+        _read(path, format=fmt, **COLUMNS)
+
+
+def test_parquet_cannot_be_read_through_gz(tmp_path):
+    path = str(tmp_path / "t.parquet.gz")
+    with pytest.raises(ValueError, match=r"file.path=.*Parquet file compresses inside"):
+        interactions.FileOptions.from_mapping({"path": path, "format": "parquet"})
+    with pytest.raises(ValueError, match=r"file.format is empty .* no known extension"):
+        interactions.FileOptions.from_mapping({"path": path})

@@ -67,6 +67,9 @@ _EXTENSIONS = {
     ".pq": "parquet",
     ".txt": "paper",
 }
+# Compressed text files (CSV, TSV, paper), by the extension after the format's: "x.csv.gz". They
+# are read decompressed as a stream, and line numbers in errors count the decompressed text.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # Canonical non-negative integers that fit int64 with room to spare (as readers._MAX_DIGITS).
 _INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"
 # pyarrow's CSV block size: each block is parsed by one thread; 16 MiB keeps both cores busy on
@@ -81,7 +84,8 @@ class FileOptions:
     Attributes:
       path: the file; local or any file system `etils.epath` reads (gs://...).
       format: "csv", "tsv", "parquet" or "paper" (`<user> <item>` lines); "" = from the
-        file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper).
+        file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper), also when the text
+        formats' files are compressed (.csv.gz, .tsv.bz2, .txt.zst, ...: `COMPRESSIONS`).
       columns: for a CSV/TSV file without a header line: its column names, comma-separated
         (e.g. "user_id,item_id,rating,timestamp"); "" = the first line is the header.
       delimiter: CSV/TSV field separator, one character ("\\t" for a tab); "" = "," for csv,
@@ -133,12 +137,18 @@ class FileOptions:
         if self.format:
             return self.format
         name = os.path.basename(self.path.rstrip("/")).lower()
+        compressed = _compression(name) is not None
+        if compressed:
+            name = os.path.splitext(name)[0]
         for extension, fmt in _EXTENSIONS.items():
+            if compressed and fmt == "parquet":
+                continue  # Parquet compresses inside the file
             if name.endswith(extension):
                 return fmt
         raise ValueError(
             f"file.format is empty and {self.path!r} has no known extension "
-            f"({', '.join(_EXTENSIONS)}); set file.format to one of {FORMATS}"
+            f"({', '.join(_EXTENSIONS)}, the text ones also followed by one of "
+            f"{', '.join(COMPRESSIONS)}); set file.format to one of {FORMATS}"
         )
 
     @property
@@ -188,6 +198,11 @@ class FileOptions:
             raise ValueError(
                 f"file.user_column, file.item_column and file.timestamp_column must differ, "
                 f"got {wanted}"
+            )
+        if fmt == "parquet" and _compression(self.path):
+            raise ValueError(
+                f"file.path={self.path!r}: a Parquet file compresses inside itself; it cannot be "
+                f"read through {os.path.splitext(self.path)[1]}"
             )
         if fmt != "parquet" and len(self.separator) != 1:
             raise ValueError(f"file.delimiter={self.delimiter!r}: must be one character")
@@ -478,19 +493,31 @@ def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _L
 # ---- Formats ----------------------------------------------------------------------------------
 
 
+def _compression(path: str | os.PathLike) -> str | None:
+    """pyarrow's codec for a compressed file's extension, or None."""
+    return COMPRESSIONS.get(os.path.splitext(os.fspath(path))[1].lower())
+
+
 @contextlib.contextmanager
 def _opened(path: epath.Path):
-    """A local path as a string (pyarrow's own, fastest reader), else an open file object."""
+    """A local uncompressed path as a string (pyarrow's own, fastest reader), else an open file
+    object, decompressed as it is read when the extension says the file is compressed."""
     text = os.fspath(path)
-    if "://" not in text and os.path.exists(text):
+    codec = _compression(text)
+    if codec is None and "://" not in text and os.path.exists(text):
         yield text
         return
     with path.open("rb") as f:
-        yield f
+        if codec is None:
+            yield f
+            return
+        with pa.input_stream(f, compression=codec) as stream:
+            yield stream
 
 
 def _read_paper(path: epath.Path, name: str) -> _Columns:
-    table = readers.read_int_table(path, num_columns=2, name=name)  # [rows, 2]
+    with _opened(path) as source, _binary(source) as f:
+        table = readers.read_int_table(f, num_columns=2, name=name)  # [rows, 2]
 
     def locate(row: int) -> tuple[int | None, str]:
         return None, f"row {row + 1}: "
@@ -628,7 +655,7 @@ def _read_csv(path: epath.Path, name: str, options: FileOptions) -> _Columns:
 
 def _csv_header(path: epath.Path, separator: str, quote) -> list[str]:
     """The column names in a CSV file's first non-blank line."""
-    with path.open("rb") as f:
+    with _opened(path) as source, _binary(source) as f:
         head = f.read(1 << 20).removeprefix(b"\xef\xbb\xbf")
     for line in head.decode("utf-8", "replace").splitlines():
         if line.strip():
@@ -687,10 +714,11 @@ def _csv_error_with_line(
 def _physical_line(path: epath.Path, record: int) -> int | None:
     """The 1-based line number of the `record`-th non-empty line (pyarrow skips empty ones).
 
-    Only called on error paths; streams the file in blocks of whole lines with numpy.
+    Only called on error paths; streams the file (decompressed) in blocks of whole lines with
+    numpy.
     """
     seen, lines_before, carry = 0, 0, b""
-    with path.open("rb") as f:
+    with _opened(path) as source, _binary(source) as f:
         first = True
         while True:
             chunk = f.read(16 << 20)
@@ -717,6 +745,16 @@ def _physical_line(path: epath.Path, record: int) -> int | None:
             lines_before += len(ends)
             if not chunk:
                 return None
+
+
+@contextlib.contextmanager
+def _binary(source):
+    """`_opened`'s result as a binary file object."""
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            yield f
+    else:
+        yield source
 
 
 # ---- Ordering and filters ---------------------------------------------------------------------
