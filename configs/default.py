@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.file.min_user_interactions = 5  # users with fewer interactions are dropped (the paper's)
     c.file.min_item_interactions = 0  # items with fewer interactions are dropped; 0 = off
     c.file.drop_repeats = False  # drop an item that repeats the user's previous one
+    # Rows with the same user, item and timestamp are counted and warned about; True drops them
+    # (keeping the first).
+    c.file.drop_duplicates = False
     # Optional CSV of categorical item features: a header with file.item_column and one column
     # per feature, one row per item, "|" between the values of a multi-valued cell ("" = none).
     # Used by model.item_features; items missing from it get no feature value.

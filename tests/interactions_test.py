@@ -1,5 +1,7 @@
 """Tests of reading your own interaction files (CSV, TSV, Parquet, paper format); no TFDS."""
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -346,3 +348,39 @@ def test_parquet_cannot_be_read_through_gz(tmp_path):
         interactions.FileOptions.from_mapping({"path": path, "format": "parquet"})
     with pytest.raises(ValueError, match=r"file.format is empty .* no known extension"):
         interactions.FileOptions.from_mapping({"path": path})
+
+
+# ---- Exact duplicates ---------------------------------------------------------------------
+
+# Alice's 12:00 view of tt1 is in the file twice (lines 3 and 9), with another item of the same
+# time between; bob's tt2 and tt1 share a time but differ, so they are no duplicates.
+DUPLICATED = LOG + "alice,tt7,2020-01-01T12:00:00,1\nalice,tt1,2020-01-01T12:00:00,5\n"
+
+
+def test_exact_duplicates_are_counted_and_warned_about(tmp_path, caplog):
+    path = _write(tmp_path, "dup.csv", DUPLICATED)
+    with caplog.at_level("INFO"):
+        encoded = _read(path, min_user_interactions=3, **COLUMNS)
+    assert _as_lists(encoded)["alice"] == ["tt9", "tt1", "tt7", "tt1", "tt2"]  # kept by default
+    assert re.search(r"dup\.csv: 1 exact duplicate rows .*the first at line 9; kept", caplog.text)
+    assert re.search(r"Read .*dup\.csv: 8 rows read, 1 exact duplicates;", caplog.text)
+
+
+def test_drop_duplicates_keeps_the_first_of_each(tmp_path, caplog):
+    path = _write(tmp_path, "dup.csv", DUPLICATED + DUPLICATED.split("\n", 1)[1])
+    with caplog.at_level("INFO"):
+        encoded = _read(path, min_user_interactions=3, drop_duplicates=True, **COLUMNS)
+    assert _as_lists(encoded) == {
+        "alice": ["tt9", "tt1", "tt7", "tt2"],
+        "bob": ["tt2", "tt1", "tt3"],
+    }
+    # The whole log twice, plus the one repeated row: 9 of 16 rows are later copies.
+    assert "9 exact duplicates, 7 after dropping duplicates" in caplog.text
+
+
+def test_files_without_timestamps_count_no_duplicates(tmp_path, caplog):
+    path = _write(tmp_path, "plain.csv", "u,i\n1,2\n1,2\n1,3\n")
+    with caplog.at_level("INFO"):
+        encoded = _read(path, user_column="u", item_column="i", min_user_interactions=1)
+    assert _as_lists(encoded) == {1: [2, 2, 3]}  # a repeat, not a duplicate
+    assert "duplicate" not in caplog.text

@@ -18,7 +18,14 @@ whole column), or Parquet timestamp/date columns. Only their order matters.
 Order: each user's interactions are sorted by timestamp, ties kept in file order (a stable sort).
 Without a timestamp column the file order is the order.
 
+Exact duplicates: rows with the same user, item and timestamp (the columns read) are counted in
+the loading summary, and a warning names their count and the first one's line; they usually come
+from a log exported or concatenated twice, and they double sequences and let users pass
+`min_user_interactions`. `drop_duplicates` keeps the first of each. Without a timestamp column a
+duplicate cannot be told from a repeated interaction, so none is counted.
+
 Filters, applied in this order, once each (not repeated until nothing changes):
+  0. `drop_duplicates` (see above);
   1. `drop_repeats`: an interaction with the same item as the user's previous one (after
      ordering) is dropped, so "A A B A" becomes "A B A";
   2. `min_item_interactions`: items with fewer interactions than this (counted after step 1)
@@ -96,6 +103,8 @@ class FileOptions:
       min_user_interactions: users with fewer interactions are dropped (the paper's 5).
       min_item_interactions: items with fewer interactions are dropped; 0 = keep all.
       drop_repeats: drop an interaction with the same item as the user's previous one.
+      drop_duplicates: drop exact duplicate rows (same user, item and timestamp), keeping the
+        first; they are counted and warned about either way.
       item_features_path: optional CSV of categorical item features, one row per item, with a
         header naming `item_column` and one column per feature (`|` between the values of a
         multi-valued cell); "" = none. Read at every load (`features.read_item_features_csv`),
@@ -113,6 +122,7 @@ class FileOptions:
     min_item_interactions: int = 0
     drop_repeats: bool = False
     item_features_path: str = ""
+    drop_duplicates: bool = False
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> FileOptions:
@@ -227,6 +237,8 @@ class FileOptions:
         # Not read by read_sequences (features are joined at load time); leaving it out keeps
         # the keys of files prepared before the field existed.
         del fields["item_features_path"]
+        if not self.drop_duplicates:
+            del fields["drop_duplicates"]  # likewise: the keys of files prepared before it
         fields["format"] = self.resolved_format
         if self.resolved_format != "parquet":
             fields["delimiter"] = self.separator
@@ -261,6 +273,10 @@ class EncodedSequences:
     item_ids: np.ndarray
 
 
+# Where a row is, for messages: row index (0-based, in file order) -> (line or None, prefix).
+_Locate = Callable[[int], tuple[int | None, str]]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Columns:
     """The columns read from a file, ids already encoded."""
@@ -270,10 +286,7 @@ class _Columns:
     timestamps: np.ndarray | None  # int64 or float64 [rows], or None (file order)
     user_ids: np.ndarray
     item_ids: np.ndarray
-
-
-# Where a row is, for messages: row index (0-based, in file order) -> (line or None, prefix).
-_Locate = Callable[[int], tuple[int | None, str]]
+    locate: _Locate | None = None  # row -> where, for messages
 
 
 def read_sequences(options: FileOptions) -> EncodedSequences:
@@ -524,7 +537,7 @@ def _read_paper(path: epath.Path, name: str) -> _Columns:
 
     users, user_ids = _encode_ids(pa.chunked_array([table[:, 0]]), "user", name, locate)
     items, item_ids = _encode_ids(pa.chunked_array([table[:, 1]]), "item", name, locate)
-    return _Columns(users, items, None, user_ids, item_ids)
+    return _Columns(users, items, None, user_ids, item_ids, locate)
 
 
 def _read_parquet(path: epath.Path, name: str, options: FileOptions) -> _Columns:
@@ -579,7 +592,7 @@ def _columns_from_table(
     if options.timestamp_column:
         column = options.timestamp_column
         timestamps = _timestamps(table[column], column, name, locate)
-    return _Columns(users, items, timestamps, user_ids, item_ids)
+    return _Columns(users, items, timestamps, user_ids, item_ids, locate)
 
 
 def _read_csv(path: epath.Path, name: str, options: FileOptions) -> _Columns:
@@ -779,14 +792,54 @@ def _sorted_order(users: np.ndarray, timestamps: np.ndarray | None) -> np.ndarra
     return pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
 
 
+def _duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+    """bool [rows]: the rows (ordered by user and time, ties in file order) that repeat an
+    earlier row's user, item and timestamp. None without timestamps (see the module doc)."""
+    duplicate = np.zeros(len(users), dtype=bool)
+    if timestamps is None or len(users) < 2:
+        return duplicate
+    tie = (users[1:] == users[:-1]) & (timestamps[1:] == timestamps[:-1])  # [rows - 1]
+    if not tie.any():
+        return duplicate
+    # Only rows that share their user and time with a neighbour can be duplicates: sort those
+    # (usually few) by (user-and-time group, item); the stable sort keeps file order in a group.
+    group = np.concatenate([[0], np.cumsum(~tie)])  # [rows]
+    candidate = np.zeros(len(users), dtype=bool)
+    candidate[1:] |= tie
+    candidate[:-1] |= tie
+    rows = np.flatnonzero(candidate)
+    rows = rows[np.lexsort((items[rows], group[rows]))]  # stable: ties keep their order
+    same = (group[rows][1:] == group[rows][:-1]) & (items[rows][1:] == items[rows][:-1])
+    duplicate[rows[1:][same]] = True
+    return duplicate
+
+
 def _order_and_filter(columns: _Columns, options: FileOptions, name: str) -> readers.Sequences:
-    users, items = columns.users, columns.items
+    users, items, timestamps = columns.users, columns.items, columns.timestamps
     num_rows = len(users)
-    order = _sorted_order(users, columns.timestamps)
+    order = _sorted_order(users, timestamps)
     if order is not None:
         users, items = users[order], items[order]
-    del order
+        timestamps = None if timestamps is None else timestamps[order]
     counts = {"rows read": num_rows}
+    duplicates = _duplicates(users, items, timestamps)
+    if duplicates.any():
+        first_row = int((duplicates.nonzero()[0] if order is None else order[duplicates]).min())
+        line, where = columns.locate(first_row) if columns.locate else (None, "")
+        counts["exact duplicates"] = int(duplicates.sum())
+        logging.warning(
+            "%s: %d exact duplicate rows (same user, item and timestamp), the first at %s; %s",
+            name,
+            counts["exact duplicates"],
+            f"line {line}" if line is not None else (where.rstrip(", ") or f"row {first_row}"),
+            "dropped (file.drop_duplicates)"
+            if options.drop_duplicates
+            else "kept; set file.drop_duplicates=True to drop them",
+        )
+        if options.drop_duplicates:
+            users, items = users[~duplicates], items[~duplicates]
+            counts["after dropping duplicates"] = len(users)
+    del order, duplicates
     if options.drop_repeats:
         keep = np.ones(len(users), dtype=bool)
         keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])

@@ -126,11 +126,14 @@ def _request(
     file: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """What identifies a `load_corpus` call, less the data directory (the index lives there)."""
+    file = dict(file or {}) if dataset == "file" else {}
+    if not file.get("drop_duplicates", True):
+        del file["drop_duplicates"]  # off: the request of a config from before the field
     return {
         "dataset": dataset,
         "manual_dir": manual_dir if dataset not in ("synthetic", "file") else "",
         "synthetic": dict(synthetic or {}) if dataset == "synthetic" else {},
-        "file": dict(file or {}) if dataset == "file" else {},
+        "file": file,
     }
 
 
