@@ -7,9 +7,10 @@ and not once per interaction.
 
 Ids: a column whose values are all non-negative decimal integers without leading zeros (up to 18
 digits) holds integer ids; any other column holds string ids (surrounding whitespace is
-stripped, so "7" and " 7" are one id; "007" and "7" are two). Parquet integer columns are
-integer ids, Parquet string columns string ids. An empty or missing id is an error, as is a
-negative integer id (-1 stands for padding in `Corpus.raw_item_ids`).
+stripped, so "7" and " 7" are one id; "007" and "7" are two), of at most
+`corpus.MAX_RAW_ID_BYTES` (64 KiB) of UTF-8 each: a longer one is refused, naming its line.
+Parquet integer columns are integer ids, Parquet string columns string ids. An empty or missing
+id is an error, as is a negative integer id (-1 stands for padding in `Corpus.raw_item_ids`).
 
 Timestamps: integers or floats (e.g. unix seconds), ISO-8601 strings ("2015-03-31",
 "2015-03-31T06:40:02", with or without a zone such as "Z" or "+02:00", but the same kind in the
@@ -63,6 +64,7 @@ import pyarrow.parquet as pq
 from absl import logging
 from etils import epath
 
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import readers
 
 FORMATS = ("csv", "tsv", "parquet", "paper")
@@ -263,8 +265,8 @@ class EncodedSequences:
     Attributes:
       sequences: `raw_user_ids` index `user_ids`, `raw_items` index `item_ids`; users in
         ascending order (= ascending raw id), each user's items oldest first.
-      user_ids: [num_user_ids], int64 or unicode, sorted and unique.
-      item_ids: [num_item_ids], int64 or unicode, sorted and unique. Items that the filters
+      user_ids: [num_user_ids], int64 or object (str), sorted and unique.
+      item_ids: [num_item_ids], int64 or object (str), sorted and unique. Items that the filters
         removed stay in the vocabulary (no sequence uses them).
     """
 
@@ -341,7 +343,7 @@ def _encode_ids(
       locate: row -> where, for messages.
 
     Returns:
-      int32 [rows] codes and the sorted unique raw ids they index (int64 or unicode).
+      int32 [rows] codes and the sorted unique raw ids they index (int64 or str objects).
     """
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (pa.types.is_integer(kind) or _is_text(kind)):
@@ -391,10 +393,23 @@ def _encode_ids(
         empty = np.flatnonzero(pc.equal(trimmed, "").to_numpy(zero_copy_only=False))
         if len(empty):
             raise _fail(locate, name, first_row_of(empty), column_name, "empty id")
+        sizes = pc.binary_length(trimmed).to_numpy(zero_copy_only=False)
+        too_long = np.flatnonzero(sizes > corpus_lib.MAX_RAW_ID_BYTES)
+        if len(too_long):
+            row = first_row_of(too_long)
+            raise _fail(
+                locate,
+                name,
+                row,
+                column_name,
+                f"id of {int(sizes[indices[row]]):,} bytes; ids may be at most "
+                f"{corpus_lib.MAX_RAW_ID_BYTES:,} bytes (UTF-8)",
+            )
         if pc.all(pc.match_substring_regex(trimmed, _INTEGER_ID)).as_py():
             values = pc.cast(trimmed, pa.int64()).to_numpy()
         else:
-            values = np.asarray(trimmed.to_pylist(), dtype=str)
+            # Python strings, each as long as it is (see corpus.py: never fixed-width unicode).
+            values = corpus_lib.string_ids(trimmed.to_pylist())
     # Sorting only the vocabulary (small) orders the codes like the raw ids; np.unique also
     # merges ids that became equal once trimmed.
     vocab, inverse = np.unique(values, return_inverse=True)
