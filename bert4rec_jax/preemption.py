@@ -52,6 +52,18 @@ def install() -> None:
         signal.signal(sig, _handle)
 
 
+def ignore_from_now() -> None:
+    """Ignores SIGTERM and SIGINT for the rest of the process: call once its work is done.
+
+    At exit Python puts back the default action (death by the signal) of every signal it
+    handles, while the libraries are still tearing down; a signal then would turn a finished run
+    into a killed one. Ignored signals are left ignored.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def installed() -> bool:
     return signal.getsignal(signal.SIGINT) is _handle
 

@@ -40,6 +40,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        _run()
+    finally:
+        # Done, stopped or failed: a signal has nothing left to stop (see ignore_from_now).
+        preemption.ignore_from_now()
+
+
+def _run() -> None:
     preemption.at("startup")
     import jax
 
