@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{start.ended_at!s:>5} {start.seconds:5.1f}  {step:>4} {'=' if exact else 'X'}  "
             f"{', '.join(start.partial) or '-'}"
         )
-    mid_save = sum(1 for s in run.starts[:-1] if s.kill.kind == "save" and s.partial)
+    mid_save = sum(1 for s in run.starts[:-1] if s.kill.kind.endswith("save") and s.partial)
     final_step = run.snapshots[-1][0]
     final_exact = same_bits(run.snapshots[-1][1], read_state(reference, final_step))
     made = len(run.starts) - 1
@@ -453,13 +453,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             else ""
         )
         + f"; final state (step {final_step}) {'bit-exact' if final_exact else 'DIFFERS'}"
-        + f"; {mid_save} of {sum(s.kill.kind == 'save' for s in run.starts[:-1])} save kills"
+        + f"; {mid_save} of {sum(s.kill.kind.endswith('save') for s in run.starts[:-1])} save kills"
         " left a partial checkpoint"
     )
     # The test metrics come from the best validated parameters (or the last ones): equal results
     # also show that the best checkpoint survived the kills.
     results = [json.loads((d / "test_results.json").read_text()) for d in (crashed, reference)]
+    # The stamps differ by design: the reference's config keeps every checkpoint.
+    stamps = [r.pop("run", None) for r in results]
     print(f"test results {'equal' if results[0] == results[1] else 'DIFFER'}: {results[0]}")
+    print(f"stamps (run identity): crashed {stamps[0]}, reference {stamps[1]}")
     termed = [s for s in run.starts[:-1] if s.kill.kind.startswith(TERM)]
     if termed:
         clean = sum(s.returncode == 0 for s in termed)
