@@ -157,18 +157,7 @@ def requested(step: int) -> bool:
     return _received is not None
 
 
-def signal_name() -> str:
-    """The signal to name in a message about a stop that `requested` or `stop_now` asked for."""
-    return _received or "SIGTERM"
-
-
 def at(phase: str) -> None:
     """Marks a phase of the run; the test hook (see the module doc) signals here when asked."""
     if os.environ.get(TEST_HOOK_ENV) == phase:
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def reset_for_tests() -> None:
-    """Forgets a received signal (in-process tests that send one and then train again)."""
-    global _received
-    _received = None
