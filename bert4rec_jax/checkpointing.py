@@ -147,15 +147,18 @@ def _step_dirs(directory: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def set_aside_stale(workdir: epath.PathLike) -> list[str]:
+def set_aside_stale(
+    workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None
+) -> list[str]:
     """Keeps a workdir's results consistent with its checkpoints: the same lineage or nothing.
 
     Best parameters or test results that no checkpoint leads to belong to an earlier run (its
     checkpoints were deleted, or it crashed before its first one): training from step 0 beside
     them would leave a model this run did not train in `best/` and in the results. They are
     moved (kept, not deleted) into `<workdir>/set_aside/<UTC time>/`, with a warning; so is a
-    results file stamped at a later checkpoint step than the latest one. Every process must call
-    it (process 0 moves).
+    results file stamped at a later checkpoint step than the latest one. Results kept beside
+    checkpoints but stamped with another config's hash than `config`'s are named in a log line:
+    this run replaces them when it tests. Every process must call it (process 0 moves).
 
     Returns:
       The names moved (empty: the workdir was consistent).
@@ -167,9 +170,20 @@ def set_aside_stale(workdir: epath.PathLike) -> list[str]:
         stale += [name for name in ("best",) if _step_dirs(workdir / name)]
         stale += [RESULTS_FILE] if (workdir / RESULTS_FILE).exists() else []
     else:
-        stamp = read_results(workdir).get("run", {}).get("checkpoint_step")
-        if stamp is not None and stamp > steps[-1]:
+        stamp = read_results(workdir).get("run", {})
+        if stamp.get("checkpoint_step", -1) > steps[-1]:
             stale.append(RESULTS_FILE)
+        elif config is not None and stamp.get("config_hash", config_hash(config)) != (
+            config_hash(config)
+        ):
+            logging.info(
+                "%s holds the results of config %s at checkpoint step %s; this run's config is "
+                "%s, and its results replace them when it tests",
+                RESULTS_FILE,
+                stamp["config_hash"],
+                stamp.get("checkpoint_step"),
+                config_hash(config),
+            )
     if jax.process_count() > 1:  # every process decided before process 0 moves anything
         multihost_utils.sync_global_devices("bert4rec_jax: stale results found")
     if stale:

@@ -177,7 +177,7 @@ def train_and_evaluate(
     logging.info("%s", exp.describe())
     if _stopped_before_training():
         return {}
-    checkpointing.set_aside_stale(workdir)
+    checkpointing.set_aside_stale(workdir, config)
     checkpointing.save_config(workdir, config)
 
     tx, schedule = optimizer.from_config(config)

@@ -188,6 +188,24 @@ def test_results_of_an_earlier_run_are_set_aside_when_its_checkpoints_are_gone(s
     assert results != short_run.results
 
 
+def test_a_rerun_checks_the_results_stamp_against_its_checkpoints_and_config(tmp_path, caplog):
+    config = tiny_config(tmp_path)
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    stamp = dict(params_step=10, checkpoint_step=20, config=config)
+    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **stamp)
+    with caplog.at_level("INFO"):
+        assert checkpointing.set_aside_stale(tmp_path, config) == []  # consistent
+        other = tiny_config(tmp_path, learning_rate=0.5)
+        assert checkpointing.set_aside_stale(tmp_path, other) == []
+    assert "holds the results of config" in caplog.text  # kept, named, replaced at the end
+    # Stamped past the latest checkpoint: not this lineage's.
+    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **dict(stamp, checkpoint_step=30))
+    assert checkpointing.set_aside_stale(tmp_path, config) == [train_lib.RESULTS_FILE]
+    [aside] = (tmp_path / checkpointing.SET_ASIDE_DIRNAME).iterdir()
+    assert (aside / train_lib.RESULTS_FILE).exists()
+    assert not (tmp_path / train_lib.RESULTS_FILE).exists()
+
+
 def test_results_are_stamped_with_the_config_and_the_checkpoint_step(tmp_path):
     config = tiny_config(tmp_path)
     checkpointing.write_results(
