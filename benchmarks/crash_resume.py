@@ -1,7 +1,8 @@
-"""Crash and resume: SIGKILLs a training run at random moments, restarting it each time, and
-compares it bit for bit with an uninterrupted run.
+"""Crash and resume: SIGKILLs or SIGTERMs a training run at random moments, restarting it each
+time, and compares it bit for bit with an uninterrupted run.
 
     python benchmarks/crash_resume.py --kills=20 --seed=0
+    python benchmarks/crash_resume.py --kills=20 --kinds=term_startup,term_step,term_save,term_end
 
 Both runs are `python -m bert4rec_jax.train --config=configs/tiny.py` on one CPU device, with a
 checkpoint every `--every` steps. The uninterrupted reference runs first and keeps all its
@@ -16,6 +17,13 @@ timing, so the plan, not the outcome, is reproducible. Kinds:
   save     as soon as a checkpoint of this start is being written (Orbax's `*.orbax-checkpoint-tmp*`
            directory exists); the "partial" column then shows the save it cut short;
   startup  a random delay (0 to 8 s) after the process starts: imports, restore or compilation.
+
+The `term_*` kinds send SIGTERM at the same moments (`term_startup`, `term_step`, `term_save`), or
+(`term_end`) a random 0 to 1 s after the log shows the last step or, in a rerun with nothing to
+train, "Nothing to train": the final save, the best-parameter restore or the test evaluation. A
+SIGTERMed start must exit 0 by itself (a clean stop); `term_end` kills come last in a plan, as no
+start trains after them. A stop at a step the reference has no checkpoint of is judged by the
+next checkpoint that the reference has.
 
 How a resume is judged: after every kill, and at the end, the whole train state of the latest
 complete checkpoint (step, parameters, optimizer state, RNG) is read; the restart after a kill is
@@ -49,7 +57,8 @@ sys.path.insert(0, str(REPO))
 # Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp...` and renames it to `<step>` when
 # complete, so a directory with this marker is a save in progress (or one cut short).
 PARTIAL_MARKER = ".orbax-checkpoint-tmp"
-KINDS = ("step", "save", "startup")
+KINDS = ("step", "save", "startup", "term_startup", "term_step", "term_save", "term_end")
+TERM = "term_"  # the prefix of the kinds that send SIGTERM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +107,19 @@ def plan_kills(
             f"{every} give ({len(steps)} before the last); raise --steps"
         )
     rng = random.Random(seed)
-    targets = sorted(rng.sample(steps, num_kills))
     chosen = [kinds[i % len(kinds)] for i in range(num_kills)]
+    ends = [k for k in chosen if k == "term_end"]
+    # (Without term_end, the same draws in the same order as before it existed: same plans.)
+    targets = sorted(rng.sample(steps, num_kills - len(ends)))
     rng.shuffle(chosen)
+    # After the last step no start trains: the kills at the end come after all the others.
+    chosen = [k for k in chosen if k != "term_end"]
     kills = []
     for kind, step in zip(chosen, targets, strict=True):
-        delay = rng.uniform(0.0, 8.0) if kind == "startup" else rng.uniform(0.0, 0.25)
-        kills.append(Kill(kind, step, 0.0 if kind == "save" else delay))
+        base = kind.removeprefix(TERM)
+        delay = rng.uniform(0.0, 8.0) if base == "startup" else rng.uniform(0.0, 0.25)
+        kills.append(Kill(kind, step, 0.0 if base == "save" else delay))
+    kills += [Kill(kind, num_steps, rng.uniform(0.0, 1.0)) for kind in ends]
     return kills
 
 
@@ -161,12 +176,18 @@ def _latest(workdir: pathlib.Path) -> int | None:
     return steps[-1] if steps else None
 
 
-def _triggered(kill: Kill, workdir: pathlib.Path, resumed_from: int | None, started: float):
+def _triggered(
+    kill: Kill, workdir: pathlib.Path, resumed_from: int | None, started: float, log: pathlib.Path
+):
     """Whether `kill` is due; checkpoints from before this start never trigger it."""
     floor = -1 if resumed_from is None else resumed_from
-    if kill.kind == "startup":
+    kind = kill.kind.removeprefix(TERM)
+    if kind == "startup":
         return time.monotonic() - started >= kill.delay
-    if kill.kind == "save":
+    if kind == "end":
+        text = log.read_text()
+        return f"step {kill.step}/{kill.step} " in text or "Nothing to train" in text
+    if kind == "save":
         return any(s >= kill.step and s > floor for s in partial_saves(workdir).values())
     latest = _latest(workdir)
     return latest is not None and latest >= kill.step and latest > floor
@@ -186,18 +207,23 @@ def run_once(
       TimeoutError: the process outlived `timeout` seconds (it is killed first).
     """
     resumed_from = _latest(workdir)
-    started = time.monotonic()
     sent = False
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        if kill is not None and kill.kind == TERM + "startup":
+            # Until Python runs train.py's first lines, no program can catch a signal; the
+            # delay counts from there (typically a few tenths of a second after the start).
+            _wait_until_catching(proc, signal.SIGTERM, timeout)
+            started = time.monotonic()
         try:
             while proc.poll() is None:
                 if time.monotonic() - started > timeout:
                     raise TimeoutError(f"{' '.join(command)} ran over {timeout} s; see {log}")
-                if kill is not None and _triggered(kill, workdir, resumed_from, started):
-                    if kill.kind == "step":
+                if kill is not None and _triggered(kill, workdir, resumed_from, started, log):
+                    if kill.kind.removeprefix(TERM) in ("step", "end"):
                         time.sleep(kill.delay)
-                    proc.send_signal(signal.SIGKILL)
+                    proc.send_signal(_signal(kill))
                     sent = True
                     break
                 # Saves of the tiny model take tens of milliseconds: poll well below that.
@@ -209,7 +235,8 @@ def run_once(
                 proc.wait()
     return Start(
         kill=kill,
-        killed=sent and returncode == -signal.SIGKILL,
+        # A SIGTERMed start that exits 0 was stopped cleanly; one that had finished first was not.
+        killed=sent and (returncode == -signal.SIGKILL or _signal(kill) == signal.SIGTERM),
         resumed_from=resumed_from,
         ended_at=_latest(workdir),
         returncode=returncode,
@@ -217,6 +244,24 @@ def run_once(
         seconds=time.monotonic() - started,
         log=log,
     )
+
+
+def _wait_until_catching(proc: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Waits until `proc` has a handler for `sig` (Linux: SigCgt in /proc/<pid>/status)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
+        except FileNotFoundError:
+            return
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) >> (sig - 1) & 1:
+            return
+        time.sleep(0.002)
+
+
+def _signal(kill: Kill) -> int:
+    return signal.SIGTERM if kill.kind.startswith(TERM) else signal.SIGKILL
 
 
 def read_state(workdir: pathlib.Path, step: int) -> Any:
@@ -286,6 +331,9 @@ def crash_and_resume(
         starts.append(start)
         step = start.ended_at
         snapshots.append((step, None if step is None else read_state(workdir, step)))
+        if start.killed and _signal(kill) == signal.SIGTERM and start.returncode != 0:
+            tail = start.log.read_text()[-3000:]
+            raise RuntimeError(f"start {i} exited with {start.returncode} on SIGTERM:\n{tail}")
         if not start.killed:
             if start.returncode != 0:
                 tail = start.log.read_text()[-3000:]
@@ -302,11 +350,17 @@ def judge_restarts(run: CrashRun, reference: pathlib.Path) -> list[tuple[int, bo
     to show whether the resume was right); the final state judges a restart that resumed from it.
     """
     verdicts, cache = [], {}
+    # A SIGTERM stops at any step; only those the reference saved can be compared.
+    comparable = set(complete_steps(reference))
     for j in range(1, len(run.starts)):
         resumed = run.starts[j].resumed_from
         floor = -1 if resumed is None else resumed
         step, state = next(
-            ((s, st) for s, st in run.snapshots[j:] if s is not None and s > floor),
+            (
+                (s, st)
+                for s, st in run.snapshots[j:]
+                if s is not None and s > floor and s in comparable
+            ),
             run.snapshots[-1],
         )
         if step not in cache:
@@ -379,15 +433,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     verdicts = judge_restarts(run, reference)
     # Per kill: its kind and planned step; the checkpoints the killed start resumed from and left;
     # its seconds; the step that judged the restart after it (= bit-exact, X not); partial saves.
-    print(f"{'kill':>4} {'kind':>7} {'plan':>5} {'from':>5} {'to':>5} {'s':>5}  judged  partial")
+    print(f"{'kill':>4} {'kind':>12} {'plan':>5} {'from':>5} {'to':>5} {'s':>5}  judged  partial")
     for i, (start, (step, exact)) in enumerate(zip(run.starts, verdicts, strict=False)):
         kill = start.kill
         print(
-            f"{i + 1:>4} {kill.kind:>7} {kill.step:>5} {start.resumed_from!s:>5} "
+            f"{i + 1:>4} {kill.kind:>12} {kill.step:>5} {start.resumed_from!s:>5} "
             f"{start.ended_at!s:>5} {start.seconds:5.1f}  {step:>4} {'=' if exact else 'X'}  "
             f"{', '.join(start.partial) or '-'}"
         )
-    mid_save = sum(1 for s in run.starts[:-1] if s.kill.kind == "save" and s.partial)
+    mid_save = sum(1 for s in run.starts[:-1] if s.kill.kind.endswith("save") and s.partial)
     final_step = run.snapshots[-1][0]
     final_exact = same_bits(run.snapshots[-1][1], read_state(reference, final_step))
     made = len(run.starts) - 1
@@ -399,17 +453,41 @@ def main(argv: Sequence[str] | None = None) -> None:
             else ""
         )
         + f"; final state (step {final_step}) {'bit-exact' if final_exact else 'DIFFERS'}"
-        + f"; {mid_save} of {sum(s.kill.kind == 'save' for s in run.starts[:-1])} save kills"
+        + f"; {mid_save} of {sum(s.kill.kind.endswith('save') for s in run.starts[:-1])} save kills"
         " left a partial checkpoint"
     )
     # The test metrics come from the best validated parameters (or the last ones): equal results
     # also show that the best checkpoint survived the kills.
     results = [json.loads((d / "test_results.json").read_text()) for d in (crashed, reference)]
+    # The stamps differ by design: the reference's config keeps every checkpoint.
+    stamps = [r.pop("run", None) for r in results]
     print(f"test results {'equal' if results[0] == results[1] else 'DIFFER'}: {results[0]}")
+    print(f"stamps (run identity): crashed {stamps[0]}, reference {stamps[1]}")
+    termed = [s for s in run.starts[:-1] if s.kill.kind.startswith(TERM)]
+    if termed:
+        clean = sum(s.returncode == 0 for s in termed)
+        where = ", ".join(_stop_phase(s.log) for s in termed)
+        print(f"SIGTERM: {len(termed)} starts, exit status 0 in {clean} (stopped: {where})")
     print(
         f"reference {t1 - t0:.0f} s; crashed run {len(run.starts)} starts, {t2 - t1:.0f} s; "
         f"files in {root}"
     )
+
+
+def _stop_phase(log: pathlib.Path) -> str:
+    """Where a SIGTERMed start stopped, from its log."""
+    text = log.read_text()
+    for pattern, phase in (
+        ("before the run began", "startup"),
+        ("before training began", "before-loop"),
+        ("Stopping at step", "loop"),
+        ("after step", "final-save"),
+        ("before the test evaluation", "best-restore"),
+        ("during the test evaluation", "test"),
+    ):
+        if pattern in text:
+            return phase
+    return "none"
 
 
 def prepare_data(data_dir: pathlib.Path) -> None:

@@ -6,6 +6,8 @@ A workdir (local or any path epath reads, e.g. gs://) holds:
                  state, rng) and `loop` (the loop's own state: best score and step, validations
                  without gain, whether it stopped early; JSON); the resume point
   best/          the parameters that scored best on validation, with their metrics
+  test_results.json  the test metrics of the run's best (or last) parameters, stamped with the
+                 run's identity: the config's hash and the checkpoint step they were computed at
 
 The data position is not stored: the input pipeline derives it from the step alone.
 
@@ -18,7 +20,10 @@ to the target's count (Orbax's non-strict restore), which changes padding only.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
+import time
 import uuid
 from typing import Any
 
@@ -32,6 +37,12 @@ from jax.experimental import multihost_utils
 from bert4rec_jax import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
+RESULTS_FILE = "test_results.json"
+# What `set_aside_run` moves, into <workdir>/set_aside/<time>/.
+RUN_ENTRIES = ("checkpoints", "best", RESULTS_FILE)
+SET_ASIDE_DIRNAME = "set_aside"
+# Config fields that say where files are, not what is trained: left out of the config's hash.
+UNHASHED_FIELDS = ("data_dir", "manual_dir")
 BEST_METRIC_KEY = "selection_score"
 # Checkpoints that could not be restored are moved here (never deleted) when an older one can.
 UNUSABLE_DIRNAME = "unusable_checkpoints"
@@ -127,6 +138,143 @@ def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict)
             f"{workdir} holds checkpoints of another model: {'; '.join(differences)}. Use another "
             f"--workdir, or set these fields back. Nothing was changed."
         )
+
+
+def _step_dirs(directory: epath.Path) -> list[int]:
+    """Steps of the complete checkpoints in an Orbax manager's directory (none if it is absent)."""
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def set_aside_stale(
+    workdir: epath.PathLike, config: ml_collections.ConfigDict | None = None
+) -> list[str]:
+    """Keeps a workdir's results consistent with its checkpoints: the same lineage or nothing.
+
+    Best parameters or test results that no checkpoint leads to belong to an earlier run (its
+    checkpoints were deleted, or it crashed before its first one): training from step 0 beside
+    them would leave a model this run did not train in `best/` and in the results. They are
+    moved (kept, not deleted) into `<workdir>/set_aside/<UTC time>/`, with a warning; so is a
+    results file stamped at a later checkpoint step than the latest one. Results kept beside
+    checkpoints but stamped with another config's hash than `config`'s are named in a log line:
+    this run replaces them when it tests. Every process must call it (process 0 moves).
+
+    Returns:
+      The names moved (empty: the workdir was consistent).
+    """
+    workdir = epath.Path(workdir)
+    steps = _step_dirs(workdir / "checkpoints")
+    stale = []
+    if not steps:
+        stale += [name for name in ("best",) if _step_dirs(workdir / name)]
+        stale += [RESULTS_FILE] if (workdir / RESULTS_FILE).exists() else []
+    else:
+        stamp = read_results(workdir).get("run", {})
+        if stamp.get("checkpoint_step", -1) > steps[-1]:
+            stale.append(RESULTS_FILE)
+        elif config is not None and stamp.get("config_hash", config_hash(config)) != (
+            config_hash(config)
+        ):
+            logging.info(
+                "%s holds the results of config %s at checkpoint step %s; this run's config is "
+                "%s, and its results replace them when it tests",
+                RESULTS_FILE,
+                stamp["config_hash"],
+                stamp.get("checkpoint_step"),
+                config_hash(config),
+            )
+    if jax.process_count() > 1:  # every process decided before process 0 moves anything
+        multihost_utils.sync_global_devices("bert4rec_jax: stale results found")
+    if stale:
+        where = _move_aside(workdir, stale)
+        logging.warning(
+            "%s in %s came from an earlier run that no checkpoint here continues (latest "
+            "checkpoint: %s); moved to %s, so that this run's results are its own",
+            " and ".join(stale),
+            workdir,
+            steps[-1] if steps else "none",
+            where,
+        )
+    return stale
+
+
+def set_aside_run(workdir: epath.PathLike) -> list[str]:
+    """Moves a workdir's checkpoints, best parameters and test results into
+    `<workdir>/set_aside/<UTC time>/` (kept, not deleted), so that a run starts afresh. Every
+    process must call it (process 0 moves).
+
+    Returns:
+      The names moved.
+    """
+    workdir = epath.Path(workdir)
+    present = [name for name in RUN_ENTRIES if (workdir / name).exists()]
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("bert4rec_jax: run to set aside")
+    if present:
+        where = _move_aside(workdir, present)
+        logging.warning("Starting afresh: moved %s to %s", ", ".join(present), where)
+    return present
+
+
+def _move_aside(workdir: epath.Path, names: list[str]) -> epath.Path:
+    target = (
+        workdir
+        / SET_ASIDE_DIRNAME
+        / (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:6]}")
+    )
+    if jax.process_index() == 0:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (workdir / name).rename(target / name)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("bert4rec_jax: set aside")
+    return target
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    """A short hash of the config, paths of data directories left out (`UNHASHED_FIELDS`)."""
+    data = json.loads(config.to_json_best_effort(sort_keys=True))
+    for name in UNHASHED_FIELDS:
+        data.pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_results(
+    workdir: epath.PathLike,
+    results: dict[str, float],
+    *,
+    params_step: int,
+    checkpoint_step: int,
+    config: ml_collections.ConfigDict,
+) -> None:
+    """Writes the test results, stamped with the run's identity (process 0 only; atomic rename).
+
+    `step` is the step of the tested parameters (the best validated ones, or the last), `run`
+    the config's hash and the checkpoint step the run had reached when it tested them.
+    """
+    if jax.process_index() != 0:
+        return
+    record = {
+        "step": params_step,
+        **{k: float(v) for k, v in results.items()},
+        "run": {"config_hash": config_hash(config), "checkpoint_step": checkpoint_step},
+    }
+    path = epath.Path(workdir) / RESULTS_FILE
+    tmp = path.parent / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def read_results(workdir: epath.PathLike) -> dict[str, Any]:
+    """The test results a run wrote ({} when there are none)."""
+    path = epath.Path(workdir) / RESULTS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}; move it away and rerun") from e
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -247,10 +395,11 @@ class Checkpointer:
             except CheckpointError:
                 raise
             except Exception as e:  # any unreadable checkpoint: try the one before it
+                cause = one_line_cause(e)
                 logging.warning(
-                    "Skipping unusable checkpoint %s (%s: %s)", where, type(e).__name__, e
+                    "Skipping unusable checkpoint of step %d (%s): %s", step, where, cause
                 )
-                unusable.append((step, f"{where}: {type(e).__name__}: {e}"))
+                unusable.append((step, f"step {step}: {cause}"))
                 continue
             if unusable:
                 self._set_aside([s for s, _ in unusable])
@@ -312,6 +461,23 @@ class Checkpointer:
         self._best.wait_until_finished()
         self._latest.close()
         self._best.close()
+
+
+# TensorStore appends its whole spec and the C++ source locations to an error, in brackets: tens
+# of lines that say nothing about the cause.
+_NOISE = re.compile(r"\s*\[(tensorstore_spec|source locations)=.*?\](?=\s*(\[|$))", re.DOTALL)
+
+
+def one_line_cause(error: BaseException, limit: int = 300) -> str:
+    """`error` as one short line: its type and the first line of its message, without the
+    TensorStore spec; the innermost cause of a chain is the one shown."""
+    while error.__cause__ is not None and str(error.__cause__):
+        error = error.__cause__
+    text = _NOISE.sub("", str(error)).strip()
+    first = " ".join(text.splitlines()[0].split()) if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _check_shapes(

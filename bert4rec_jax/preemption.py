@@ -1,16 +1,29 @@
-"""Stopping on SIGTERM or SIGINT: the loop finishes its step, saves a checkpoint and exits 0.
+"""Stopping on SIGTERM or SIGINT, from the start of the command to its exit, always with exit 0.
 
 Schedulers (TPU and cloud VMs being preempted, SLURM's `scancel` and time limits, Kubernetes)
-send SIGTERM and give the job a grace period; Ctrl-C sends SIGINT. Either one asks the training
-loop to stop after the step it is in, with a checkpoint, so that rerunning the same command
-resumes exactly there.
+send SIGTERM and give the job a grace period; Ctrl-C sends SIGINT. `train.py` calls `install()`
+first thing, before JAX is imported, so that from then on either signal only records a request;
+the run acts on it at the next point where stopping is safe:
 
-With one process a Python signal handler sets a flag the loop reads after every step. With
-several, the processes must agree on the step at which they all stop and save, or their
-collective saves would never meet. JAX's own preemption service does that: started by
-`jax.distributed.initialize`, it catches SIGTERM in every process, tells the others, and
+  before the loop    (imports, data, restore)  it returns with nothing trained: a rerun starts or
+                     resumes as if this start had not happened;
+  in the loop        after the step in progress, with a checkpoint; a rerun resumes there;
+  after the loop     the last checkpoint's save is finished, then it stops before restoring the
+                     best parameters and testing them; a rerun (which trains nothing) does that;
+  during the test    the evaluation in progress finishes and its results are written.
+
+With several processes the processes must agree on the step at which they all stop and save, or
+their collective saves would never meet. JAX's own preemption service does that: started by
+`jax.distributed.initialize`, it takes over SIGTERM in every process, tells the others, and
 `multihost_utils.reached_preemption_sync_point(step)` becomes true at one common step. SIGINT is
-turned into the SIGTERM that service listens to.
+turned into the SIGTERM that service listens to. Outside the loop there is no common step to
+agree on, so a multi-process run stops only in the loop; before it, the first step's sync point
+stops it, and after it the run finishes.
+
+Test hook: `BERT4REC_SIGTERM_AT=<phase>` makes the process send itself SIGTERM when it reaches
+that phase (`at(phase)`), so that tests can stop a run at an exact point: `startup`, `data`,
+`compile` (just before the first step compiles), `step_<n>`, `final_save` (the last step's
+checkpoint is being written), `best_restore`, `test_eval`.
 """
 
 from __future__ import annotations
@@ -21,14 +34,42 @@ import threading
 import types
 from typing import Any
 
-import jax
-from jax.experimental import multihost_utils
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+TEST_HOOK_ENV = "BERT4REC_SIGTERM_AT"
+
+# The first signal received, by name; None while none has been.
+_received: str | None = None
+# Set once jax.distributed has started several processes: SIGTERM then belongs to JAX's service.
+_coordinated = False
+
+
+def install() -> None:
+    """Turns SIGTERM and SIGINT into a stop request for the rest of the process (main thread)."""
+    # Python runs signal handlers in the main thread only, and installs them only from it.
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        signal.signal(sig, _handle)
+
+
+def ignore_from_now() -> None:
+    """Ignores SIGTERM and SIGINT for the rest of the process: call once its work is done.
+
+    At exit Python puts back the default action (death by the signal) of every signal it
+    handles, while the libraries are still tearing down; a signal then would turn a finished run
+    into a killed one. Ignored signals are left ignored.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def installed() -> bool:
+    return signal.getsignal(signal.SIGINT) is _handle
 
 
 class StopRequests:
-    """A context manager that turns SIGTERM and SIGINT into a request to stop after a step.
+    """The training loop's view of stop requests:
 
         with StopRequests() as stop:
             for step in ...:
@@ -36,21 +77,20 @@ class StopRequests:
                 if stop.requested(step):
                     save and leave
 
-    Every process must call `requested` at every step, with the same step numbers.
+    In a process that has not called `install()` (a library caller), the handlers are installed
+    for the loop only and the previous ones put back after it.
     """
 
     def __init__(self):
-        self.signal_name: str | None = None  # the signal that asked, once one did
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequests:
-        # Python runs signal handlers in the main thread only, and installs them only from it.
-        if threading.current_thread() is not threading.main_thread():
+        if installed() or threading.current_thread() is not threading.main_thread():
             return self
         for sig in SIGNALS:
-            if sig == signal.SIGTERM and self._coordinated():
+            if sig == signal.SIGTERM and _coordinated:
                 continue  # JAX's preemption service owns SIGTERM in a multi-process job
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, _handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -58,22 +98,66 @@ class StopRequests:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    @property
+    def signal_name(self) -> str | None:
+        return _received
+
     @staticmethod
-    def _coordinated() -> bool:
-        return jax.process_count() > 1
+    def requested(step: int) -> bool:
+        return requested(step)
 
-    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        del frame
-        self.signal_name = signal.Signals(signum).name
-        if self._coordinated():
-            # Hand it to JAX's preemption service, which syncs the stop across processes.
-            os.kill(os.getpid(), signal.SIGTERM)
 
-    def requested(self, step: int) -> bool:
-        """Whether to stop after `step` (the same answer in every process)."""
-        if self._coordinated():
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.signal_name = self.signal_name or "SIGTERM"
-                return True
-            return False
-        return self.signal_name is not None
+def coordinate() -> None:
+    """Hands stop requests to JAX's preemption service; call after jax.distributed.initialize.
+
+    The service has replaced the SIGTERM handler by then; SIGINT is passed on to it.
+    """
+    global _coordinated
+    import jax
+
+    _coordinated = jax.process_count() > 1
+    if _coordinated and _received:
+        # A signal that came before the service started: pass it on, so that the loop stops.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _handle(signum: int, frame: types.FrameType | None) -> None:
+    del frame
+    global _received
+    _received = _received or signal.Signals(signum).name
+    if _coordinated and signum != signal.SIGTERM:
+        # Hand it to JAX's preemption service, which syncs the stop across processes.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def received() -> str | None:
+    """The name of the signal that asked this process to stop, or None."""
+    return _received
+
+
+def stop_now() -> str | None:
+    """Outside the loop: the signal to stop on now, or None (always None with several
+    processes, which can only agree on a stop at a step)."""
+    return None if _coordinated else _received
+
+
+def requested(step: int) -> bool:
+    """In the loop: whether to stop after `step` (the same answer in every process).
+
+    Every process must call it at every step, with the same step numbers.
+    """
+    global _received
+    if _coordinated:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):
+            _received = _received or "SIGTERM"  # the signal went to JAX's service, not to us
+            return True
+        return False
+    return _received is not None
+
+
+def at(phase: str) -> None:
+    """Marks a phase of the run; the test hook (see the module doc) signals here when asked."""
+    if os.environ.get(TEST_HOOK_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGTERM)

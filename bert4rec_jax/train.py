@@ -9,10 +9,15 @@ Several processes (hosts) train as one job when each runs the same command with 
 on TPU pods and SLURM clusters JAX finds its peers from the environment; elsewhere give
 `--coordinator_address`, `--num_processes` and `--process_id` (launch/local_multiprocess.sh does
 this for processes on one machine).
+
+SIGTERM and SIGINT stop the run cleanly at any moment, with exit status 0; rerunning the same
+command completes it (see preemption.py).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from bert4rec_jax import preemption
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -22,6 +27,12 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
 flags.DEFINE_integer("num_processes", None, "Processes in the job (with --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+flags.DEFINE_bool(
+    "start_afresh",
+    False,
+    "Train from step 0: first move the workdir's checkpoints, best parameters and test results "
+    "into <workdir>/set_aside/<time>/ (kept, not deleted).",
+)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -29,6 +40,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        _run()
+    finally:
+        # Done, stopped or failed: a signal has nothing left to stop (see ignore_from_now).
+        preemption.ignore_from_now()
+
+
+def _run() -> None:
+    preemption.at("startup")
     import jax
 
     from bert4rec_jax.metric_writer import quiet_library_logs
@@ -43,6 +63,11 @@ def main(argv: list[str]) -> None:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
+        preemption.coordinate()
+    if preemption.stop_now():
+        # Nothing has been read or written yet: a rerun starts as this one would have.
+        logging.info("Stopping on %s before the run began; nothing written", preemption.received())
+        return
     from bert4rec_jax import train_lib
 
     logging.info(
@@ -52,8 +77,10 @@ def main(argv: list[str]) -> None:
         jax.local_device_count(),
         jax.device_count(),
     )
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
 
 
 if __name__ == "__main__":
+    # First, before the heavy imports: from here on a signal asks the run to stop where it is safe.
+    preemption.install()
     app.run(main)

@@ -10,7 +10,6 @@ test split.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import jax
@@ -34,7 +33,7 @@ from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.checkpointing import LoopState
 from bert4rec_jax.metric_writer import MetricWriter
 
-RESULTS_FILE = "test_results.json"
+RESULTS_FILE = checkpointing.RESULTS_FILE
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -139,6 +138,7 @@ def train_and_evaluate(
     workdir: str,
     *,
     stop_at_step: int | None = None,
+    start_afresh: bool = False,
 ) -> dict[str, float]:
     """Trains BERT4Rec per `config`, resuming from `workdir` if it holds checkpoints.
 
@@ -147,10 +147,15 @@ def train_and_evaluate(
       workdir: where checkpoints, metrics and results go (local, or e.g. gs://).
       stop_at_step: stop (with a checkpoint) once this step is reached, as a preempted job would;
         the schedule still follows config.num_train_steps.
+      start_afresh: first move the workdir's checkpoints, best parameters and test results aside
+        (`checkpointing.set_aside_run`), and train from step 0.
+
+    A SIGTERM or SIGINT stops the run at the next safe point (see preemption.py; in a process
+    that has not called `preemption.install()`, only during the loop).
 
     Returns:
       The test metrics of the best (or, without validation, the final) parameters; empty when
-      the run stopped before num_train_steps.
+      the run stopped before writing them.
     """
     mesh = sharding_lib.mesh_from_config(config)  # fails naming mesh.data / mesh.model
     check_config(config, mesh)
@@ -164,9 +169,15 @@ def train_and_evaluate(
     input_config = input_pipeline.InputConfig.from_config(config)
     workdir = checkpointing.absolute(workdir)
 
+    if start_afresh:
+        checkpointing.set_aside_run(workdir)
     checkpointing.check_compatible(workdir, config)
+    preemption.at("data")
     exp = experiment.Experiment.from_config(config)
     logging.info("%s", exp.describe())
+    if _stopped_before_training():
+        return {}
+    checkpointing.set_aside_stale(workdir, config)
     checkpointing.save_config(workdir, config)
 
     tx, schedule = optimizer.from_config(config)
@@ -183,6 +194,9 @@ def train_and_evaluate(
     # A preempted run stops where asked; otherwise the end is the last step.
     last = total if stop_at_step is None else min(total, max(stop_at_step, start))
     evaluator = exp.evaluator(mesh)
+    if _stopped_before_training():
+        ckpt.close()
+        return {}
     writer = MetricWriter(workdir, start_step=start)
     try:
         if loop.stopped_early or start >= total:
@@ -200,6 +214,7 @@ def train_and_evaluate(
                 len(jax.devices()),
             )
             progress = _Progress(total, config.batch_size, last_step=start)
+            preemption.at("compile")
             sums = None  # metric sums since the last log line, on device
             with preemption.StopRequests() as stop:
                 for step in range(start + 1, last + 1):
@@ -215,6 +230,7 @@ def train_and_evaluate(
                         if sums is not None:  # never save parameters a non-finite loss produced
                             _check_finite(jax.device_get(sums), step)
                         ckpt.save(step, state, loop)
+                    preemption.at("final_save" if step == total else f"step_{step}")
                     if stopping:
                         break
             if int(state.step) < total and not loop.stopped_early:
@@ -225,6 +241,17 @@ def train_and_evaluate(
                     why,
                 )
                 return {}
+        if signal_name := preemption.stop_now():
+            # `finally` below completes the last step's checkpoint before the process exits.
+            logging.info(
+                "Stopping on %s after step %d's checkpoint; rerun the same command to test the "
+                "%s parameters (it trains nothing)",
+                signal_name,
+                int(state.step),
+                "best" if validates(config) else "last",
+            )
+            return {}
+        preemption.at("best_restore")
         # The best validated parameters (or the last ones when nothing was validated) go to
         # the test split, laid out like the training parameters.
         params, params_step = state.params, int(state.step)
@@ -235,16 +262,44 @@ def train_and_evaluate(
         ckpt.close()
         writer.close()
 
+    if signal_name := preemption.stop_now():
+        logging.info(
+            "Stopping on %s before the test evaluation; rerun the same command to test the "
+            "parameters of step %d (it trains nothing)",
+            signal_name,
+            params_step,
+        )
+        return {}
+    preemption.at("test_eval")
+    # A stop asked for from here on waits for the evaluation and its results file: stopping
+    # would save nothing that a rerun could not redo in the same time.
     results = evaluator.evaluate(params, "test")
     logging.info(
         "Test results of the parameters of step %d:\n%s",
         params_step,
         evaluation.format_table(results),
     )
-    if jax.process_index() == 0:
-        record = {"step": params_step, **{k: float(v) for k, v in results.items()}}
-        (workdir / RESULTS_FILE).write_text(json.dumps(record, indent=2))
+    checkpointing.write_results(
+        workdir,
+        results,
+        params_step=params_step,
+        checkpoint_step=int(state.step),
+        config=config,
+    )
+    if signal_name := preemption.stop_now():
+        logging.info("%s came during the test evaluation; finished it first", signal_name)
     return results
+
+
+def _stopped_before_training() -> bool:
+    """Whether a stop was asked for before the loop began; says so (nothing was trained)."""
+    signal_name = preemption.stop_now()
+    if signal_name:
+        logging.info(
+            "Stopping on %s before training began; rerun the same command to start or resume",
+            signal_name,
+        )
+    return bool(signal_name)
 
 
 def _step_fn(

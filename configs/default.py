@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     # drop_repeats, then min_item_interactions, then min_user_interactions.
     c.file = ml_collections.ConfigDict()
     c.file.path = ""  # the file: local or gs://...; edits are noticed (content is hashed)
-    c.file.format = ""  # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension
+    # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension, also for compressed
+    # text files (.csv.gz, .tsv.bz2, .txt.zst: read decompressed).
+    c.file.format = ""
     c.file.columns = ""  # headerless CSV/TSV: names of its columns, "user_id,item_id,rating,ts"
     c.file.delimiter = ""  # CSV/TSV separator, one character ("\t" = tab); "" = , or tab
     c.file.user_column = "user_id"  # integer or string ids
@@ -46,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.file.min_user_interactions = 5  # users with fewer interactions are dropped (the paper's)
     c.file.min_item_interactions = 0  # items with fewer interactions are dropped; 0 = off
     c.file.drop_repeats = False  # drop an item that repeats the user's previous one
+    # Rows with the same user, item and timestamp are counted and warned about; True drops them
+    # (keeping the first).
+    c.file.drop_duplicates = False
     # Optional CSV of categorical item features: a header with file.item_column and one column
     # per feature, one row per item, "|" between the values of a multi-valued cell ("" = none).
     # Used by model.item_features; items missing from it get no feature value.

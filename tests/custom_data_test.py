@@ -72,7 +72,7 @@ def _assert_expected(corpus):
     assert corpus.raw_item_ids.tolist() == RAW_ITEMS
     assert corpus.raw_user_ids.tolist() == RAW_USERS
     assert [corpus.sequence(u).tolist() for u in range(corpus.num_users)] == DENSE
-    assert corpus.raw_item_ids.dtype.kind == "U" and corpus.name == "file"
+    assert corpus.raw_item_ids.dtype == object and corpus.name == "file"
 
 
 def test_custom_csv_goes_through_tfds_and_the_cache(tmp_path, monkeypatch):

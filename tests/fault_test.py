@@ -64,4 +64,8 @@ def test_sigkilled_run_resumes_to_the_same_bits(tmp_path):
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     results = json.loads((crashed / train_lib.RESULTS_FILE).read_text())
-    assert results == json.loads((reference / train_lib.RESULTS_FILE).read_text())
+    expected = json.loads((reference / train_lib.RESULTS_FILE).read_text())
+    # Same metrics and checkpoint step; the config hashes differ (the reference keeps every
+    # checkpoint).
+    assert results.pop("run")["checkpoint_step"] == expected.pop("run")["checkpoint_step"]
+    assert results == expected

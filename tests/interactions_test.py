@@ -1,5 +1,7 @@
 """Tests of reading your own interaction files (CSV, TSV, Parquet, paper format); no TFDS."""
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +26,7 @@ def _as_lists(encoded):
     """{raw user id: [raw item ids, oldest first]}."""
     seqs = encoded.sequences
     return {
-        encoded.user_ids[u].item(): encoded.item_ids[seqs.raw_items[start:end]].tolist()
+        encoded.user_ids.tolist()[u]: encoded.item_ids[seqs.raw_items[start:end]].tolist()
         for u, start, end in zip(
             seqs.raw_user_ids, seqs.offsets[:-1], seqs.offsets[1:], strict=True
         )
@@ -51,7 +53,7 @@ def test_csv_with_string_ids_and_iso_times(tmp_path):
     # Sorted vocabularies, so dense order follows raw order.
     assert encoded.user_ids.tolist() == ["alice", "bob"]
     assert encoded.item_ids.tolist() == ["tt1", "tt2", "tt3", "tt9"]
-    assert encoded.item_ids.dtype.kind == "U"
+    assert encoded.item_ids.dtype == object  # str objects, each as long as it is
 
 
 def test_bom_blank_lines_and_crlf_are_tolerated(tmp_path):
@@ -305,3 +307,97 @@ def _parquet(tmp_path, table, name="t.parquet"):
     path = tmp_path / name
     pq.write_table(table, path, row_group_size=2)
     return path
+
+
+# ---- Compressed files ---------------------------------------------------------------------
+
+
+def _compressed(tmp_path, name, text, codec):
+    path = tmp_path / name
+    with pa.output_stream(str(path), compression=codec) as f:
+        f.write(text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, codec", [("log.csv.gz", "gzip"), ("log.csv.zst", "zstd"), ("log.tsv.bz2", "bz2")]
+)
+def test_compressed_files_are_read_by_their_extension(tmp_path, name, codec):
+    text = LOG.replace(",", "\t") if ".tsv" in name else LOG
+    encoded = _read(_compressed(tmp_path, name, text, codec), min_user_interactions=3, **COLUMNS)
+    assert _as_lists(encoded) == EXPECTED
+
+
+def test_compressed_paper_file(tmp_path):
+    path = _compressed(tmp_path, "beauty.txt.gz", "1 10\n1 11\n2 12\n", "gzip")
+    assert _as_lists(_read(path, min_user_interactions=1)) == {1: [10, 11], 2: [12]}
+
+
+@pytest.mark.parametrize("fmt", ["", "csv"])
+def test_error_line_in_a_gz_file_counts_decompressed_lines(tmp_path, fmt):
+    lines = ["user,item,time"] + [f"u{i % 300},i{i % 50},{i}" for i in range(15_000)]
+    lines.insert(15_001, "u7,i8")  # line 15,002: the header is line 1
+    path = _compressed(tmp_path, "big.csv.gz", "\n".join(lines) + "\n", "gzip")
+    with pytest.raises(readers.DataFormatError, match=r"big\.csv\.gz:15002: expected 3 columns"):
+        _read(path, format=fmt, **COLUMNS)
+
+
+def test_parquet_cannot_be_read_through_gz(tmp_path):
+    path = str(tmp_path / "t.parquet.gz")
+    with pytest.raises(ValueError, match=r"file.path=.*Parquet file compresses inside"):
+        interactions.FileOptions.from_mapping({"path": path, "format": "parquet"})
+    with pytest.raises(ValueError, match=r"file.format is empty .* no known extension"):
+        interactions.FileOptions.from_mapping({"path": path})
+
+
+# ---- Exact duplicates ---------------------------------------------------------------------
+
+# Alice's 12:00 view of tt1 is in the file twice (lines 3 and 9), with another item of the same
+# time between; bob's tt2 and tt1 share a time but differ, so they are no duplicates.
+DUPLICATED = LOG + "alice,tt7,2020-01-01T12:00:00,1\nalice,tt1,2020-01-01T12:00:00,5\n"
+
+
+def test_exact_duplicates_are_counted_and_warned_about(tmp_path, caplog):
+    path = _write(tmp_path, "dup.csv", DUPLICATED)
+    with caplog.at_level("INFO"):
+        encoded = _read(path, min_user_interactions=3, **COLUMNS)
+    assert _as_lists(encoded)["alice"] == ["tt9", "tt1", "tt7", "tt1", "tt2"]  # kept by default
+    assert re.search(r"dup\.csv: 1 exact duplicate rows .*the first at line 9; kept", caplog.text)
+    assert re.search(r"Read .*dup\.csv: 8 rows read, 1 exact duplicates;", caplog.text)
+
+
+def test_drop_duplicates_keeps_the_first_of_each(tmp_path, caplog):
+    path = _write(tmp_path, "dup.csv", DUPLICATED + DUPLICATED.split("\n", 1)[1])
+    with caplog.at_level("INFO"):
+        encoded = _read(path, min_user_interactions=3, drop_duplicates=True, **COLUMNS)
+    assert _as_lists(encoded) == {
+        "alice": ["tt9", "tt1", "tt7", "tt2"],
+        "bob": ["tt2", "tt1", "tt3"],
+    }
+    # The whole log twice, plus the one repeated row: 9 of 16 rows are later copies.
+    assert "9 exact duplicates, 7 after dropping duplicates" in caplog.text
+
+
+def test_files_without_timestamps_count_no_duplicates(tmp_path, caplog):
+    path = _write(tmp_path, "plain.csv", "u,i\n1,2\n1,2\n1,3\n")
+    with caplog.at_level("INFO"):
+        encoded = _read(path, user_column="u", item_column="i", min_user_interactions=1)
+    assert _as_lists(encoded) == {1: [2, 2, 3]}  # a repeat, not a duplicate
+    assert "duplicate" not in caplog.text
+
+
+def test_an_id_over_the_limit_is_refused_naming_its_line(tmp_path):
+    long_id = "https://example.com/" + "x" * 200_000
+    text = "user,item\n" + "u1,a\n" * 5 + f"u2,{long_id}\n" + "u2,b\n"
+    path = _write(tmp_path, "long.csv", text)
+    with pytest.raises(readers.DataFormatError, match=r"long\.csv:7: column 'item': id of 200,020"):
+        _read(path, user_column="user", item_column="item", min_user_interactions=1)
+    # Up to the limit, long ids are ids like any other.
+    ok = "u1,a\n" * 4 + "u1," + "y" * 10_000 + "\n"
+    encoded = _read(
+        _write(tmp_path, "ok.csv", "user,item\n" + ok),
+        user_column="user",
+        item_column="item",
+        min_user_interactions=1,
+    )
+    assert [len(s) for s in encoded.item_ids] == [1, 10_000]

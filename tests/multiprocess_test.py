@@ -61,6 +61,8 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     multi_results = json.loads((multi / train_lib.RESULTS_FILE).read_text())
     single_results = json.loads((single / train_lib.RESULTS_FILE).read_text())
+    # Both stamped alike: the same config (paths aside) and checkpoint step.
+    assert multi_results.pop("run") == single_results.pop("run")
     assert multi_results.keys() == single_results.keys()
     for key, value in single_results.items():
         np.testing.assert_allclose(multi_results[key], value, atol=1e-6, err_msg=key)

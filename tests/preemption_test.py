@@ -3,9 +3,11 @@
 The signal tests run real training processes and send them real signals.
 """
 
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +19,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from bert4rec_jax import checkpointing, train_lib
+from benchmarks import crash_resume
+from bert4rec_jax import checkpointing, preemption, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,8 +41,8 @@ def train_command(workdir, data_dir, *extra):
     ]
 
 
-def start(command, log: pathlib.Path, devices: int = 1) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+def start(command, log: pathlib.Path, devices: int = 1, env=None) -> subprocess.Popen:
+    env = dict(env or os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
@@ -59,9 +62,164 @@ def wait_for(log: pathlib.Path, pattern: str, proc: subprocess.Popen, timeout: f
     pytest.fail(f"no {pattern!r} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def wait_until_catching(proc: subprocess.Popen, sig: int, timeout: float = 60) -> None:
+    """Waits until the process has a handler for `sig` (Linux: SigCgt in /proc/<pid>/status).
+
+    Before that, in the interpreter's own start, a signal ends any Python process.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.002)
+    pytest.fail(f"process {proc.pid} did not catch signal {sig} within {timeout} s")
+
+
 def finish(proc: subprocess.Popen, log: pathlib.Path) -> str:
     assert proc.wait(timeout=600) == 0, log.read_text()[-4000:]
     return log.read_text()
+
+
+# ---- SIGTERM at every phase of a run ------------------------------------------------------
+
+# Six steps, validated and saved every three: both a best/ and a final checkpoint to stop around.
+SHORT_RUN = {
+    "num_train_steps": 6,
+    "warmup_steps": 1,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 3,
+    "eval.every_steps": 3,
+    "eval.protocols": "pop100",
+}
+
+
+class ShortRun:
+    """The uninterrupted short run every stopped run is compared with, and how to start one."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        self.data = root / "data"
+        crash_resume.prepare_data(self.data)  # once: no start prepares it while being stopped
+        self.env = crash_resume.subprocess_env(root / "jax_cache")
+        self.workdir = root / "reference"
+        self.run(self.workdir, root / "reference.log")
+        self.results = json.loads((self.workdir / train_lib.RESULTS_FILE).read_text())
+
+    def command(self, workdir, **overrides):
+        return crash_resume.train_command(workdir, self.data, {**SHORT_RUN, **overrides})
+
+    def run(self, workdir, log, phase: str | None = None, **overrides) -> str:
+        """Runs to its exit (which must be 0), SIGTERMed at `phase` (preemption.py's test hook)."""
+        env = dict(self.env)
+        if phase:
+            env[preemption.TEST_HOOK_ENV] = phase
+        return finish(start(self.command(workdir, **overrides), log, env=env), log)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> ShortRun:
+    return ShortRun(tmp_path_factory.mktemp("short_run"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "phase, said",
+    [
+        ("startup", "before the run began; nothing written"),
+        ("data", "before training began"),
+        ("compile", "Stopping at step 1 on SIGTERM"),
+        ("step_2", "Stopping at step 3 on SIGTERM"),
+        ("final_save", "after step 6's checkpoint; rerun the same command to test"),
+        ("best_restore", "before the test evaluation; rerun the same command"),
+        ("test_eval", "SIGTERM came during the test evaluation; finished it first"),
+    ],
+)
+def test_sigterm_at_any_phase_exits_0_and_a_rerun_ends_with_the_same_results(
+    short_run, tmp_path, phase, said
+):
+    workdir = tmp_path / "work"
+    printed = short_run.run(workdir, tmp_path / "stopped.log", phase=phase)
+    assert said in printed
+    if phase in ("startup", "data"):
+        assert not workdir.exists()  # nothing written
+    if phase != "test_eval":
+        assert not (workdir / train_lib.RESULTS_FILE).exists()
+        short_run.run(workdir, tmp_path / "rerun.log")
+    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text()) == short_run.results
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_at_any_moment_exits_0_and_the_rerun_is_the_same(short_run, tmp_path):
+    """A real signal from another process, at whatever phase it lands, and then one more."""
+    workdir = tmp_path / "work"
+    for i, after in enumerate((None, r"step 2/6 ")):
+        log = tmp_path / f"stopped{i}.log"
+        proc = start(short_run.command(workdir), log, env=short_run.env)
+        if after:
+            wait_for(log, after, proc)
+        else:  # as soon as Python runs train.py's first lines, while it imports JAX
+            wait_until_catching(proc, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, log)
+    if not (workdir / train_lib.RESULTS_FILE).exists():
+        short_run.run(workdir, tmp_path / "rerun.log")
+    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text()) == short_run.results
+    assert_same_params(short_run.workdir, workdir)
+
+
+@pytest.mark.slow
+def test_results_of_an_earlier_run_are_set_aside_when_its_checkpoints_are_gone(short_run, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(short_run.workdir, workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    (workdir / "checkpoints").mkdir()
+    old_best = snapshot(workdir / "best")
+    # Another learning rate: a new lineage, with its own best parameters and results.
+    printed = short_run.run(workdir, tmp_path / "rerun.log", learning_rate=0.01)
+    assert re.search(r"best and test_results.json in .* came from an earlier run", printed)
+    [aside] = (workdir / checkpointing.SET_ASIDE_DIRNAME).iterdir()
+    assert snapshot(aside / "best") == old_best
+    assert json.loads((aside / train_lib.RESULTS_FILE).read_text()) == short_run.results
+    results = checkpointing.read_results(workdir)
+    assert results["run"]["checkpoint_step"] == 6
+    assert results["run"]["config_hash"] != short_run.results["run"]["config_hash"]
+    assert results != short_run.results
+
+
+def test_a_rerun_checks_the_results_stamp_against_its_checkpoints_and_config(tmp_path, caplog):
+    config = tiny_config(tmp_path)
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    stamp = dict(params_step=10, checkpoint_step=20, config=config)
+    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **stamp)
+    with caplog.at_level("INFO"):
+        assert checkpointing.set_aside_stale(tmp_path, config) == []  # consistent
+        other = tiny_config(tmp_path, learning_rate=0.5)
+        assert checkpointing.set_aside_stale(tmp_path, other) == []
+    assert "holds the results of config" in caplog.text  # kept, named, replaced at the end
+    # Stamped past the latest checkpoint: not this lineage's.
+    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **dict(stamp, checkpoint_step=30))
+    assert checkpointing.set_aside_stale(tmp_path, config) == [train_lib.RESULTS_FILE]
+    [aside] = (tmp_path / checkpointing.SET_ASIDE_DIRNAME).iterdir()
+    assert (aside / train_lib.RESULTS_FILE).exists()
+    assert not (tmp_path / train_lib.RESULTS_FILE).exists()
+
+
+def test_results_are_stamped_with_the_config_and_the_checkpoint_step(tmp_path):
+    config = tiny_config(tmp_path)
+    checkpointing.write_results(
+        tmp_path, {"full/hr@10": 0.5}, params_step=10, checkpoint_step=20, config=config
+    )
+    moved = tiny_config(tmp_path / "elsewhere")  # the data directory is no part of the identity
+    assert checkpointing.read_results(tmp_path) == {
+        "step": 10,
+        "full/hr@10": 0.5,
+        "run": {"config_hash": checkpointing.config_hash(moved), "checkpoint_step": 20},
+    }
+    assert checkpointing.config_hash(tiny_config(tmp_path, seed=1)) != checkpointing.config_hash(
+        config
+    )
 
 
 def assert_same_params(workdir_a, workdir_b):
@@ -70,28 +228,6 @@ def assert_same_params(workdir_a, workdir_b):
     assert step_a == step_b
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-@pytest.mark.slow
-def test_sigterm_saves_exits_0_and_the_resumed_run_is_bit_identical(tmp_path):
-    data = tmp_path / "data"
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    finish(start(train_command(full, data), tmp_path / "full.log"), tmp_path / "full.log")
-
-    log = tmp_path / "stopped.log"
-    proc = start(train_command(stopped, data), log)
-    wait_for(log, r"step 3/60 ", proc)
-    proc.send_signal(signal.SIGTERM)
-    printed = finish(proc, log)  # exit status 0
-    step = int(re.search(r"Stopping at step (\d+) on SIGTERM", printed).group(1))
-    assert 3 <= step < 60
-    assert checkpointing.Checkpointer(stopped, keep=3).latest_step() == step
-    assert not (stopped / train_lib.RESULTS_FILE).exists()
-
-    log = tmp_path / "resumed.log"
-    printed = finish(start(train_command(stopped, data), log), log)
-    assert f"Resuming from checkpoint at step {step}" in printed
-    assert_same_params(full, stopped)
 
 
 def free_port() -> int:
@@ -161,7 +297,13 @@ def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
     damage(workdir / "checkpoints" / "10")
     with caplog.at_level("INFO"):
         assert train_lib.train_and_evaluate(config, str(workdir))  # finishes, with test results
-    assert re.search(r"Skipping unusable checkpoint .*checkpoints/10\b", caplog.text)
+    [skipped] = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    # One short line: the step, the directory and the cause (not TensorStore's spec).
+    assert re.fullmatch(
+        r"Skipping unusable checkpoint of step 10 \(.*checkpoints/10\): \w+: .+", skipped
+    )
+    assert len(skipped) < 600 and "tensorstore_spec" not in skipped, skipped
+    print(skipped)
     assert "Resuming from checkpoint at step 5" in caplog.text
     # The damaged files are kept, out of the way; training saved step 10 again.
     [kept] = (workdir / checkpointing.UNUSABLE_DIRNAME).iterdir()

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import load_corpus, prepared
 
 SMALL = {"num_users": 50, "num_items": 40, "seed": 0}
@@ -55,3 +56,55 @@ def test_an_edited_source_file_is_not_trusted(tmp_path):
     assert_same_corpus(prepared.load_prepared("file", data_dir=data_dir, file=file), edited)
     os.utime(path, (0, 0))  # same bytes, other time: not trusted without hashing again
     assert prepared.load_prepared("file", data_dir=data_dir, file=file) is None
+
+
+# ---- Raw ids by their actual length -------------------------------------------------------
+
+
+def test_a_long_string_id_costs_its_own_length_only(tmp_path):
+    """A million-item catalogue with one 10,000-character id: the cache follows the ids' bytes
+    (fixed-width unicode would have taken 1M x 40,000 bytes = 40 GB)."""
+    num_items = 1_000_000
+    ids = [f"https://shop.example/item/{i:07d}" for i in range(num_items)]  # 33 bytes each
+    ids[123_456] = "https://shop.example/item/" + "x" * 9_974  # 10,000 characters
+    vocab = corpus_lib.string_ids(sorted(ids))
+    # 100,000 users of 10 items each: every item used once.
+    offsets = np.arange(0, num_items + 1, 10)
+    corpus = corpus_lib.corpus_from_sequences(
+        "long", np.arange(len(offsets) - 1), offsets, np.arange(num_items), item_vocab=vocab
+    )
+    assert corpus.raw_item_ids.dtype == object
+    path = tmp_path / "corpus.npz"
+    prepared.write_cache(path, corpus)
+    id_bytes = sum(len(s.encode()) for s in ids)
+    assert path.stat().st_size < 2 * id_bytes, (path.stat().st_size, id_bytes)
+    assert_same_corpus(prepared.read_cache(path), corpus)
+
+
+def test_string_ids_round_trip_and_old_caches_still_load(tmp_path):
+    corpus = corpus_lib.corpus_from_sequences(
+        "s",
+        np.array(["ü1", "u2"]),
+        np.array([0, 2, 3]),
+        np.array([2, 0, 1]),
+        item_vocab=np.array(["a", "β" * 300, "tt0114709"]),
+    )
+    path = tmp_path / "new.npz"
+    prepared.write_cache(path, corpus)
+    with np.load(path) as z:
+        assert "raw_item_ids" not in z.files and z["raw_item_ids__utf8"].dtype == np.uint8
+    assert_same_corpus(prepared.read_cache(path), corpus)
+    # A format-3 cache held fixed-width unicode arrays; they load as the same ids.
+    old = tmp_path / "old.npz"
+    np.savez(
+        old,
+        format=np.int64(3),
+        name=np.str_("s"),
+        offsets=corpus.offsets,
+        items=corpus.items,
+        raw_item_ids=corpus.raw_item_ids.astype(str),
+        raw_user_ids=corpus.raw_user_ids.astype(str),
+    )
+    restored = prepared.read_cache(old)
+    assert restored.raw_item_ids.dtype == object
+    assert_same_corpus(restored, corpus)

@@ -4,7 +4,11 @@ A `Corpus` holds every user's chronological item sequence as two flat numpy arra
 `offsets` + `items`), never as Python dicts of lists, so that a 20M-interaction data set costs a few
 hundred MB and every operation on it is vectorised. Item ids are dense: 0 is padding, 1..V are items
 and V + 1 is [MASK]. The raw ids of the source travel with it so that exports can speak raw ids;
-they are integers (int64) or strings (a numpy unicode array), whatever the source used.
+they are integers (int64) or strings, whatever the source used. String ids are Python strings in
+an object array, each as long as it is (a numpy unicode array would give every id the width of the
+longest: one 200,000-character URL among a million ids would take 800 GB), and are stored on disk
+as offsets plus UTF-8 bytes (`pack_raw_ids`), so memory and files follow the ids' total length.
+An id may be at most `MAX_RAW_ID_BYTES` long (readers refuse longer ones, naming the row).
 
 The leave-one-out split (`leave_one_out`) is derived from the corpus, not stored beside it:
 for a user with n >= 3 interactions the last item is the test target and the second to last the
@@ -24,6 +28,9 @@ MIN_EVAL_LENGTH = 3
 SPLIT_MODES = ("standard", "paper")
 # Raw item ids below this many times the interaction count are remapped through a lookup table.
 _TABLE_REMAP_FACTOR = 8
+# The longest raw id accepted, in UTF-8 bytes: far above URLs and SKUs (browsers cap URLs near
+# 64 KB too), far below what would make a cell in a CSV a mistake worth a silent gigabyte.
+MAX_RAW_ID_BYTES = 65_536
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,10 +41,10 @@ class Corpus:
       name: the data set's name, e.g. "beauty".
       offsets: int64 [num_users + 1]; user u's items are `items[offsets[u]:offsets[u + 1]]`.
       items: int32 [num_interactions]; dense item ids in 1..num_items, oldest first.
-      raw_item_ids: [num_items + 1], int64 or unicode (`<U`); `raw_item_ids[i]` is the source's
+      raw_item_ids: [num_items + 1], int64 or object (Python str); `raw_item_ids[i]` is the source's
         id of item i. Entry 0 stands for padding: -1 for integer ids, "" for string ids (neither
         is a valid raw id). Sorted from 1 on, so dense ids keep the raw order.
-      raw_user_ids: [num_users], int64 or unicode; the source's id of each user.
+      raw_user_ids: [num_users], int64 or object (str); the source's id of each user.
       item_features: optional categorical item features (`features.py`): name -> int32
         [num_items + 2, width] category ids by dense item id, 0 = none (padding, [MASK] and
         items without the feature). Empty when the source has none.
@@ -91,29 +98,66 @@ class Corpus:
 
 def padding_raw_id(raw_ids: np.ndarray) -> int | str:
     """The raw id that stands for padding in an array of raw ids: -1, or "" for strings."""
-    return "" if raw_ids.dtype.kind == "U" else -1
+    return -1 if raw_ids.dtype.kind in "iu" else ""
+
+
+def string_ids(values) -> np.ndarray:
+    """Strings as an object array [n] of str (never a fixed-width unicode array)."""
+    values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def raw_id_array(raw_ids) -> np.ndarray:
-    """Raw ids as the corpus keeps them: int64 for integers, numpy unicode for strings.
+    """Raw ids as the corpus keeps them: int64 for integers, an object array of str for strings.
 
     Args:
-      raw_ids: integers, or strings (a unicode or object array of str).
+      raw_ids: integers, or strings (a unicode, numpy string or object array of str).
 
     Returns:
-      int64 [n] or `<U` [n].
+      int64 [n] or object [n].
 
     Raises:
       ValueError: for any other kind of id (floats, bytes, mixed objects).
     """
-    raw_ids = np.asarray(raw_ids)
+    if not isinstance(raw_ids, np.ndarray):
+        values = list(raw_ids)
+        # Strings straight into an object array: np.asarray would make them fixed-width first.
+        if values and all(isinstance(v, str) for v in values):
+            return string_ids(values)
+        raw_ids = np.asarray(values, dtype=None if values else np.int64)
     if raw_ids.dtype.kind in "iu":
         return raw_ids.astype(np.int64)
-    if raw_ids.dtype.kind == "U":
-        return raw_ids
+    if raw_ids.dtype.kind in "UT":
+        return string_ids(raw_ids)
     if raw_ids.dtype.kind == "O" and all(isinstance(v, str) for v in raw_ids.tolist()):
-        return raw_ids.astype(str) if raw_ids.size else np.zeros(0, dtype="<U1")
+        return raw_ids
     raise ValueError(f"raw ids must be integers or strings, got an array of {raw_ids.dtype}")
+
+
+def pack_raw_ids(raw_ids: np.ndarray, key: str) -> dict[str, np.ndarray]:
+    """Raw ids as plain arrays for `np.savez` (no pickle): int64 ids as they are, string ids as
+    `<key>__offsets` (int64 [n + 1]) and `<key>__utf8` (uint8 [total bytes]); `unpack_raw_ids`
+    reads both, and also an older file's unicode array under `key`."""
+    if raw_ids.dtype.kind in "iu":
+        return {key: raw_ids}
+    encoded = [s.encode("utf-8") for s in raw_ids.tolist()]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    utf8 = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return {f"{key}__offsets": offsets, f"{key}__utf8": utf8}
+
+
+def unpack_raw_ids(arrays, key: str) -> np.ndarray:
+    """The raw ids `pack_raw_ids` stored under `key` in `arrays` (a mapping or an NpzFile)."""
+    names = arrays.files if hasattr(arrays, "files") else arrays.keys()
+    if f"{key}__offsets" not in names:
+        return raw_id_array(arrays[key])
+    offsets = arrays[f"{key}__offsets"].tolist()
+    data = arrays[f"{key}__utf8"].tobytes()
+    bounds = zip(offsets[:-1], offsets[1:], strict=True)
+    return string_ids(data[a:b].decode("utf-8") for a, b in bounds)
 
 
 def corpus_from_sequences(

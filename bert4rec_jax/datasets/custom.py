@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import interactions, paper
 
 RAW_IDS_FILE = "raw_ids.npz"
@@ -37,7 +38,8 @@ RAW_IDS_FILE = "raw_ids.npz"
 class RawIds(tfds.core.Metadata):
     """The sorted vocabularies of raw user and item ids, saved as one `.npz` beside the records.
 
-    Keys: "user_ids" and "item_ids", numpy arrays of int64 or unicode (saved without pickle).
+    Keys: "user_ids" and "item_ids", numpy arrays of int64 or str objects; saved without pickle,
+    strings as offsets + UTF-8 bytes (`corpus.pack_raw_ids`; older unicode arrays still load).
     A small `metadata.json` is written too: TFDS restores a custom `Metadata` only when that
     file exists.
     """
@@ -45,7 +47,11 @@ class RawIds(tfds.core.Metadata):
     def save_metadata(self, data_dir: epath.PathLike) -> None:
         data_dir = epath.Path(data_dir)
         buffer = io.BytesIO()
-        np.savez(buffer, user_ids=self["user_ids"], item_ids=self["item_ids"])
+        np.savez(
+            buffer,
+            **corpus_lib.pack_raw_ids(self["user_ids"], "user_ids"),
+            **corpus_lib.pack_raw_ids(self["item_ids"], "item_ids"),
+        )
         (data_dir / RAW_IDS_FILE).write_bytes(buffer.getvalue())
         summary = {
             "raw_ids_file": RAW_IDS_FILE,
@@ -58,7 +64,10 @@ class RawIds(tfds.core.Metadata):
         content = (epath.Path(data_dir) / RAW_IDS_FILE).read_bytes()
         with np.load(io.BytesIO(content), allow_pickle=False) as z:
             self.clear()
-            self.update(user_ids=z["user_ids"], item_ids=z["item_ids"])
+            self.update(
+                user_ids=corpus_lib.unpack_raw_ids(z, "user_ids"),
+                item_ids=corpus_lib.unpack_raw_ids(z, "item_ids"),
+            )
 
 
 @dataclasses.dataclass(kw_only=True)

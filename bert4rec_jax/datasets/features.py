@@ -311,11 +311,12 @@ def _positions(target: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.n
     String source ids are matched to integer targets by their decimal value; a string that is
     not a canonical integer matches nothing.
     """
-    if target.dtype.kind in "iu" and source.dtype.kind == "U":
+    # String ids are unicode or object (str) arrays (`corpus.raw_id_array`).
+    if target.dtype.kind in "iu" and source.dtype.kind in "UO":
         ok = np.array([s.isdigit() and (s == "0" or not s.startswith("0")) for s in source], bool)
         rows = np.flatnonzero(ok)
         source = np.array([int(s) for s in source[rows]], np.int64)
-    elif target.dtype.kind == "U" and source.dtype.kind in "iu":
+    elif target.dtype.kind in "UO" and source.dtype.kind in "iu":
         rows, source = np.arange(len(source)), source.astype(str)
     else:
         rows = np.arange(len(source))

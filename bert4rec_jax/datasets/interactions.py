@@ -7,9 +7,10 @@ and not once per interaction.
 
 Ids: a column whose values are all non-negative decimal integers without leading zeros (up to 18
 digits) holds integer ids; any other column holds string ids (surrounding whitespace is
-stripped, so "7" and " 7" are one id; "007" and "7" are two). Parquet integer columns are
-integer ids, Parquet string columns string ids. An empty or missing id is an error, as is a
-negative integer id (-1 stands for padding in `Corpus.raw_item_ids`).
+stripped, so "7" and " 7" are one id; "007" and "7" are two), of at most
+`corpus.MAX_RAW_ID_BYTES` (64 KiB) of UTF-8 each: a longer one is refused, naming its line.
+Parquet integer columns are integer ids, Parquet string columns string ids. An empty or missing
+id is an error, as is a negative integer id (-1 stands for padding in `Corpus.raw_item_ids`).
 
 Timestamps: integers or floats (e.g. unix seconds), ISO-8601 strings ("2015-03-31",
 "2015-03-31T06:40:02", with or without a zone such as "Z" or "+02:00", but the same kind in the
@@ -18,7 +19,14 @@ whole column), or Parquet timestamp/date columns. Only their order matters.
 Order: each user's interactions are sorted by timestamp, ties kept in file order (a stable sort).
 Without a timestamp column the file order is the order.
 
+Exact duplicates: rows with the same user, item and timestamp (the columns read) are counted in
+the loading summary, and a warning names their count and the first one's line; they usually come
+from a log exported or concatenated twice, and they double sequences and let users pass
+`min_user_interactions`. `drop_duplicates` keeps the first of each. Without a timestamp column a
+duplicate cannot be told from a repeated interaction, so none is counted.
+
 Filters, applied in this order, once each (not repeated until nothing changes):
+  0. `drop_duplicates` (see above);
   1. `drop_repeats`: an interaction with the same item as the user's previous one (after
      ordering) is dropped, so "A A B A" becomes "A B A";
   2. `min_item_interactions`: items with fewer interactions than this (counted after step 1)
@@ -56,6 +64,7 @@ import pyarrow.parquet as pq
 from absl import logging
 from etils import epath
 
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import readers
 
 FORMATS = ("csv", "tsv", "parquet", "paper")
@@ -67,6 +76,9 @@ _EXTENSIONS = {
     ".pq": "parquet",
     ".txt": "paper",
 }
+# Compressed text files (CSV, TSV, paper), by the extension after the format's: "x.csv.gz". They
+# are read decompressed as a stream, and line numbers in errors count the decompressed text.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # Canonical non-negative integers that fit int64 with room to spare (as readers._MAX_DIGITS).
 _INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"
 # pyarrow's CSV block size: each block is parsed by one thread; 16 MiB keeps both cores busy on
@@ -81,7 +93,8 @@ class FileOptions:
     Attributes:
       path: the file; local or any file system `etils.epath` reads (gs://...).
       format: "csv", "tsv", "parquet" or "paper" (`<user> <item>` lines); "" = from the
-        file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper).
+        file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper), also when the text
+        formats' files are compressed (.csv.gz, .tsv.bz2, .txt.zst, ...: `COMPRESSIONS`).
       columns: for a CSV/TSV file without a header line: its column names, comma-separated
         (e.g. "user_id,item_id,rating,timestamp"); "" = the first line is the header.
       delimiter: CSV/TSV field separator, one character ("\\t" for a tab); "" = "," for csv,
@@ -92,6 +105,8 @@ class FileOptions:
       min_user_interactions: users with fewer interactions are dropped (the paper's 5).
       min_item_interactions: items with fewer interactions are dropped; 0 = keep all.
       drop_repeats: drop an interaction with the same item as the user's previous one.
+      drop_duplicates: drop exact duplicate rows (same user, item and timestamp), keeping the
+        first; they are counted and warned about either way.
       item_features_path: optional CSV of categorical item features, one row per item, with a
         header naming `item_column` and one column per feature (`|` between the values of a
         multi-valued cell); "" = none. Read at every load (`features.read_item_features_csv`),
@@ -109,6 +124,7 @@ class FileOptions:
     min_item_interactions: int = 0
     drop_repeats: bool = False
     item_features_path: str = ""
+    drop_duplicates: bool = False
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> FileOptions:
@@ -133,12 +149,18 @@ class FileOptions:
         if self.format:
             return self.format
         name = os.path.basename(self.path.rstrip("/")).lower()
+        compressed = _compression(name) is not None
+        if compressed:
+            name = os.path.splitext(name)[0]
         for extension, fmt in _EXTENSIONS.items():
+            if compressed and fmt == "parquet":
+                continue  # Parquet compresses inside the file
             if name.endswith(extension):
                 return fmt
         raise ValueError(
             f"file.format is empty and {self.path!r} has no known extension "
-            f"({', '.join(_EXTENSIONS)}); set file.format to one of {FORMATS}"
+            f"({', '.join(_EXTENSIONS)}, the text ones also followed by one of "
+            f"{', '.join(COMPRESSIONS)}); set file.format to one of {FORMATS}"
         )
 
     @property
@@ -189,6 +211,11 @@ class FileOptions:
                 f"file.user_column, file.item_column and file.timestamp_column must differ, "
                 f"got {wanted}"
             )
+        if fmt == "parquet" and _compression(self.path):
+            raise ValueError(
+                f"file.path={self.path!r}: a Parquet file compresses inside itself; it cannot be "
+                f"read through {os.path.splitext(self.path)[1]}"
+            )
         if fmt != "parquet" and len(self.separator) != 1:
             raise ValueError(f"file.delimiter={self.delimiter!r}: must be one character")
         names = self.column_names
@@ -212,6 +239,8 @@ class FileOptions:
         # Not read by read_sequences (features are joined at load time); leaving it out keeps
         # the keys of files prepared before the field existed.
         del fields["item_features_path"]
+        if not self.drop_duplicates:
+            del fields["drop_duplicates"]  # likewise: the keys of files prepared before it
         fields["format"] = self.resolved_format
         if self.resolved_format != "parquet":
             fields["delimiter"] = self.separator
@@ -236,14 +265,18 @@ class EncodedSequences:
     Attributes:
       sequences: `raw_user_ids` index `user_ids`, `raw_items` index `item_ids`; users in
         ascending order (= ascending raw id), each user's items oldest first.
-      user_ids: [num_user_ids], int64 or unicode, sorted and unique.
-      item_ids: [num_item_ids], int64 or unicode, sorted and unique. Items that the filters
+      user_ids: [num_user_ids], int64 or object (str), sorted and unique.
+      item_ids: [num_item_ids], int64 or object (str), sorted and unique. Items that the filters
         removed stay in the vocabulary (no sequence uses them).
     """
 
     sequences: readers.Sequences
     user_ids: np.ndarray
     item_ids: np.ndarray
+
+
+# Where a row is, for messages: row index (0-based, in file order) -> (line or None, prefix).
+_Locate = Callable[[int], tuple[int | None, str]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -255,10 +288,7 @@ class _Columns:
     timestamps: np.ndarray | None  # int64 or float64 [rows], or None (file order)
     user_ids: np.ndarray
     item_ids: np.ndarray
-
-
-# Where a row is, for messages: row index (0-based, in file order) -> (line or None, prefix).
-_Locate = Callable[[int], tuple[int | None, str]]
+    locate: _Locate | None = None  # row -> where, for messages
 
 
 def read_sequences(options: FileOptions) -> EncodedSequences:
@@ -313,7 +343,7 @@ def _encode_ids(
       locate: row -> where, for messages.
 
     Returns:
-      int32 [rows] codes and the sorted unique raw ids they index (int64 or unicode).
+      int32 [rows] codes and the sorted unique raw ids they index (int64 or str objects).
     """
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (pa.types.is_integer(kind) or _is_text(kind)):
@@ -363,10 +393,23 @@ def _encode_ids(
         empty = np.flatnonzero(pc.equal(trimmed, "").to_numpy(zero_copy_only=False))
         if len(empty):
             raise _fail(locate, name, first_row_of(empty), column_name, "empty id")
+        sizes = pc.binary_length(trimmed).to_numpy(zero_copy_only=False)
+        too_long = np.flatnonzero(sizes > corpus_lib.MAX_RAW_ID_BYTES)
+        if len(too_long):
+            row = first_row_of(too_long)
+            raise _fail(
+                locate,
+                name,
+                row,
+                column_name,
+                f"id of {int(sizes[indices[row]]):,} bytes; ids may be at most "
+                f"{corpus_lib.MAX_RAW_ID_BYTES:,} bytes (UTF-8)",
+            )
         if pc.all(pc.match_substring_regex(trimmed, _INTEGER_ID)).as_py():
             values = pc.cast(trimmed, pa.int64()).to_numpy()
         else:
-            values = np.asarray(trimmed.to_pylist(), dtype=str)
+            # Python strings, each as long as it is (see corpus.py: never fixed-width unicode).
+            values = corpus_lib.string_ids(trimmed.to_pylist())
     # Sorting only the vocabulary (small) orders the codes like the raw ids; np.unique also
     # merges ids that became equal once trimmed.
     vocab, inverse = np.unique(values, return_inverse=True)
@@ -478,26 +521,38 @@ def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _L
 # ---- Formats ----------------------------------------------------------------------------------
 
 
+def _compression(path: str | os.PathLike) -> str | None:
+    """pyarrow's codec for a compressed file's extension, or None."""
+    return COMPRESSIONS.get(os.path.splitext(os.fspath(path))[1].lower())
+
+
 @contextlib.contextmanager
 def _opened(path: epath.Path):
-    """A local path as a string (pyarrow's own, fastest reader), else an open file object."""
+    """A local uncompressed path as a string (pyarrow's own, fastest reader), else an open file
+    object, decompressed as it is read when the extension says the file is compressed."""
     text = os.fspath(path)
-    if "://" not in text and os.path.exists(text):
+    codec = _compression(text)
+    if codec is None and "://" not in text and os.path.exists(text):
         yield text
         return
     with path.open("rb") as f:
-        yield f
+        if codec is None:
+            yield f
+            return
+        with pa.input_stream(f, compression=codec) as stream:
+            yield stream
 
 
 def _read_paper(path: epath.Path, name: str) -> _Columns:
-    table = readers.read_int_table(path, num_columns=2, name=name)  # [rows, 2]
+    with _opened(path) as source, _binary(source) as f:
+        table = readers.read_int_table(f, num_columns=2, name=name)  # [rows, 2]
 
     def locate(row: int) -> tuple[int | None, str]:
         return None, f"row {row + 1}: "
 
     users, user_ids = _encode_ids(pa.chunked_array([table[:, 0]]), "user", name, locate)
     items, item_ids = _encode_ids(pa.chunked_array([table[:, 1]]), "item", name, locate)
-    return _Columns(users, items, None, user_ids, item_ids)
+    return _Columns(users, items, None, user_ids, item_ids, locate)
 
 
 def _read_parquet(path: epath.Path, name: str, options: FileOptions) -> _Columns:
@@ -552,7 +607,7 @@ def _columns_from_table(
     if options.timestamp_column:
         column = options.timestamp_column
         timestamps = _timestamps(table[column], column, name, locate)
-    return _Columns(users, items, timestamps, user_ids, item_ids)
+    return _Columns(users, items, timestamps, user_ids, item_ids, locate)
 
 
 def _read_csv(path: epath.Path, name: str, options: FileOptions) -> _Columns:
@@ -628,7 +683,7 @@ def _read_csv(path: epath.Path, name: str, options: FileOptions) -> _Columns:
 
 def _csv_header(path: epath.Path, separator: str, quote) -> list[str]:
     """The column names in a CSV file's first non-blank line."""
-    with path.open("rb") as f:
+    with _opened(path) as source, _binary(source) as f:
         head = f.read(1 << 20).removeprefix(b"\xef\xbb\xbf")
     for line in head.decode("utf-8", "replace").splitlines():
         if line.strip():
@@ -687,10 +742,11 @@ def _csv_error_with_line(
 def _physical_line(path: epath.Path, record: int) -> int | None:
     """The 1-based line number of the `record`-th non-empty line (pyarrow skips empty ones).
 
-    Only called on error paths; streams the file in blocks of whole lines with numpy.
+    Only called on error paths; streams the file (decompressed) in blocks of whole lines with
+    numpy.
     """
     seen, lines_before, carry = 0, 0, b""
-    with path.open("rb") as f:
+    with _opened(path) as source, _binary(source) as f:
         first = True
         while True:
             chunk = f.read(16 << 20)
@@ -719,6 +775,16 @@ def _physical_line(path: epath.Path, record: int) -> int | None:
                 return None
 
 
+@contextlib.contextmanager
+def _binary(source):
+    """`_opened`'s result as a binary file object."""
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            yield f
+    else:
+        yield source
+
+
 # ---- Ordering and filters ---------------------------------------------------------------------
 
 
@@ -741,14 +807,54 @@ def _sorted_order(users: np.ndarray, timestamps: np.ndarray | None) -> np.ndarra
     return pc.sort_indices(pa.table(keys), sort_keys=sort_keys).to_numpy()
 
 
+def _duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+    """bool [rows]: the rows (ordered by user and time, ties in file order) that repeat an
+    earlier row's user, item and timestamp. None without timestamps (see the module doc)."""
+    duplicate = np.zeros(len(users), dtype=bool)
+    if timestamps is None or len(users) < 2:
+        return duplicate
+    tie = (users[1:] == users[:-1]) & (timestamps[1:] == timestamps[:-1])  # [rows - 1]
+    if not tie.any():
+        return duplicate
+    # Only rows that share their user and time with a neighbour can be duplicates: sort those
+    # (usually few) by (user-and-time group, item); the stable sort keeps file order in a group.
+    group = np.concatenate([[0], np.cumsum(~tie)])  # [rows]
+    candidate = np.zeros(len(users), dtype=bool)
+    candidate[1:] |= tie
+    candidate[:-1] |= tie
+    rows = np.flatnonzero(candidate)
+    rows = rows[np.lexsort((items[rows], group[rows]))]  # stable: ties keep their order
+    same = (group[rows][1:] == group[rows][:-1]) & (items[rows][1:] == items[rows][:-1])
+    duplicate[rows[1:][same]] = True
+    return duplicate
+
+
 def _order_and_filter(columns: _Columns, options: FileOptions, name: str) -> readers.Sequences:
-    users, items = columns.users, columns.items
+    users, items, timestamps = columns.users, columns.items, columns.timestamps
     num_rows = len(users)
-    order = _sorted_order(users, columns.timestamps)
+    order = _sorted_order(users, timestamps)
     if order is not None:
         users, items = users[order], items[order]
-    del order
+        timestamps = None if timestamps is None else timestamps[order]
     counts = {"rows read": num_rows}
+    duplicates = _duplicates(users, items, timestamps)
+    if duplicates.any():
+        first_row = int((duplicates.nonzero()[0] if order is None else order[duplicates]).min())
+        line, where = columns.locate(first_row) if columns.locate else (None, "")
+        counts["exact duplicates"] = int(duplicates.sum())
+        logging.warning(
+            "%s: %d exact duplicate rows (same user, item and timestamp), the first at %s; %s",
+            name,
+            counts["exact duplicates"],
+            f"line {line}" if line is not None else (where.rstrip(", ") or f"row {first_row}"),
+            "dropped (file.drop_duplicates)"
+            if options.drop_duplicates
+            else "kept; set file.drop_duplicates=True to drop them",
+        )
+        if options.drop_duplicates:
+            users, items = users[~duplicates], items[~duplicates]
+            counts["after dropping duplicates"] = len(users)
+    del order, duplicates
     if options.drop_repeats:
         keep = np.ones(len(users), dtype=bool)
         keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])

@@ -43,7 +43,10 @@ DATASETS = (
 )
 # Bump when the cached arrays change meaning; old cache files are then ignored.
 # 3: optional item and user features (`_ITEM_FEATURE` / `_USER_FEATURE` + name).
-CACHE_FORMAT = 3
+# 4: string raw ids as offsets + UTF-8 bytes (`corpus.pack_raw_ids`), not fixed-width unicode;
+#    format 3 files are still read (their ids are converted as they load).
+CACHE_FORMAT = 4
+_READABLE_FORMATS = (3, 4)
 CACHE_DIRNAME = "bert4rec_corpus"
 _INDEX_DIRNAME = "requests"
 # Key prefixes of the features' arrays in the cache's .npz.
@@ -72,8 +75,8 @@ def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
         name=np.str_(corpus.name),
         offsets=corpus.offsets,
         items=corpus.items,
-        raw_item_ids=corpus.raw_item_ids,
-        raw_user_ids=corpus.raw_user_ids,
+        **corpus_lib.pack_raw_ids(corpus.raw_item_ids, "raw_item_ids"),
+        **corpus_lib.pack_raw_ids(corpus.raw_user_ids, "raw_user_ids"),
         **{_ITEM_FEATURE + k: v for k, v in corpus.item_features.items()},
         **{_USER_FEATURE + k: v for k, v in corpus.user_features.items()},
     )
@@ -84,14 +87,16 @@ def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
     """Reads a cached corpus, or returns None (with a warning) if the file is unusable."""
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-            if int(z["format"]) != CACHE_FORMAT:
-                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
+            if int(z["format"]) not in _READABLE_FORMATS:
+                raise ValueError(
+                    f"cache format {int(z['format'])}, expected one of {_READABLE_FORMATS}"
+                )
             result = corpus_lib.Corpus(
                 name=str(z["name"]),
                 offsets=z["offsets"],
                 items=z["items"],
-                raw_item_ids=z["raw_item_ids"],
-                raw_user_ids=z["raw_user_ids"],
+                raw_item_ids=corpus_lib.unpack_raw_ids(z, "raw_item_ids"),
+                raw_user_ids=corpus_lib.unpack_raw_ids(z, "raw_user_ids"),
                 item_features=_prefixed(z, _ITEM_FEATURE),
                 user_features=_prefixed(z, _USER_FEATURE),
             )
@@ -126,11 +131,14 @@ def _request(
     file: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """What identifies a `load_corpus` call, less the data directory (the index lives there)."""
+    file = dict(file or {}) if dataset == "file" else {}
+    if not file.get("drop_duplicates", True):
+        del file["drop_duplicates"]  # off: the request of a config from before the field
     return {
         "dataset": dataset,
         "manual_dir": manual_dir if dataset not in ("synthetic", "file") else "",
         "synthetic": dict(synthetic or {}) if dataset == "synthetic" else {},
-        "file": dict(file or {}) if dataset == "file" else {},
+        "file": file,
     }
 
 

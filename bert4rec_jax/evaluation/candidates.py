@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 from etils import epath
 
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
 
 PROTOCOLS = ("pop100", "uniform100", "full")
@@ -199,7 +200,9 @@ def draw_candidates(
 def corpus_fingerprint(corpus: Corpus) -> str:
     """12 hex digits of a hash of the sequences: a changed corpus never reuses stale candidates."""
     digest = hashlib.sha1()
-    for array in (corpus.offsets, corpus.items, corpus.raw_item_ids):
+    # String raw ids are objects (their bytes would be pointers): hashed as stored on disk.
+    raw = corpus_lib.pack_raw_ids(corpus.raw_item_ids, "raw").values()
+    for array in (corpus.offsets, corpus.items, *raw):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:12]
 
