@@ -30,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     stale entry is never used. JAX_COMPILATION_CACHE_DIR set beforehand wins (an empty string
     turns the cache off)."""
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        cache = config.cache.mkdir("jax_compilation_cache") if config.cache else None
+        cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+        cache = cache.mkdir("jax_compilation_cache") if cache else None
         directory = cache or pathlib.Path(tempfile.mkdtemp(prefix="jax_compilation_cache_"))
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
     # Every program is worth keeping: the tests' programs are small and each compiles in well
