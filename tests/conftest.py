@@ -67,10 +67,12 @@ def tiny_finished_run(tmp_path_factory):
     batch 24 (a multiple of 8, not of 16), checkpoints at 3 and 6, validation on pop100 and full
     at 3 and 6 (so a `best` checkpoint), test results written. For export, evaluation on other
     device counts, and any test that needs a finished workdir."""
+    import jax
     from helpers import TinyRun, tiny_config
 
     from bert4rec_jax import train_lib
 
+    assert jax.device_count() == 8
     tmp = tmp_path_factory.mktemp("tiny_finished")
     config = tiny_config(
         tmp,
