@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact
+from bert4rec_jax import artifact, cli
 
 DEFAULT_BATCH_SIZE = 1024
 JSON_LINES_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -538,4 +538,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -14,6 +14,8 @@ this for processes on one machine).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bert4rec_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_bool(
@@ -29,6 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    config.get("dataset")  # a config file that failed to load fails here, before any output
     import jax
 
     from bert4rec_jax.metric_writer import quiet_library_logs
@@ -52,8 +56,8 @@ def main(argv: list[str]) -> None:
         jax.local_device_count(),
         jax.device_count(),
     )
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_lib.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
