@@ -8,7 +8,8 @@ From Python:
     rec = Recommender.load("/tmp/bert4rec_export")      # checks every file's sha256 first
     result = rec.recommend([[12, 7, 33], [5, 8]], k=10)
     result[0]              # [(raw item id, score), ...], best first
-    result.num_unknown     # ids skipped because the model does not know them
+    result.unknown_ids     # per history, ids skipped because the model does not know them
+    result.num_unknown     # their total
 
 A history lists raw item ids (integers or strings, as the data set has them), oldest first; the
 model reads its last `max_len - 1` known items. Unknown ids are skipped and counted (a warning says

@@ -49,13 +49,14 @@ def main(argv: list[str]) -> None:
         )
     from bert4rec_jax import train_lib
 
-    logging.info(
-        "JAX process %d/%d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
+    if jax.process_count() > 1:  # one process: train_lib's first lines say the devices
+        logging.info(
+            "JAX process %d/%d, %d local / %d global devices",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
     train_lib.train_and_evaluate(config, FLAGS.workdir)
 
 
