@@ -7,7 +7,16 @@ import sys
 import tempfile
 
 # Sharding tests need several devices; on CPU they are simulated. Must precede `import jax`.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's optimisation level 0 for the CPU code XLA emits: the test programs are tiny, so they
+# spend far longer being compiled than running, and many tests run models op by op, each op its
+# own compile (measured: 40 s of CPU instead of 69 s for features_test + models_test). XLA's own
+# passes (fusion, layout) still run; results can differ from the default level's in the last bit
+# (1 ulp after 3 train steps), which only matters across processes: tests that compare this
+# process with a subprocess (which sets its own XLA_FLAGS) compare with tolerances, and bitwise
+# comparisons stay within one process or between subprocesses.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
