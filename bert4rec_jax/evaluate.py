@@ -1,7 +1,7 @@
 """Evaluates a trained workdir (or the popularity baseline) and prints a table of metrics.
 
     python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --split=test --protocol=pop100,full
-    python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --model=popularity
+    python -m bert4rec_jax.evaluate --workdir=/tmp/bert4rec --model=popularity  # its protocols
 
 Only what evaluation needs is checked, so any protocol can be asked for and a run trained on many
 devices is evaluated on one (with its item table split over `mesh.model` devices when this
@@ -14,12 +14,18 @@ import json
 
 from absl import app, flags, logging
 
+from bert4rec_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's workdir (holds config.json, checkpoints).")
 flags.DEFINE_enum(
     "split", "test", ["test", "valid"], "Which held-out item to rank (`which` in the code)."
 )
-flags.DEFINE_list("protocol", ["pop100"], "Comma-separated: pop100, uniform100, full.")
+flags.DEFINE_list(
+    "protocol",
+    None,
+    "Comma-separated: pop100, uniform100, full. Default: the run's eval.protocols.",
+)
 flags.DEFINE_enum("model", "bert4rec", ["bert4rec", "popularity"], "What scores the items.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which saved parameters to use.")
 flags.DEFINE_integer("num_users", 0, "Evaluate a seeded sample of this many users; 0 = all.")
@@ -43,7 +49,8 @@ def main(argv: list[str]) -> None:
         config.data_dir = FLAGS.data_dir
     if FLAGS.manual_dir is not None:
         config.manual_dir = FLAGS.manual_dir
-    config.eval.protocols = tuple(FLAGS.protocol)
+    if FLAGS.protocol:
+        config.eval.protocols = tuple(FLAGS.protocol)
     exp = experiment.Experiment.from_config(config)
     if FLAGS.model == "popularity":
         fns, params = evaluation.popularity_fns(exp.corpus)
@@ -74,8 +81,9 @@ def main(argv: list[str]) -> None:
     results = evaluator.evaluate(params, FLAGS.split, FLAGS.num_users)
 
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"
-    print(f"{config.dataset}, {FLAGS.split} split, {where}:")
-    print(evaluation.format_table(results))
+    users = int(results.get("num_users", 0))
+    print(f"{config.dataset}, {FLAGS.split} split, {users} users, {where}:")
+    print(evaluation.format_table({k: v for k, v in results.items() if k != "num_users"}))
     if jax.process_index() == 0:
         out = workdir / f"eval_{FLAGS.model}_{FLAGS.split}.json"
         record = {"step": step, "split": FLAGS.split, "model": FLAGS.model}
@@ -85,4 +93,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact, models
+from bert4rec_jax import artifact, cli, models
 
 if TYPE_CHECKING:
     import ml_collections
@@ -655,4 +655,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

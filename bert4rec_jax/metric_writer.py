@@ -86,9 +86,22 @@ def _json_number(v: float) -> float | str:
 
 
 def quiet_library_logs() -> None:
-    """Keeps the console readable: Orbax logs every save at INFO; only its warnings are shown."""
+    """Keeps the console readable: Orbax logs every save at INFO; only its warnings are shown.
+    TFDS warns of a "custom data configuration" and a folder without dataset_info.json whenever
+    a data set is prepared, which this package does on purpose and logs itself; only its errors
+    are shown. JAX tells at INFO that it found no TPU ("Unable to initialize backend 'tpu'") on
+    every machine without one, which is expected, not news."""
 
     def keep(record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/tensorflow_datasets/" in record.pathname:
+            return record.levelno >= std_logging.ERROR
+        if record.levelno >= std_logging.WARNING:
+            return True
+        if "/orbax/" in record.pathname:
+            return False
+        return not (
+            record.pathname.endswith("xla_bridge.py")
+            and str(record.msg).startswith("Unable to initialize backend")
+        )
 
     logging.get_absl_handler().addFilter(keep)

@@ -14,6 +14,7 @@ From Python:
     result[0]              # [(raw item id, score), ...], best first
     result.errors          # per history: None, or why it got nothing (here [2]: "no item ids")
     result.unknown_ids     # per history: ids skipped because the model does not know them
+    result.num_unknown     # their total
 
 A history lists raw item ids (integers or strings, as the data set has them), oldest first, and
 it is passed WHOLE: the model reads its last `max_len - 1` known items, and with `exclude_seen`
@@ -52,7 +53,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact
+from bert4rec_jax import artifact, cli
 
 # Histories run through the exported function at once, from measurements on the 2-core CPU at
 # the ML-1m shape (benchmarks/recommend.py): in the sweep of issue 17, batches of 8-64 served
@@ -1081,4 +1082,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

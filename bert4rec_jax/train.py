@@ -17,7 +17,7 @@ command completes it (see preemption.py).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert4rec_jax import preemption
+from bert4rec_jax import cli, preemption
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -48,6 +48,8 @@ def main(argv: list[str]) -> None:
 
 
 def _run() -> None:
+    config = FLAGS.config
+    config.get("dataset")  # a config file that failed to load fails here, before any output
     preemption.at("startup")
     import jax
 
@@ -70,17 +72,18 @@ def _run() -> None:
         return
     from bert4rec_jax import train_lib
 
-    logging.info(
-        "JAX process %d/%d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
+    if jax.process_count() > 1:  # one process: train_lib's first lines say the devices
+        logging.info(
+            "JAX process %d/%d, %d local / %d global devices",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
+    train_lib.train_and_evaluate(config, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
 
 
 if __name__ == "__main__":
     # First, before the heavy imports: from here on a signal asks the run to stop where it is safe.
     preemption.install()
-    app.run(main)
+    cli.run(main)

@@ -120,12 +120,21 @@ def validate(
     results = evaluator.evaluate(params, "valid", config.num_valid_users)
     score = results[config.metric]
     writer.write(step, {f"valid/{k}": v for k, v in results.items()})
-    logging.info("step %d validation: %s", step, _short(results))
     ckpt.save_best(step, params, score)
     if loop.best_score is None or score > loop.best_score:
         loop = dataclasses.replace(loop, best_score=score, best_step=step, evals_without_gain=0)
     else:
         loop = dataclasses.replace(loop, evals_without_gain=loop.evals_without_gain + 1)
+    # One short line: the metric that picks the best step. Every metric is in metrics.jsonl
+    # and TensorBoard.
+    logging.info(
+        "step %d validation: %s %.4f (best %.4f at step %d)",
+        step,
+        config.metric,
+        score,
+        loop.best_score,
+        loop.best_step,
+    )
     patience = config.early_stopping_patience
     if patience > 0 and loop.evals_without_gain >= patience:
         logging.info("Early stopping at step %d: no gain in %d validations", step, patience)
@@ -274,10 +283,12 @@ def train_and_evaluate(
     # A stop asked for from here on waits for the evaluation and its results file: stopping
     # would save nothing that a rerun could not redo in the same time.
     results = evaluator.evaluate(params, "test")
+    metrics = {k: v for k, v in results.items() if k != "num_users"}
     logging.info(
-        "Test results of the parameters of step %d:\n%s",
+        "Test results of the parameters of step %d (%d users):\n%s",
         params_step,
-        evaluation.format_table(results),
+        results.get("num_users", 0),
+        evaluation.format_table(metrics),
     )
     checkpointing.write_results(
         workdir,
@@ -378,7 +389,3 @@ def _log_train_metrics(writer: MetricWriter, step: int, total: int, sums, progre
         seq_per_s,
         _format_eta(eta),
     )
-
-
-def _short(results: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k != "num_users")

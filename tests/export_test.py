@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
 
-from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend, train_lib
+from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
 from bert4rec_jax.evaluation.ranking import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -219,26 +218,17 @@ def test_input_files_name_the_bad_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(experiment, params, export directory, its Recommender): trained here on 8 devices,
-    exported by a 1-device process."""
-    tmp = tmp_path_factory.mktemp("trained")
-    config = tiny_config(
-        tmp,
-        num_train_steps=6,
-        warmup_steps=2,
-        checkpoint_every_steps=3,
-        **{"eval.every_steps": 3, "eval.protocols": ("pop100",)},
-    )
-    workdir, output = tmp / "work", tmp / "export"
-    assert jax.device_count() == 8
-    train_lib.train_and_evaluate(config, str(workdir))
+def trained(tiny_finished_run, tmp_path_factory):
+    """(experiment, params, export directory, its Recommender): conftest's tiny run, trained on
+    the 8 test devices, exported by a 1-device process."""
+    run = tiny_finished_run
+    output = tmp_path_factory.mktemp("trained") / "export"
     printed = run_cli(
-        "bert4rec_jax.export", f"--workdir={workdir}", f"--output={output}", "--top_k=20"
+        "bert4rec_jax.export", f"--workdir={run.workdir}", f"--output={output}", "--top_k=20"
     ).stdout
-    params, step = checkpointing.restore_params(workdir, "best")
+    params, step = checkpointing.restore_params(run.workdir, "best")
     assert f"Exported synthetic step {step} (best)" in printed
-    exp = experiment.Experiment.from_config(config)
+    exp = experiment.Experiment.from_config(run.config)
     return exp, params, output, recommend.Recommender.load(output)
 
 

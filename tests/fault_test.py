@@ -6,6 +6,8 @@ The kill-and-restart machinery is benchmarks/crash_resume.py's (which does the s
 """
 
 import json
+import os
+import pathlib
 import signal
 
 import jax
@@ -22,7 +24,10 @@ STEPS, EVERY = 24, 2
 def test_sigkilled_run_resumes_to_the_same_bits(tmp_path):
     data_dir = tmp_path / "data"
     crash_resume.prepare_data(data_dir)  # once, so that every start reads the corpus cache
-    env = crash_resume.subprocess_env(tmp_path / "jax_cache")
+    # The session's compilation cache (tests/conftest.py): the reference run and every restart
+    # read the programs the other tests compiled, instead of a cache of their own.
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")  # "" = turned off
+    env = crash_resume.subprocess_env(pathlib.Path(cache) if cache else None)
     overrides = {
         "num_train_steps": STEPS,
         "checkpoint_every_steps": EVERY,

@@ -1,5 +1,9 @@
 """Helpers shared by test files (imported as `helpers`; pytest puts tests/ on the path)."""
 
+import dataclasses
+import pathlib
+import shutil
+
 import ml_collections
 import numpy as np
 
@@ -33,3 +37,24 @@ def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
             node = node[p]
         node[leaf] = value
     return config
+
+
+def checkpointed_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
+    """tiny_config saving every 5 steps and never validating (conftest's tiny_stopped_run)."""
+    overrides = {"eval.every_steps": 0, "checkpoint_every_steps": 5, **overrides}
+    return tiny_config(tmp_path, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """A workdir trained by train_lib.train_and_evaluate in the test process."""
+
+    config: object  # ml_collections.ConfigDict: the config it was trained with
+    workdir: pathlib.Path
+    results: dict  # what train_and_evaluate returned (its test metrics); {} if it stopped early
+
+
+def copy_workdir(run: TinyRun, destination: pathlib.Path) -> pathlib.Path:
+    """A private copy of a shared run's workdir, to change freely."""
+    shutil.copytree(run.workdir, destination)
+    return destination

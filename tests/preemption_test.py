@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import checkpointed_config, copy_workdir, tiny_config
 
 from benchmarks import crash_resume
 from bert4rec_jax import checkpointing, preemption, train_lib
@@ -271,12 +271,6 @@ def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path):
 # ---- bad checkpoints ----------------------------------------------------------------------
 
 
-def checkpointed_config(tmp_path, **overrides):
-    """Saves every 5 steps, never validates."""
-    overrides = {"eval.every_steps": 0, "checkpoint_every_steps": 5, **overrides}
-    return tiny_config(tmp_path, **overrides)
-
-
 def damage(step_dir: pathlib.Path) -> None:
     """Truncates every file of a checkpoint's train state to half its size."""
     for path in (step_dir / "state").rglob("*"):
@@ -290,10 +284,9 @@ def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
     }
 
 
-def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
-    config = checkpointed_config(tmp_path)
-    workdir = tmp_path / "work"
-    assert train_lib.train_and_evaluate(config, str(workdir), stop_at_step=10) == {}
+def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tiny_stopped_run, tmp_path, caplog):
+    config = tiny_stopped_run.config  # config.json stays as it is
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")  # stopped at 10, saved 5 and 10
     damage(workdir / "checkpoints" / "10")
     with caplog.at_level("INFO"):
         assert train_lib.train_and_evaluate(config, str(workdir))  # finishes, with test results
@@ -311,10 +304,9 @@ def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == config.num_train_steps
 
 
-def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tmp_path):
-    config = checkpointed_config(tmp_path)
-    workdir = tmp_path / "work"
-    train_lib.train_and_evaluate(config, str(workdir), stop_at_step=10)
+def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tiny_stopped_run, tmp_path):
+    config = tiny_stopped_run.config  # config.json stays as it is
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")  # stopped at 10, saved 5 and 10
     for step in (5, 10):
         damage(workdir / "checkpoints" / str(step))
     before = snapshot(workdir)
@@ -326,9 +318,10 @@ def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tmp_path):
 @pytest.mark.parametrize(
     "field, value", [("model.hidden_size", 32), ("model.max_len", 24), ("synthetic.num_items", 70)]
 )
-def test_checkpoints_of_another_model_are_refused_before_any_step(tmp_path, field, value):
-    workdir = tmp_path / "work"
-    train_lib.train_and_evaluate(checkpointed_config(tmp_path), str(workdir), stop_at_step=5)
+def test_checkpoints_of_another_model_are_refused_before_any_step(
+    tiny_stopped_run, tmp_path, field, value
+):
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
     before = snapshot(workdir)
     with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value}")):
         train_lib.train_and_evaluate(checkpointed_config(tmp_path, **{field: value}), str(workdir))

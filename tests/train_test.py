@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import copy_workdir, tiny_config
 
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
@@ -109,6 +109,37 @@ def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, pipeline):
     assert logged == list(range(5, config.num_train_steps + 1, 5))
 
 
+def test_repeated_steps_on_one_batch_drive_its_loss_down(tmp_path):
+    # The default run's check that the train step learns at all (the ML-100K runs, marked
+    # `quality`, check how well): the real step, fed one batch again and again, must fit it.
+    from bert4rec_jax import input_pipeline
+
+    config = tiny_config(tmp_path, warmup_steps=0, learning_rate=1e-2, num_train_steps=1000)
+    corpus = experiment.load_data(config)
+    split = leave_one_out(corpus, config.split_mode)
+    batch = next(
+        input_pipeline.train_batches(
+            corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+        )
+    )
+    mesh = sharding_lib.make_mesh(8)
+    model = models.BERT4Rec(models.ModelConfig.from_config(config, corpus.vocab_size))
+    tx, schedule = optimizer.from_config(config)
+    state = train_step_lib.create_train_state(
+        model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
+    )
+    step = train_step_lib.jit_train_step(
+        train_step_lib.make_train_step(model, tx, schedule), state, mesh
+    )
+    batch = sharding_lib.global_batch(mesh, batch)
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        metrics = jax.device_get(metrics)
+        losses.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
 def run_cli(module, *args):
     """Runs one of the package's command lines as a user would, on one CPU device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -163,6 +194,7 @@ def ml100k_run(tmp_path_factory, shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     from bert4rec_jax import input_pipeline
 
@@ -188,6 +220,7 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
     _, workdir, results = ml100k_run
     printed = run_cli(
@@ -209,12 +242,13 @@ def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
 
 
 @pytest.mark.slow
-def test_workdir_trained_on_8_devices_evaluates_on_1_with_any_protocol(tmp_path):
-    # Trained in this process on the 8 test devices; `evaluate` runs on 1 device, whose count
-    # the training batch need not suit, and is asked for full ranking alone.
-    config = tiny_config(tmp_path, batch_size=24)  # 24 is a multiple of 8, not of 16
-    workdir = tmp_path / "work"
-    trained = train_lib.train_and_evaluate(config, str(workdir))
+def test_workdir_trained_on_8_devices_evaluates_on_1_with_any_protocol(tiny_finished_run, tmp_path):
+    # Trained in the test process on the 8 test devices; `evaluate` runs on 1 device, whose count
+    # the training batch need not suit (24 is a multiple of 8, not of 16), and is asked for full
+    # ranking alone.
+    assert tiny_finished_run.config.batch_size == 24
+    workdir = copy_workdir(tiny_finished_run, tmp_path / "work")  # evaluate writes into it
+    trained = tiny_finished_run.results
     printed = run_cli(
         "bert4rec_jax.evaluate", f"--workdir={workdir}", "--split=test", "--protocol=full"
     ).stdout

@@ -139,7 +139,9 @@ class FileOptions:
         if unknown:
             raise ValueError(f"unknown file.* fields {unknown}; valid: {', '.join(valid)}")
         if not fields.get("path"):
-            raise ValueError("file.path is empty: set it to the interaction file to read")
+            raise ValueError(
+                "file.path is empty: name the interaction file with --config.file.path=PATH"
+            )
         options = cls(**fields)
         options.check()
         return options

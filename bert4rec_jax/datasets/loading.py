@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -239,8 +241,14 @@ def _prepare_with_tfds(
                 _source_description(spec, manual_dir),
             )
             config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+            # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+            # and prepared" to stdout for every data set, generated ones too: the log lines
+            # around this say it. Its progress bars (stderr) show only on a terminal, where
+            # their cursor codes ("\x1b[A") do not end up in a log file.
+            tfds.display_progress_bar(sys.stderr.isatty())
             try:
-                builder.download_and_prepare(download_dir=download_dir, download_config=config)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    builder.download_and_prepare(download_dir=download_dir, download_config=config)
             finally:
                 download_dir.rmtree(missing_ok=True)
             logging.info(
