@@ -132,7 +132,8 @@ def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
 
     With item vectors [E[i], bias[i]], u . item = h . E[i] + bias[i], the model's score.
     """
-    fns = models.scoring_fns(model)
+    # Only the [MASK] row is read, so the last block runs for that row alone.
+    fns = models.scoring_fns(model, last_block_at_mask=True)
     inputs = model_inputs(model)
     uses_users = bool(model.config.user_features)
 

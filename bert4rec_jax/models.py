@@ -282,17 +282,22 @@ class SelfAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, train: bool, queries: jax.Array | None = None
+    ) -> jax.Array:
+        """[B, T, H]: x [B, N, H] attended from `queries` [B, T, H] (default x itself, T = N)."""
         cfg = self.config
         b, n, _ = x.shape
         head_dim = cfg.hidden_size // cfg.num_heads
+        queries = x if queries is None else queries
+        t = queries.shape[1]
 
-        def project(name: str) -> jax.Array:
+        def project(name: str, y: jax.Array) -> jax.Array:
             # One [H, H] kernel per projection, as in the original (checkpoint-compatible shapes).
-            y = _dense(cfg, cfg.hidden_size, name)(x)
-            return y.reshape(b, n, cfg.num_heads, head_dim)  # [B, N, heads, head_dim]
+            y = _dense(cfg, cfg.hidden_size, name)(y)
+            return y.reshape(b, y.shape[1], cfg.num_heads, head_dim)  # [B, T or N, heads, hd]
 
-        q, k, v = project("query"), project("key"), project("value")
+        q, k, v = project("query", queries), project("key", x), project("value", x)
         # jax.nn.dot_product_attention has no dropout on the probabilities, so training with
         # attention dropout takes the explicit path; otherwise jax's (XLA or cuDNN) kernel runs.
         if cfg.attention_impl == "manual" or (train and cfg.attention_dropout > 0.0):
@@ -301,11 +306,11 @@ class SelfAttention(nn.Module):
         else:
             if cfg.attention_impl == "cudnn":
                 # cuDNN turns the mask into a bias and refuses one not of full [.., T, S] size.
-                mask = jnp.broadcast_to(mask, (b, 1, n, n))
+                mask = jnp.broadcast_to(mask, (b, 1, t, n))
             ctx = jax.nn.dot_product_attention(
                 q, k, v, mask=mask, implementation=cfg.attention_impl
             )
-        ctx = ctx.reshape(b, n, cfg.hidden_size)  # [B, N, H]
+        ctx = ctx.reshape(b, t, cfg.hidden_size)  # [B, T, H]
         return _dense(cfg, cfg.hidden_size, "output")(ctx)
 
 
@@ -315,14 +320,21 @@ class TransformerBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, train: bool, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """[B, N, H], or [B, P, H] for only the given positions [B, P] (keys are still all N)."""
         cfg = self.config
         drop = nn.Dropout(cfg.hidden_dropout, deterministic=not train)
-        a = SelfAttention(cfg, name="attention")(x, mask, train=train)
+        # Every row after the attention depends on its own row alone, so a position nobody reads
+        # needs no query, residual or FFN: with `positions`, only those rows go through.
+        queries = None if positions is None else _gather_rows(x, positions)
+        a = SelfAttention(cfg, name="attention")(x, mask, train=train, queries=queries)
+        x = x if queries is None else queries
         x = _layer_norm(cfg, "attention_layer_norm")(x + drop(a))
-        h = _dense(cfg, cfg.intermediate_size, "intermediate")(x)  # [B, N, I]
+        h = _dense(cfg, cfg.intermediate_size, "intermediate")(x)  # [B, N or P, I]
         h = nn.gelu(h, approximate=False)
-        h = _dense(cfg, cfg.hidden_size, "output")(h)  # [B, N, H]
+        h = _dense(cfg, cfg.hidden_size, "output")(h)  # [B, N or P, H]
         return _layer_norm(cfg, "output_layer_norm")(x + drop(h))
 
 
@@ -384,16 +396,26 @@ class BERT4Rec(nn.Module):
             u = u + _mean_embedding(emb, feature_ids)
         return u
 
-    def encode(self, ids: jax.Array, *, train: bool, users: jax.Array | None = None) -> jax.Array:
-        """Final hidden states of every position.
+    def encode(
+        self,
+        ids: jax.Array,
+        *,
+        train: bool,
+        users: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Final hidden states of every position, or of the given positions only.
 
         Args:
           ids: [B, N] int item ids, 0 = padding, N <= max_len.
           train: enables dropout.
           users: [B] int user rows (see the class docstring); read only with user features.
+          positions: None, or [B, P] int indices into N: then the last block computes only
+            these rows (its keys and values still come from every position), which gives the
+            same states as gathering them from the full output, for less work.
 
         Returns:
-          [B, N, H] in the compute dtype.
+          [B, N, H] ([B, P, H] with positions) in the compute dtype.
         """
         cfg = self.config
         b, n = ids.shape
@@ -424,6 +446,13 @@ class BERT4Rec(nn.Module):
         valid = valid | ~jnp.any(valid, axis=-1, keepdims=True)
         mask = valid[:, None, None, :]  # [B, 1, 1, N]: keys only; padded queries are ignored later
 
+        if positions is not None:
+            positions = positions.astype(jnp.int32)
+            if cfg.user_features == "prefix":
+                positions = positions + 1  # the prefix token sits before the items
+            for layer in self.layers[:-1]:
+                x = layer(x, mask, train=train)
+            return self.layers[-1](x, mask, train=train, positions=positions)  # [B, P, H]
         for layer in self.layers:
             x = layer(x, mask, train=train)
         if cfg.user_features == "prefix":
@@ -439,6 +468,7 @@ class BERT4Rec(nn.Module):
         *,
         train: bool,
         users: jax.Array | None = None,
+        last_block_at_positions: bool = False,
     ) -> jax.Array:
         """Output-head features at the given positions (what is dotted with item embeddings).
 
@@ -447,12 +477,17 @@ class BERT4Rec(nn.Module):
           positions: [B, P] int indices into N (e.g. the masked positions).
           train: enables dropout.
           users: [B] int user rows; read only with user features.
+          last_block_at_positions: compute the last block for `positions` only (`encode`'s
+            `positions`). The same function, cheaper when P << N; off by default so training's
+            numerics (and its dropout draws) stay those of the full encoder.
 
         Returns:
           [B, P, H] in the compute dtype.
         """
-        x = self.encode(ids, train=train, users=users)  # [B, N, H]
-        h = jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)  # [B, P, H]
+        if last_block_at_positions:
+            h = self.encode(ids, train=train, users=users, positions=positions)  # [B, P, H]
+        else:
+            h = _gather_rows(self.encode(ids, train=train, users=users), positions)  # [B, P, H]
         h = nn.gelu(self.head_transform(h), approximate=False)
         return self.head_layer_norm(h)
 
@@ -517,6 +552,11 @@ def _table_sizes(tables: Mapping[str, np.ndarray], kind: str) -> dict[str, int]:
     return {name: max(2, int(np.max(tables[name], initial=0)) + 1) for name in sorted(tables)}
 
 
+def _gather_rows(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """[B, P, H]: the rows `positions` [B, P] of x [B, N, H]."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
 def _mean_embedding(table: jax.Array, ids: jax.Array) -> jax.Array:
     """[..., H]: the mean embedding of the non-zero ids in [..., w]; 0 where there are none.
 
@@ -543,8 +583,13 @@ class ScoringFns(NamedTuple):
     uses_users: bool = False
 
 
-def scoring_fns(model: BERT4Rec) -> ScoringFns:
-    """The model's `ScoringFns` (no dropout): what evaluation, export and serving call."""
+def scoring_fns(model: BERT4Rec, *, last_block_at_mask: bool = False) -> ScoringFns:
+    """The model's `ScoringFns` (no dropout): what evaluation, export and serving call.
+
+    `last_block_at_mask` computes the last block for the [MASK] row only (`predict_hidden`'s
+    `last_block_at_positions`): the same scores up to float rounding, for nearly one block less
+    work. Export uses it; evaluation keeps the full encoder, so its metrics stay bit for bit.
+    """
 
     def encode(params, ids, mask_pos, users=None):  # [B, N], [B], [B] -> [B, H]
         h = model.apply(
@@ -553,6 +598,7 @@ def scoring_fns(model: BERT4Rec) -> ScoringFns:
             mask_pos[:, None],
             train=False,
             users=users,
+            last_block_at_positions=last_block_at_mask,
             method=BERT4Rec.predict_hidden,
         )
         return h[:, 0]

@@ -61,7 +61,9 @@ from bert4rec_jax import artifact, cli
 # windows (199 items) served 700-770/s at batches of 2-8, 540 at 16 and 250 at 32, while
 # windows of 64 items served 2,000-2,500/s at every batch of 4-32. Above the cliff the
 # activations ([batch, window, 256] per layer) leave the caches; 8 is on the fast side of it in
-# every measurement.
+# every measurement. With the last block computed for the [MASK] row only (export), four sweeps
+# under loads of 3-9 still put 8 and 16 on top, within noise of each other (8: 823-1,836,
+# 16: 1,266-1,538, 32: 596-1,375 histories/s; 8 ahead in two, 16 in one), so 8 stays.
 DEFAULT_BATCH_SIZE = 8
 # Users read, encoded and written together by the file-to-file jobs (memory per chunk, not per job).
 DEFAULT_CHUNK_USERS = 4096

@@ -246,3 +246,20 @@ def test_evaluator_passes_each_users_row():
     target = scores[rows, split.test_targets - 1][:, None]
     want = (scores >= target).sum(axis=1) - 1  # pessimistic, the target not counted
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("placement", ["add", "mask", "prefix"])
+def test_last_block_at_positions_with_user_features(placement):
+    # "prefix" shifts every item one token right inside the encoder; the positions must follow.
+    model = models.build_model(
+        tiny_config(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+    )
+    params = init(model)
+
+    def hidden(fast):  # [B, P, H]
+        return model.apply(
+            {"params": params}, IDS, POSITIONS, train=False, users=USER_ROWS,
+            last_block_at_positions=fast, method=model.predict_hidden,
+        )  # fmt: skip
+
+    np.testing.assert_allclose(hidden(True), hidden(False), rtol=1e-5, atol=1e-5)

@@ -236,3 +236,36 @@ def test_from_config():
         config.model.num_heads = 3
     with pytest.raises(ValueError, match="num_heads"):
         models.ModelConfig.from_config(config, vocab_size=502)
+
+
+@pytest.mark.parametrize("layers,impl", [(1, None), (2, None), (2, "manual")])
+def test_last_block_at_positions_equals_gathering_the_full_output(layers, impl):
+    model = models.BERT4Rec(tiny_config(num_layers=layers, attention_impl=impl))
+    variables = model.init(jax.random.key(3), IDS, POSITIONS, train=False)
+    # The fast path creates the same parameters: a tree made through it is the default's.
+    fast_init = model.init(
+        jax.random.key(3), IDS, POSITIONS, train=False, last_block_at_positions=True,
+        method=model.predict_hidden,
+    )  # fmt: skip
+    assert jax.tree.map(np.shape, fast_init) == jax.tree.map(np.shape, variables)
+
+    def hidden(fast):  # [B, P, H]
+        return model.apply(
+            variables, IDS, POSITIONS, train=False, last_block_at_positions=fast,
+            method=model.predict_hidden,
+        )  # fmt: skip
+
+    assert hidden(True).shape == hidden(False).shape == (*POSITIONS.shape, 16)
+    np.testing.assert_allclose(hidden(True), hidden(False), rtol=1e-5, atol=1e-5)
+    # What export calls: the [MASK] row only, through `scoring_fns`.
+    mask_pos = POSITIONS[:, 0]
+    full, fast = models.scoring_fns(model), models.scoring_fns(model, last_block_at_mask=True)
+    params = variables["params"]
+    h = fast.encode(params, IDS, mask_pos)
+    np.testing.assert_allclose(h, full.encode(params, IDS, mask_pos), rtol=1e-5, atol=1e-5)
+    items = np.arange(1, VOCAB - 1, dtype=np.int32)
+    np.testing.assert_allclose(
+        fast.score(params, h, items),
+        full.score(params, full.encode(params, IDS, mask_pos), items),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
