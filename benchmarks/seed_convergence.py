@@ -9,7 +9,8 @@ an existing seed directory is resumed, so a stopped sweep goes on), then prints 
 logged training loss against the popularity level: the cross-entropy of the best predictor that
 ignores the context, i.e. the entropy of the training labels' item distribution (epoch 0's
 masked items, weighted as the loss weighs them). A seed is "off the plateau" at a step when its
-loss is below that level by more than `--margin` nats. Config overrides (--config.x=y) apply
+loss is below that level by more than `--margin` nats (0.3: on configs/ml_100k.py, level 6.73,
+the stalled seed 1 was 0.13 below it at step 300, seed 0 0.71 below). Config overrides (--config.x=y) apply
 to every seed, to compare recipes.
 """
 
@@ -27,7 +28,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for the seeds' run directories.")
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds to train.")
 flags.DEFINE_integer("stop", 300, "Train each seed up to this step.")
-flags.DEFINE_float("margin", 0.1, "Nats below the popularity level that count as off it.")
+flags.DEFINE_float("margin", 0.3, "Nats below the popularity level that count as off it.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["workdir", "config"])
 
