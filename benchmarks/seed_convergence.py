@@ -10,8 +10,8 @@ logged training loss against the popularity level: the cross-entropy of the best
 ignores the context, i.e. the entropy of the training labels' item distribution (epoch 0's
 masked items, weighted as the loss weighs them). A seed is "off the plateau" at a step when its
 loss is below that level by more than `--margin` nats (0.3: on configs/ml_100k.py, level 6.73,
-the stalled seed 1 was 0.13 below it at step 300, seed 0 0.71 below). Config overrides (--config.x=y) apply
-to every seed, to compare recipes.
+the stalled seed 1 was 0.13 below it at step 300, seed 0 0.71 below). Config overrides
+(--config.x=y) apply to every seed, to compare recipes.
 """
 
 import json
