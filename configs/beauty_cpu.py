@@ -44,6 +44,7 @@ def get_config():
     c.learning_rate = 1e-3
     c.warmup_steps = 200
     c.adam_bias_correction = True
+    c.adam_b2 = 0.98  # a short, high-rate run: see configs/ml_100k.py
     c.num_train_steps = 12_000
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
