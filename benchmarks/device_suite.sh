@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything worth measuring on an accelerator, in one command of at most ~8 minutes:
+# Everything worth measuring on an accelerator, in one command of at most ~15 minutes:
 #
 #   DATA=data OUT=/tmp/suite bash benchmarks/device_suite.sh
 #
@@ -47,6 +47,22 @@ fi
 # 4. Full-ranking evaluation of every Beauty user (54,542 items).
 if [[ -n "$DATA" && -f "$DATA/beauty.txt" ]]; then
   run full_ranking 60 python benchmarks/evaluation.py --data="$DATA/beauty.txt" --protocols=full
+fi
+# 5. Length buckets: Beauty's sequences/s with and without them, the exact (chunked) loss and
+#    the sampled one (the step alone per bucket shape, weighted by the epoch's batches).
+run buckets 150 python benchmarks/buckets.py "${data_flag[@]}" --buckets=4,6,8,12,16,24,32,50 \
+  --steps="$STEPS" --rounds=2
+run buckets_sampled 120 python benchmarks/buckets.py "${data_flag[@]}" \
+  --buckets=4,6,8,12,16,24,32,50 --loss=sampled_softmax --steps="$STEPS" --rounds=2
+# 6. Beauty time to quality (<= 3 min): configs/beauty_cpu.py on the device input path, validation
+#    pop100 NDCG@10 against wall-clock seconds. Needs ml_collections and absl (and TensorFlow to
+#    prepare the corpus unless DATA holds it prepared); skipped without them.
+if [[ -n "$DATA" && -f "$DATA/beauty.txt" ]] && python -c "import ml_collections, absl" 2>/dev/null; then
+  rm -rf "$OUT/ttq_beauty"
+  run beauty_time_to_quality 180 python benchmarks/time_to_quality.py --config=configs/beauty_cpu.py \
+    --workdir="$OUT/ttq_beauty" --config.manual_dir="$DATA" --config.data_dir="$OUT/tfds" \
+    --config.input.pipeline=device --config.num_train_steps=3000 --config.eval.every_steps=500 \
+    --config.eval.num_valid_users=0 --config.checkpoint_every_steps=0
 fi
 
 python - "$OUT" "${parts[@]}" <<'PY'

@@ -45,6 +45,17 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
    is the same in a larger batch), and a resumed run gets exactly the batches an uninterrupted
    one would.
 
+7. Length buckets (`input.buckets`; see `input_pipeline`'s docstring for the shapes). There are
+   no epochs to regroup here, so the distribution of a row is kept instead: step s draws its
+   bucket k on the host from (seed, s) with probability W_k / W (W_k windows of bucket k), and
+   then every row of the step draws as above but with its window uniform over bucket k's W_k
+   windows (from four more words): a masked row takes copy v // W of it, v uniform in [0, I)
+   deciding as before whether the row is mask-last. A row is then instance i with probability
+   1 / I, as without buckets, and an instance carries the same fixed mask (its words depend on i
+   alone and are laid out for N positions and P slots whatever the bucket, so a bucketed row is
+   the unbucketed row of that instance cut to the bucket's shape). The host picks the step's
+   compiled program (one per bucket shape).
+
 Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
 'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P]; with `with_users`
 (user features) also 'users' int32 [G], each row's user row (corpus user + 1).
@@ -79,6 +90,8 @@ _ROWS_STREAM = 1
 _FIXED_MASKS_STREAM = 2
 # 32-bit words drawn per row for its instance (rejection sampling, see `_uniform_below`).
 _INSTANCE_WORDS = 4
+# Host stream of a step's bucket (entropy [seed, _INPUT_STREAM, this, step]).
+_BUCKET_STREAM = 3
 # Indices are int32 on device (64-bit is off by default in JAX).
 _INT32_LIMIT = 2**31 - 1
 
@@ -95,6 +108,8 @@ class _Spec:
     mask_id: int
     num_items: int
     with_users: bool = False
+    bucket: int | None = None  # with input.buckets: the bucket this program draws from
+    bucket_windows: int = 0  # W_k, its windows
 
 
 class DeviceInput:
@@ -182,6 +197,21 @@ class DeviceInput:
         }
         if with_users:
             host["window_users"] = (windows.users + 1).astype(np.int32)  # [W] user rows
+        # With buckets: one spec (program) per non-empty bucket, and each bucket's windows.
+        self._bucket_specs: dict[int, _Spec] = {}
+        self._bucket_cdf = None
+        if config.buckets:
+            of_window = config.bucket_of(windows.lengths)  # [W]
+            counts = np.bincount(of_window, minlength=len(config.bucket_sizes))  # [K]
+            table = np.zeros((len(counts), max(1, counts.max())), np.int32)  # [K, max W_k]
+            for k, count in enumerate(counts):
+                table[k, :count] = np.flatnonzero(of_window == k)
+                if count:
+                    self._bucket_specs[k] = dataclasses.replace(
+                        self._spec, bucket=k, bucket_windows=int(count)
+                    )
+            host["bucket_windows"] = table
+            self._bucket_cdf = np.cumsum(counts) / counts.sum()  # P(bucket <= k) = sum W_j / W
         replicated = sharding_lib.replicated(mesh)
         # make_array_from_callback works with several processes too (each fills its devices).
         self.arrays = {
@@ -189,17 +219,34 @@ class DeviceInput:
             for name, value in host.items()
         }
 
+    def bucket(self, step: int) -> int | None:
+        """The bucket of a step's batch, drawn on the host from (seed, step); None without
+        buckets."""
+        if self._bucket_cdf is None:
+            return None
+        entropy = [self.config.seed, _INPUT_STREAM, _BUCKET_STREAM, int(step)]
+        u = np.random.default_rng(np.random.SeedSequence(entropy)).random()
+        # side="right": a bucket of probability 0 (no window) is never drawn.
+        return int(np.searchsorted(self._bucket_cdf, u, side="right"))
+
+    def _step_spec(self, step: int | jax.Array) -> _Spec:
+        if self._bucket_cdf is None:
+            return self._spec
+        return self._bucket_specs[self.bucket(int(step))]
+
     def batch(self, step: int | jax.Array) -> Batch:
         """The global batch of a step.
 
         Args:
           step: the global step (a Python int or an int32 scalar); jit does not retrace per step.
+            With buckets it is read on the host (its bucket picks the program).
 
         Returns:
           'ids' int32 [G, N], 'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32
-          [G, P], global arrays split over the mesh's data axis.
+          [G, P], global arrays split over the mesh's data axis; N and P are the step's bucket's
+          with buckets.
         """
-        batch = _jitted_draw(self._spec)(self.arrays, step)
+        batch = _jitted_draw(self._step_spec(step))(self.arrays, step)
         del batch["instance"]  # [G] int32, computed anyway; one program serves both methods
         return batch
 
@@ -210,7 +257,7 @@ class DeviceInput:
         mask-last copy of window w (W windows, C masked copies per window; also with a
         `mask_last_share`, where it means a mask-last row of window w).
         """
-        return _jitted_draw(self._spec)(self.arrays, step)
+        return _jitted_draw(self._step_spec(step))(self.arrays, step)
 
     def make_batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> Batch:
         """The traceable draw behind `batch`, to call inside another jitted function.
@@ -222,7 +269,12 @@ class DeviceInput:
 
         Returns:
           As `batch`.
+
+        Raises:
+          ValueError: with buckets, whose shape a traced step cannot choose.
         """
+        if self._bucket_cdf is not None:
+            raise ValueError("make_batch cannot choose a bucket's shape; use batch(step)")
         batch = _draw(self._spec, arrays, step)
         del batch["instance"]
         return batch
@@ -244,20 +296,40 @@ class DeviceInput:
         """
         state_shardings = jax.tree.map(lambda x: x.sharding, state)
         replicated = sharding_lib.replicated(self.mesh)
-        spec = self._spec
 
-        def fused(state, arrays):
-            batch = _draw(spec, arrays, state.step)
-            del batch["instance"]  # unused, so compiled away
-            return train_step(state, batch)
+        def jit_for(spec: _Spec):
+            def fused(state, arrays):
+                batch = _draw(spec, arrays, state.step)
+                del batch["instance"]  # unused, so compiled away
+                return train_step(state, batch)
 
-        jitted = jax.jit(
-            fused,
-            in_shardings=(state_shardings, replicated),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        )
-        return lambda state: jitted(state, self.arrays)
+            return jax.jit(
+                fused,
+                in_shardings=(state_shardings, replicated),
+                out_shardings=(state_shardings, replicated),
+                donate_argnums=0,
+            )
+
+        if self._bucket_cdf is None:
+            jitted = jit_for(self._spec)
+            return lambda state: jitted(state, self.arrays)
+
+        # One program per bucket (each compiles at its first step). The host must know the
+        # step to pick one; reading state.step would wait for the previous step, so the step
+        # is counted here while the caller feeds back the state it got (the training loop).
+        programs = {k: jit_for(spec) for k, spec in self._bucket_specs.items()}
+        last: dict[str, Any] = {"step": None, "array": None}
+
+        def bucketed(state):
+            if last["array"] is not None and state.step is last["array"]:
+                step = last["step"] + 1
+            else:
+                step = int(state.step)
+            state, metrics = programs[self.bucket(step)](state, self.arrays)
+            last["step"], last["array"] = step, state.step
+            return state, metrics
+
+        return bucketed
 
 
 @functools.lru_cache(maxsize=32)
@@ -317,12 +389,15 @@ def _draw_rows(
     fixed masks the words of its instance's mask.
     """
     config = spec.config
-    n_max, p_max = config.max_len, config.max_predictions
+    # A row's words are laid out for N positions and P slots whatever the bucket, so that a
+    # bucket's row is the unbucketed row of its instance cut to (n_max, p_max).
+    n_words, p_words = config.max_len, config.max_predictions
+    n_max, p_max = config.bucket_shape(spec.bucket)
     num_windows = spec.num_windows
     masked_instances = num_windows * config.copies  # the mask-last copies follow these
     bert = config.mask_replacement == "bert"
     # Per masked row: a key per position, and in "bert" mode two words per prediction slot.
-    mask_words = n_max + (2 * p_max if bert else 0)
+    mask_words = n_words + (2 * p_words if bert else 0)
     step_key = jax.random.fold_in(_key(config.seed, _ROWS_STREAM), step)
     fixed_key = _key(config.seed, _FIXED_MASKS_STREAM)
     offsets = jnp.arange(n_max, dtype=jnp.int32)
@@ -331,7 +406,8 @@ def _draw_rows(
     # With a mask-last share, a mask-last row's window is drawn from words of its own. The word
     # count is static and unchanged without a share, so the default draws stay as they were.
     share = config.mask_last_share > 0
-    instance_words = _INSTANCE_WORDS * (2 if share else 1)
+    bucketed = spec.bucket is not None
+    instance_words = _INSTANCE_WORDS * (2 if share or bucketed else 1)
 
     def row(r):
         fresh = config.fresh_masks
@@ -340,10 +416,16 @@ def _draw_rows(
         )  # uint32
         instance = _uniform_below(words[:_INSTANCE_WORDS], spec.num_instances)
         is_last = instance >= masked_instances
-        if share:  # M != W mask-last instances: the window uniform over W on its own
+        if bucketed:  # the window uniform over the bucket's; a masked row keeps its copy
+            local = _uniform_below(words[_INSTANCE_WORDS:instance_words], spec.bucket_windows)
+            window = arrays["bucket_windows"][spec.bucket, local]
+            copy = instance // num_windows
+            instance = jnp.where(is_last, masked_instances + window, copy * num_windows + window)
+        elif share:  # M != W mask-last instances: the window uniform over W on its own
             last_window = _uniform_below(words[_INSTANCE_WORDS:instance_words], num_windows)
             instance = jnp.where(is_last, masked_instances + last_window, instance)
-        window = jnp.where(is_last, instance - masked_instances, instance % num_windows)
+        if not bucketed:
+            window = jnp.where(is_last, instance - masked_instances, instance % num_windows)
         if fresh:
             words = words[instance_words:]  # [mask_words]
         else:  # a fixed copy: its mask depends on the instance (copy, window) only
@@ -359,6 +441,7 @@ def _draw_rows(
         # Uniform k-subset of the n real positions: the k largest random keys; padding gets -1
         # so it is never chosen (k <= n).
         keys = jnp.where(real, (words[:n_max] >> 1).astype(jnp.int32), -1)  # [N], 31 bits
+        # (Within a bucket the real positions all lie in the first n_max words.)
         _, top = jax.lax.top_k(keys, p_max)  # [P] int32, the P largest
         positions = jnp.sort(jnp.where(used, top, n_max))  # chosen ascending, unused last
         positions = jnp.where(is_last, jnp.where(slots == 0, n - 1, n_max), positions)
@@ -366,8 +449,9 @@ def _draw_rows(
         labels = jnp.where(used, ids[positions], PAD_ID)  # [P]
 
         if bert:
-            choice = words[n_max : n_max + p_max]  # [P]
-            random_items = (words[n_max + p_max :] % np.uint32(spec.num_items)).astype(jnp.int32)
+            choice = words[n_words : n_words + p_max]  # [P]
+            random_words = words[n_words + p_words : n_words + p_words + p_max]  # [P]
+            random_items = (random_words % np.uint32(spec.num_items)).astype(jnp.int32)
             # The original: 80% [MASK]; of the rest, half keep the item, half a random item.
             inputs = jnp.where(
                 choice < np.uint32(0.8 * 2**32),

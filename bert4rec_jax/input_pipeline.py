@@ -30,6 +30,22 @@ The path from a `Corpus` to the batches a train step sees:
    dropped); process p takes rows `[p * G / P, (p + 1) * G / P)` of it. A resumed run therefore
    sees exactly the batches an uninterrupted run would, and the global batch does not depend on
    the number of processes.
+5. Length buckets (`input.buckets`, off by default). Short-sequence data (Beauty: 77% of the
+   windows hold <= 8 items of 50) spends most of a step on padding, in the encoder (positions)
+   and in the output layer (prediction slots). With buckets (n_1 < ... < n_K = N), an instance
+   belongs to the shortest bucket that holds its window; a batch of bucket k has n_k positions
+   and p_k = min(P, max(1, round(n_k * mask_prob))) slots, the most a window of n_k items
+   masks. An epoch keeps exactly the instances of 4. (`perm[:S * G]`, S steps per epoch, so the
+   same multiset of instances and masks, the same S, the same rows): they are grouped by bucket,
+   stably (each bucket keeps the epoch's random order), cut into S batches of G, and the batches
+   are shuffled from (seed, epoch). Only the one batch at each bucket boundary mixes two buckets;
+   it takes the longer one's shape. Step s is still batch `s % S` of epoch `s // S`, processes
+   still take their rows of the global batch, so resume and multi-process work as before. Each
+   bucket shape compiles the step once. A bucketed row is the unbucketed row cut: only padding
+   goes, and the model's output at real positions does not depend on padding positions, so the
+   loss of a batch is that of the same rows padded to N (up to float rounding; dropout draws
+   differ with the shape). Why buckets rather than packing several users into a row: see the
+   README ("Length buckets").
 
 Example shapes (N = max_len, P = max_predictions, B = this process's batch):
   ids int32 [B, N]: the window's items first, then padding 0 (as the original), masked
@@ -59,6 +75,7 @@ PIPELINES = ("tf.data", "device")
 _FIXED_MASKS_STREAM = 1
 _FRESH_MASKS_STREAM = 2
 _ORDER_STREAM = 3
+_BATCH_ORDER_STREAM = 4  # the order of an epoch's bucketed batches
 
 # Random keys drawn at once while masking (float32), to bound memory on 20M-interaction data.
 _MASK_CHUNK_ELEMENTS = 1 << 22
@@ -91,6 +108,10 @@ class InputConfig:
       prefetch: batches tf.data prepares ahead; tf.data.AUTOTUNE (-1) is allowed.
       seed: masks and data order derive from it.
       pipeline: "tf.data" (this module) or "device" (`device_input`: drawn on the devices).
+      buckets: () (off): every batch is [B, max_len] ids and [B, max_predictions] slots.
+        Otherwise increasing window lengths, e.g. (8, 16, 32, 50): each batch holds windows of
+        one bucket and is cut to its shape (`bucket_shape`); max_len is the last bucket, added
+        when absent. See "Length buckets" in the module docstring.
     """
 
     max_len: int = 50
@@ -106,6 +127,7 @@ class InputConfig:
     prefetch: int = 2
     seed: int = 0
     pipeline: str = "tf.data"
+    buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -148,6 +170,18 @@ class InputConfig:
             raise ValueError(f"input.prefetch={self.prefetch} must be >= 0 or -1 (AUTOTUNE)")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"input.pipeline={self.pipeline!r} must be one of {PIPELINES}")
+        sizes = self.buckets
+        if not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in sizes):
+            raise ValueError(f"input.buckets={sizes!r} must be whole numbers of positions")
+        if sizes and not (
+            all(a < b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+            and 1 <= sizes[0]
+            and sizes[-1] <= self.max_len
+        ):
+            raise ValueError(
+                f"input.buckets={sizes!r} must be increasing lengths in [1, model.max_len="
+                f"{self.max_len}]"
+            )
 
     @classmethod
     def from_config(cls, config: Any) -> InputConfig:
@@ -167,7 +201,31 @@ class InputConfig:
             prefetch=int(inp.prefetch),
             seed=int(config.seed),
             pipeline=str(inp.pipeline),
+            # Configs saved before buckets existed have no such field: off, as they ran.
+            buckets=tuple(int(b) for b in inp.get("buckets", ())),
         )
+
+    @property
+    def bucket_sizes(self) -> tuple[int, ...]:
+        """The buckets' lengths with max_len last; () when buckets are off."""
+        if not self.buckets:
+            return ()
+        return tuple(self.buckets) + ((self.max_len,) if self.buckets[-1] < self.max_len else ())
+
+    def bucket_shape(self, bucket: int | None) -> tuple[int, int]:
+        """(positions, prediction slots) of a batch of bucket `bucket` (None: unbucketed).
+
+        A bucket of length n holds windows of at most n items, which mask at most
+        `num_masked(n)` of them (k grows with the length; a mask-last row masks 1).
+        """
+        if bucket is None:
+            return self.max_len, self.max_predictions
+        n = self.bucket_sizes[bucket]
+        return n, int(num_masked(np.asarray(n), self))
+
+    def bucket_of(self, lengths: np.ndarray) -> np.ndarray:
+        """int64 [...]: the bucket of windows of these lengths, the shortest that holds them."""
+        return np.searchsorted(np.asarray(self.bucket_sizes), lengths, side="left")
 
     @property
     def copies(self) -> int:
@@ -363,8 +421,10 @@ class TrainingInstances:
         if not config.fresh_masks:
             rows = np.tile(np.arange(len(self.windows)), config.dupe_factor)  # copy-major
             self._fixed_masks = self._draw(rows, _rng(config.seed, _FIXED_MASKS_STREAM))
-        self._lock = threading.Lock()
+        # Reentrant: a bucketed epoch's batches are built from its order, under the same lock.
+        self._lock = threading.RLock()
         self._epochs: dict[int, tuple[np.ndarray, _Masks]] = {}
+        self._bucketed: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def _draw(self, window_rows: np.ndarray, rng: np.random.Generator) -> _Masks:
         return _draw_masks(
@@ -421,6 +481,59 @@ class TrainingInstances:
         """int64 [I]: the epoch's instance order, drawn from (seed, epoch)."""
         return self._epoch_state(epoch)[0]
 
+    def instance_windows(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        """int64 [...]: the window of each instance of an epoch (see the module docstring)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        num_windows, masked_rows = self.num_windows, self.num_masked_rows
+        # Mask-last instance j is window (j + epoch * M) % W: j itself by default (M = W).
+        rotation = epoch * self.config.num_mask_last(num_windows)
+        return np.where(
+            idx >= masked_rows, (idx - masked_rows + rotation) % num_windows, idx % num_windows
+        )
+
+    def bucketed_batches(self, epoch: int, global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """An epoch's global batches with buckets on (see "Length buckets" above).
+
+        Returns:
+          int64 [S, G], the instances of each global batch in order, and int64 [S], each batch's
+          bucket; S = steps per epoch, the same as without buckets.
+        """
+        if not self.config.buckets:
+            raise ValueError("bucketed_batches needs input.buckets")
+        key = (epoch, global_batch_size)
+        with self._lock:
+            got = self._bucketed.get(key)
+            if got is None:
+                spe = _steps_per_epoch(self.num_instances, global_batch_size, 1)
+                kept = self.permutation(epoch)[: spe * global_batch_size]  # as without buckets
+                lengths = self.windows.lengths[self.instance_windows(kept, epoch)]
+                buckets = self.config.bucket_of(lengths)
+                # Stable: within a bucket the epoch's random order stays. Cut into batches, only
+                # the batch at each bucket boundary mixes two buckets; it takes the longer one.
+                by_bucket = np.argsort(buckets, kind="stable")
+                batches = kept[by_bucket].reshape(spe, global_batch_size)
+                batch_buckets = buckets[by_bucket].reshape(spe, global_batch_size)[:, -1]
+                order = _rng(self.config.seed, _BATCH_ORDER_STREAM, epoch).permutation(spe)
+                got = (batches[order], batch_buckets[order])
+                self._bucketed[key] = got
+                while len(self._bucketed) > _EPOCH_CACHE_SIZE:
+                    del self._bucketed[min(self._bucketed)]
+            return got
+
+    def batch_buckets(
+        self,
+        epoch: int,
+        global_batch_size: int,
+        first_batch: int = 0,
+        num_batches: int | None = None,
+    ) -> np.ndarray | None:
+        """int64 [num_batches]: the buckets of some batches of an epoch; None without buckets."""
+        if not self.config.buckets:
+            return None
+        buckets = self.bucketed_batches(epoch, global_batch_size)[1]
+        end = len(buckets) if num_batches is None else first_batch + num_batches
+        return buckets[first_batch:end]
+
     def local_indices(
         self,
         epoch: int,
@@ -453,13 +566,22 @@ class TrainingInstances:
                 f"batches [{first_batch}, {first_batch + num_batches}) outside the epoch's {spe}"
             )
         local = global_batch_size // process_count
-        order = self.permutation(epoch)[
-            first_batch * global_batch_size : (first_batch + num_batches) * global_batch_size
-        ].reshape(num_batches, global_batch_size)  # [batches, G]
+        if self.config.buckets:
+            batches = self.bucketed_batches(epoch, global_batch_size)[0]
+            order = batches[first_batch : first_batch + num_batches]  # [batches, G]
+        else:
+            order = self.permutation(epoch)[
+                first_batch * global_batch_size : (first_batch + num_batches) * global_batch_size
+            ].reshape(num_batches, global_batch_size)  # [batches, G]
         return order[:, process_index * local : (process_index + 1) * local]
 
     def materialize(
-        self, indices: np.ndarray, epoch: int, *, with_users: bool = False
+        self,
+        indices: np.ndarray,
+        epoch: int,
+        *,
+        with_users: bool = False,
+        bucket: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Builds the rows of some instances of an epoch.
 
@@ -467,24 +589,27 @@ class TrainingInstances:
           indices: int [...]; instance numbers in [0, num_instances).
           epoch: the epoch (it picks the masks when they are fresh each epoch).
           with_users: also return 'users' int64 [..., ] (for tests; not a model input).
+          bucket: None: rows of N positions and P slots. A bucket: rows cut to its shape
+            (`InputConfig.bucket_shape`), which must hold every instance's window.
 
         Returns:
           'ids' int32 [..., N], 'positions' int32 [..., P], 'labels' int32 [..., P],
-          'weights' float32 [..., P] (and 'users').
+          'weights' float32 [..., P] (and 'users'); N and P are the bucket's when given.
         """
         indices = np.asarray(indices, dtype=np.int64)
         batch_shape = indices.shape
         idx = indices.reshape(-1)
         _, masks = self._epoch_state(epoch)
-        num_windows, n, pmax = self.num_windows, self.config.max_len, self.config.max_predictions
+        n, pmax = self.config.max_len, self.config.max_predictions
         masked_rows = self.num_masked_rows
         is_last = idx >= masked_rows  # the mask-last copies follow the masked copies
-        # Mask-last instance j is window (j + epoch * M) % W: j itself by default (M = W).
-        rotation = epoch * self.config.num_mask_last(num_windows)
-        window = np.where(is_last, (idx - masked_rows + rotation) % num_windows, idx % num_windows)
+        window = self.instance_windows(idx, epoch)
         mask_row = np.where(is_last, 0, idx)
         starts = self.windows.starts[window]  # [R]
         lengths = self.windows.lengths[window].astype(np.int64)  # [R]
+        n_cut, p_cut = self.config.bucket_shape(bucket)
+        if len(lengths) and lengths.max() > n_cut:
+            raise ValueError(f"a window of {lengths.max()} items does not fit bucket {bucket}")
 
         # Items first, then padding, as the original; clamp the gather inside each window.
         offsets = np.arange(n)
@@ -513,11 +638,13 @@ class TrainingInstances:
             inputs[is_last] = self.corpus.mask_id
             ids[rows, positions[rows, slots]] = inputs[rows, slots]
 
+        # A bucket's rows are the full rows cut: its windows fill at most n_cut positions and
+        # mask at most p_cut of them, so only padding goes.
         out = {
-            "ids": ids.reshape(*batch_shape, n),
-            "positions": positions.reshape(*batch_shape, pmax),
-            "labels": labels.astype(np.int32).reshape(*batch_shape, pmax),
-            "weights": weights.astype(np.float32).reshape(*batch_shape, pmax),
+            "ids": ids[:, :n_cut].reshape(*batch_shape, n_cut),
+            "positions": positions[:, :p_cut].reshape(*batch_shape, p_cut),
+            "labels": labels[:, :p_cut].astype(np.int32).reshape(*batch_shape, p_cut),
+            "weights": weights[:, :p_cut].astype(np.float32).reshape(*batch_shape, p_cut),
         }
         if with_users:
             out["users"] = self.windows.users[window].reshape(batch_shape)
@@ -564,8 +691,11 @@ class TrainingInstances:
         if start_step < 0:
             raise ValueError(f"start_step={start_step} must be >= 0")
         local = global_batch_size // process_count
-        chunk_batches = max(1, _CHUNK_ROWS // local)
-        n, pmax = self.config.max_len, self.config.max_predictions
+        bucketed = bool(self.config.buckets)
+        # A chunk is unbatched into batches of one shape: with buckets, one batch per chunk.
+        chunk_batches = 1 if bucketed else max(1, _CHUNK_ROWS // local)
+        # With buckets a batch's positions and slots are its bucket's (None: any).
+        n, pmax = (None, None) if bucketed else (self.config.max_len, self.config.max_predictions)
 
         def chunks() -> Iterator[tuple[int, int, int]]:
             epoch, batch = divmod(start_step, spe)
@@ -585,7 +715,12 @@ class TrainingInstances:
                 process_index=process_index,
                 process_count=process_count,
             )  # [chunk, B]
-            rows = self.materialize(indices, int(epoch), with_users=with_users)
+            bucket = None
+            if bucketed:  # one batch: its bucket
+                bucket = int(
+                    self.batch_buckets(int(epoch), global_batch_size, int(first_batch), 1)[0]
+                )
+            rows = self.materialize(indices, int(epoch), with_users=with_users, bucket=bucket)
             out = rows["ids"], rows["positions"], rows["labels"], rows["weights"]
             if with_users:
                 out += ((rows["users"] + 1).astype(np.int32),)  # user rows, 0 = unknown

@@ -121,6 +121,11 @@ def get_config() -> ml_collections.ConfigDict:
     # once and batches are drawn there with jax.random (rows sampled with replacement; see
     # bert4rec_jax/device_input.py); the host only dispatches steps.
     c.input.pipeline = "tf.data"
+    # () = off. Length buckets, e.g. (8, 16, 32, 50): each batch holds windows of one bucket and
+    # is cut to its positions and prediction slots (short-sequence data: most of a step is
+    # padding otherwise); the same instances per epoch, one compiled step per bucket. max_len is
+    # the last bucket, added when absent. See input_pipeline.py ("Length buckets").
+    c.input.buckets = ()
 
     # ---- Training ---------------------------------------------------------------------------
     c.seed = 0  # parameters, dropout and data order all derive from it

@@ -498,3 +498,120 @@ def test_prefetch_to_device_keeps_order_and_values():
         _assert_equal(a, b)
     with pytest.raises(ValueError, match="prefetch size=0"):
         sharding_lib.prefetch_to_device(iter(want), mesh, size=0)
+
+
+# ---- Length buckets ------------------------------------------------------------------------
+
+
+def _pad(rows: dict, n: int, p: int) -> dict:
+    """Bucketed rows padded back to n positions and p slots (padding is 0 everywhere)."""
+    width = {"ids": n, "positions": p, "labels": p, "weights": p}
+    return {
+        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
+        for k, v in rows.items()
+    }
+
+
+@pytest.mark.parametrize("mode", ["mask", "bert"])
+def test_bucketed_rows_are_their_instances_unbucketed_rows_cut_to_the_bucket(mode):
+    corpus, split, plain = _small()
+    plain = InputConfig(**{**vars(plain), "mask_replacement": mode, "dupe_factor": 2})
+    config = InputConfig(**{**vars(plain), "buckets": (3, 6)})
+    mesh = sharding_lib.make_mesh()
+    flat = _draw(DeviceInput(corpus, split, plain, 64, mesh), range(40))
+    by_instance = {int(i): r for r, i in enumerate(flat["instance"])}
+    source = DeviceInput(corpus, split, config, 32, mesh)
+    windows = TrainingInstances(corpus, split, plain).windows
+    masked = len(windows) * plain.copies
+    compared, buckets = 0, set()
+    for s in range(30):
+        bucket = source.bucket(s)
+        buckets.add(bucket)
+        rows = jax.device_get(source.batch_with_instances(s))
+        n, p = config.bucket_shape(bucket)
+        assert rows["ids"].shape == (32, n) and rows["positions"].shape == (32, p)
+        instance = rows["instance"].astype(np.int64)
+        window = np.where(instance >= masked, instance - masked, instance % len(windows))
+        # Every row's window belongs to the step's bucket (no mixed batches here).
+        np.testing.assert_array_equal(config.bucket_of(windows.lengths[window]), bucket)
+        padded = _pad(rows, plain.max_len, plain.max_predictions)
+        _check_rules(corpus, split, plain, padded)
+        for r, i in enumerate(instance):
+            if int(i) in by_instance:  # the same fixed mask as without buckets
+                want = {k: v[by_instance[int(i)]] for k, v in flat.items()}
+                _assert_equal({k: v[r] for k, v in padded.items()}, want)
+                compared += 1
+    assert buckets == {0, 1, 2} and compared >= 300
+
+
+def test_bucketed_rows_keep_the_distribution_of_instances():
+    corpus, split, plain = _small()
+    config = InputConfig(**{**vars(plain), "buckets": (3, 6)})
+    source = DeviceInput(corpus, split, config, 32, sharding_lib.make_mesh())
+    windows = TrainingInstances(corpus, split, plain).windows
+    # A step's bucket has the probability of its share of the windows.
+    steps_ = 4000
+    drawn = np.bincount([source.bucket(s) for s in range(steps_)], minlength=3)
+    share = np.bincount(config.bucket_of(windows.lengths), minlength=3) / len(windows)
+    assert _within_binomial(drawn, steps_, share).all(), (drawn, share)
+    # Within the steps, every instance is equally likely: windows uniform, mask-last 1 / (C + 1).
+    instance = np.concatenate(
+        [jax.device_get(source.batch_with_instances(s)["instance"]) for s in range(300)]
+    ).astype(np.int64)
+    masked = len(windows) * config.copies
+    assert _within_binomial((instance >= masked).sum(), len(instance), 1 / (config.copies + 1))
+    window = np.where(instance >= masked, instance - masked, instance % len(windows))
+    counts = np.bincount(window, minlength=len(windows))
+    # Rows of a step share its bucket, so a window's count per step is 0 (another bucket, with
+    # probability 1 - q) or Binomial(32, 1 / W_k) (q = W_k / W): mean 32 / W, variance below.
+    q = share[config.bucket_of(windows.lengths)]  # [W]
+    per_row = 1 / (q * len(windows))  # 1 / W_k
+    variance = q * (32 * per_row * (1 - per_row) + (32 * per_row) ** 2) - (32 / len(windows)) ** 2
+    deviation = np.abs(counts - 300 * 32 / len(windows))
+    assert (deviation <= Z_BOUND * np.sqrt(300 * variance)).all()
+
+
+@pytest.mark.slow
+def test_bucketed_steps_resume_bit_identically_and_8_devices_equal_1(trainer):
+    corpus, split, plain = trainer["data"]
+    config = InputConfig(**{**vars(plain), "buckets": (3, 6)})
+    mesh8, mesh1, step = trainer["mesh"], sharding_lib.make_mesh(1), trainer["step"]
+    num_steps = 6
+    source8 = DeviceInput(corpus, split, config, 32, mesh8)
+    assert len({source8.bucket(s) for s in range(num_steps)}) >= 2  # several shapes
+
+    # 8 devices, batch beside the step, uninterrupted.
+    state8 = _on(mesh8, trainer["initial"])
+    losses8 = []
+    for s in range(num_steps):
+        state8, metrics = step(state8, source8.batch(s))
+        losses8.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
+    uninterrupted = jax.device_get(state8.params)
+
+    # Stopped after 3 steps, resumed from a host copy by a new source: bit-identical.
+    state = _on(mesh8, trainer["initial"])
+    for s in range(num_steps // 2):
+        state, _ = step(state, source8.batch(s))
+    saved = jax.device_get(state)
+    state = _on(mesh8, saved)
+    source = DeviceInput(corpus, split, config, 32, mesh8)
+    for s in range(int(state.step), num_steps):
+        state, _ = step(state, source.batch(s))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), uninterrupted)
+
+    # 1 device, the batch drawn inside the step (fused), its bucket picked by the host's count.
+    state1 = _on(mesh1, trainer["initial"])
+    fused = DeviceInput(corpus, split, config, 32, mesh1).jit_fused_step(
+        trainer["train_step"], state1
+    )
+    losses1 = []
+    for _ in range(num_steps):
+        state1, metrics = fused(state1)
+        losses1.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
+    assert int(state1.step) == num_steps
+    np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        uninterrupted,
+        jax.device_get(state1.params),
+    )

@@ -438,3 +438,45 @@ def test_bad_settings_fail_early():
     with pytest.raises(ValueError, match="eval.protocols"):
         make_evaluator(corpus, split, max_len=6, protocols=("pop50",))
     assert jax.device_count() == 8
+
+
+def test_bucketed_inputs_give_the_ranks_of_full_width_inputs(monkeypatch):
+    """A real model: users encoded in length order, each batch cut to its bucket, rank every
+    target as full-width inputs do, in the users' order."""
+    from bert4rec_jax import models
+
+    corpus = random_corpus(num_users=70, num_items=30, max_length=14, seed=4)
+    split = leave_one_out(corpus, "standard")
+    model = models.BERT4Rec(
+        models.ModelConfig(
+            vocab_size=corpus.vocab_size, max_len=12, hidden_size=16, num_layers=2, num_heads=2,
+            intermediate_size=32,
+        )
+    )  # fmt: skip
+    params = model.init(
+        {"params": jax.random.key(0)},
+        jnp.ones((1, 12), jnp.int32),
+        jnp.zeros((1, 1), jnp.int32),
+        train=False,
+    )["params"]
+    fns = models.scoring_fns(model)
+    widths = []
+    encode = fns.encode
+
+    def recording_encode(params, ids, mask_pos):
+        widths.append(ids.shape[1])
+        return encode(params, ids, mask_pos)
+
+    settings = dict(max_len=12, protocols=("pop100", "full"), batch_size=16, num_negatives=20)
+    plain = make_evaluator(corpus, split, fns, **settings)
+    bucketed = make_evaluator(
+        corpus, split, fns._replace(encode=recording_encode), buckets=(4, 8), **settings
+    )
+    rows = np.arange(len(split.eval_users))[::-1]  # any order comes back as asked
+    for which in ("valid", "test"):
+        want = plain.rank_targets(params, which, ("pop100", "full"), rows)
+        got = bucketed.rank_targets(params, which, ("pop100", "full"), rows)
+        for protocol in want:
+            np.testing.assert_array_equal(got[protocol], want[protocol], err_msg=protocol)
+    assert set(widths) <= {4, 8, 12} and min(widths) < 12  # some batches were cut
+    assert ev.EvalConfig(max_len=12, buckets=(4, 8)).input_width(5) == 8

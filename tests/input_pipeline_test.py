@@ -487,3 +487,112 @@ def test_batch_size_errors():
         instances.steps_per_epoch(instances.num_instances + 2, process_count=2)
     with pytest.raises(ValueError, match="process_index=2"):
         instances.dataset(32, process_index=2, process_count=2)
+
+
+# ---- Length buckets ------------------------------------------------------------------------
+
+
+def _bucketed(**overrides):
+    corpus = random_corpus(np.arange(40) % 11 + 3, num_items=60, seed=5)
+    fields = dict(max_len=8, mask_prob=0.4, max_predictions=3, sliding_step=3, dupe_factor=2)
+    config = InputConfig(**{**fields, **overrides})
+    return corpus, leave_one_out(corpus, "standard"), config
+
+
+def _pad(rows: dict, n: int, p: int) -> dict:
+    """Rows cut to a bucket, padded back to n positions and p slots (padding is 0 everywhere)."""
+    width = {"ids": n, "positions": p, "labels": p, "weights": p}
+    return {
+        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
+        for k, v in rows.items()
+    }
+
+
+def _row_multiset(rows: dict) -> list:
+    keys = sorted(rows)
+    return sorted(zip(*(map(bytes, np.ascontiguousarray(rows[k])) for k in keys), strict=True))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"fresh_masks": True, "mask_replacement": "bert"}, {"mask_last_share": 0.3}],
+)
+def test_buckets_keep_each_epochs_instances_and_masks_and_cut_batches_to_their_bucket(overrides):
+    corpus, split, plain = _bucketed(**overrides)
+    config = InputConfig(**{**vars(plain), "buckets": (2, 4)})  # 8 = max_len is added
+    assert config.bucket_sizes == (2, 4, 8)
+    assert [config.bucket_shape(b) for b in range(3)] == [(2, 1), (4, 2), (8, 3)]
+    g = 16
+    flat, bucketed = (
+        TrainingInstances(corpus, split, plain),
+        TrainingInstances(corpus, split, config),
+    )
+    spe = flat.steps_per_epoch(g)
+    assert bucketed.steps_per_epoch(g) == spe and spe >= 6
+    batches = _take(
+        input_pipeline.train_batches(corpus, split, config, g, start_step=spe), 2 * spe
+    )  # epochs 1 and 2
+    seen_buckets = set()
+    for epoch in (1, 2):
+        # The same instances: those the unbucketed epoch keeps (its remainder is dropped).
+        indices = bucketed.local_indices(epoch, g)
+        np.testing.assert_array_equal(
+            np.sort(indices.ravel()), np.sort(flat.local_indices(epoch, g).ravel())
+        )
+        buckets = bucketed.batch_buckets(epoch, g)
+        mixed = 0
+        rows = []
+        for b in range(spe):
+            batch = batches[(epoch - 1) * spe + b]
+            n, p = config.bucket_shape(int(buckets[b]))
+            assert batch["ids"].shape == (g, n) and batch["positions"].shape == (g, p)
+            lengths = bucketed.windows.lengths[bucketed.instance_windows(indices[b], epoch)]
+            assert lengths.max() <= n
+            want = bucketed.materialize(indices[b], epoch, bucket=int(buckets[b]))
+            _assert_batches_equal([batch], [want])
+            mixed += len(set(config.bucket_of(lengths))) > 1
+            seen_buckets.add(int(buckets[b]))
+            rows.append(_pad(batch, plain.max_len, plain.max_predictions))
+        assert mixed <= len(config.bucket_sizes) - 1  # only at the bucket boundaries
+        # The same rows, masks included, as a multiset: only the grouping changed.
+        joined = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        unbucketed = flat.materialize(flat.local_indices(epoch, g).ravel(), epoch)
+        assert _row_multiset(joined) == _row_multiset(unbucketed)
+    assert seen_buckets == {0, 1, 2}
+    # Deterministic in (seed, epoch), and another seed orders the batches otherwise.
+    again = TrainingInstances(corpus, split, config)
+    np.testing.assert_array_equal(again.local_indices(1, g), bucketed.local_indices(1, g))
+    other = TrainingInstances(corpus, split, InputConfig(**{**vars(config), "seed": 1}))
+    assert not np.array_equal(other.local_indices(1, g), bucketed.local_indices(1, g))
+
+
+def test_bucketed_batches_resume_and_split_over_processes():
+    corpus, split, plain = _bucketed()
+    config = InputConfig(**{**vars(plain), "buckets": (3, 8)})
+    g = 16
+    spe = TrainingInstances(corpus, split, config).steps_per_epoch(g)
+    full = _take(input_pipeline.train_batches(corpus, split, config, g), 2 * spe + 2)
+    for start in (1, spe - 1, spe + 3):
+        resumed = _take(input_pipeline.train_batches(corpus, split, config, g, start_step=start), 4)
+        _assert_batches_equal(resumed, full[start : start + 4])
+    parts = [
+        _take(
+            input_pipeline.train_batches(
+                corpus, split, config, g, start_step=2, process_index=p, process_count=2
+            ),
+            spe,
+        )
+        for p in range(2)
+    ]
+    for k in range(spe):
+        joined = {key: np.concatenate([parts[0][k][key], parts[1][k][key]]) for key in full[0]}
+        _assert_batches_equal([joined], [full[2 + k]])
+
+
+@pytest.mark.parametrize(
+    "buckets, message",
+    [((4, 2), "increasing"), ((0, 8), "increasing"), ((4, 9), "increasing"), ((2.5,), "whole")],
+)
+def test_bucket_errors_name_the_field(buckets, message):
+    with pytest.raises(ValueError, match=rf"input\.buckets=.*{message}"):
+        InputConfig(max_len=8, max_predictions=3, buckets=buckets)

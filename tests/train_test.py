@@ -86,9 +86,66 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["tf.data", "device"])
-def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, pipeline):
-    config = tiny_config(tmp_path, **{"input.pipeline": pipeline})
+@pytest.mark.parametrize(
+    "loss_type, model_axis",
+    [("full", 1), ("chunked", 1), ("full", 2), ("chunked", 2), ("sampled_softmax", 1), ("gbce", 1)],
+)
+def test_loss_of_a_bucketed_batch_equals_the_same_rows_padded(loss_type, model_axis):
+    """One real train step (jitted, sharded; model_axis 2 = the vocabulary-parallel losses) on a
+    batch of the shortest bucket and on the same rows padded to max_len positions and P slots:
+    the same loss, gradient and update (dropout off: its draws depend on the shape)."""
+    from helpers import random_corpus
+
+    from bert4rec_jax import input_pipeline, losses
+
+    corpus = random_corpus(np.arange(60) % 17 + 3, num_items=40, seed=1)
+    split = leave_one_out(corpus, "standard")
+    config = input_pipeline.InputConfig(
+        max_len=16, mask_prob=0.4, max_predictions=6, sliding_step=4, buckets=(4, 8)
+    )
+    instances = input_pipeline.TrainingInstances(corpus, split, config)
+    g = 32
+    buckets = instances.batch_buckets(0, g)
+    b = int(np.flatnonzero(buckets == 0)[0])  # a batch of the shortest bucket
+    indices = instances.local_indices(0, g, first_batch=b, num_batches=1)[0]
+    cut = instances.materialize(indices, 0, bucket=0)
+    padded = instances.materialize(indices, 0)
+    assert cut["ids"].shape == (g, 4) and padded["ids"].shape == (g, 16)
+    assert cut["positions"].shape == (g, 2) and padded["positions"].shape == (g, 6)
+
+    model = models.BERT4Rec(
+        models.ModelConfig(
+            vocab_size=corpus.vocab_size, max_len=16, hidden_size=16, num_layers=2, num_heads=2,
+            intermediate_size=32, hidden_dropout=0.0, attention_dropout=0.0,
+        )
+    )  # fmt: skip
+    schedule = optimizer.make_schedule(1e-2, 0, 10)
+    tx = optimizer.make_optimizer(schedule)
+    loss_config = losses.LossConfig(type=loss_type, chunk_size=7, num_negatives=8)
+    mesh = sharding_lib.make_mesh(8, model=model_axis)
+    step_fn = train_step_lib.make_train_step(
+        model, tx, schedule, loss_config, item_counts=corpus.popularity, mesh=mesh
+    )
+    results = []
+    for batch in (cut, padded):
+        state = train_step_lib.create_train_state(model, tx, mesh, max_predictions=6, seed=0)
+        step = train_step_lib.jit_train_step(step_fn, state, mesh)
+        state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
+        results.append((jax.device_get(state.params), jax.device_get(metrics)))
+    (params_cut, m_cut), (params_pad, m_pad) = results
+    assert m_cut["weight_sum"] == m_pad["weight_sum"] > 0
+    for key in ("loss_sum", "correct_sum", "grad_norm"):
+        np.testing.assert_allclose(m_cut[key], m_pad[key], rtol=2e-5, err_msg=key)
+    for a, b in zip(jax.tree.leaves(params_cut), jax.tree.leaves(params_pad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "pipeline, buckets", [("tf.data", ()), ("device", ()), ("tf.data", (5, 10)), ("device", (5,))]
+)
+def test_stopped_and_resumed_run_is_bitwise_identical(tmp_path, pipeline, buckets):
+    config = tiny_config(tmp_path, **{"input.pipeline": pipeline, "input.buckets": buckets})
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     results_full = train_lib.train_and_evaluate(config, str(full_dir))
     assert results_full  # a finished run reports test metrics

@@ -73,6 +73,10 @@ class EvalConfig:
       num_valid_users: users sampled for validation during training; 0 = all.
       metric: "<protocol>/<metric>" that selects the best checkpoint, e.g. "pop100/ndcg@10".
       early_stopping_patience: validations without gain before training stops; 0 = never.
+      buckets: () (off): every input has max_len positions. Otherwise input lengths (training's
+        `input.buckets`): users are encoded in order of history length, each batch cut to the
+        shortest bucket that holds its longest input (the [MASK] output does not depend on
+        padding positions); ranks come back in the users' order.
     """
 
     max_len: int
@@ -87,6 +91,7 @@ class EvalConfig:
     num_valid_users: int = 0
     metric: str = "pop100/ndcg@10"
     early_stopping_patience: int = 0
+    buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -124,7 +129,15 @@ class EvalConfig:
             num_valid_users=int(e.num_valid_users),
             metric=str(e.metric),
             early_stopping_patience=int(e.early_stopping_patience),
+            # The training buckets (validated by input_pipeline.InputConfig); older configs
+            # have none.
+            buckets=tuple(int(b) for b in config.input.get("buckets", ())),
         )
+
+    def input_width(self, length: int) -> int:
+        """Positions an input of `length` (history + [MASK]) is encoded with."""
+        fits = [b for b in self.buckets if b >= length]
+        return min(fits) if fits else self.max_len
 
     def metric_names(self) -> tuple[str, ...]:
         """Every "<protocol>/<metric>" key `Evaluator.evaluate` returns."""
@@ -424,12 +437,17 @@ class Evaluator:
                 f"protocols {unknown} are not among eval.protocols={self.config.protocols}"
             )
         ids, mask_pos = self.inputs(which)
+        order = None
+        if self.config.buckets:  # similar lengths share a batch, cut to its bucket below
+            order = np.argsort(mask_pos[rows], kind="stable")
+            rows = rows[order]
         batches = self._batches(rows)
         # User rows (corpus user u is row u + 1, see models.BERT4Rec), for user features only.
         users = (self.split.eval_users + 1).astype(np.int32)  # [num_eval]
 
         def encoder_inputs(r: np.ndarray) -> dict[str, np.ndarray]:
-            arrays = {"ids": ids[r], "mask_pos": mask_pos[r]}
+            width = self.config.input_width(int(mask_pos[r].max()) + 1)
+            arrays = {"ids": ids[r, :width], "mask_pos": mask_pos[r]}
             if self._uses_users:
                 arrays["users"] = users[r]
             return arrays
@@ -457,6 +475,8 @@ class Evaluator:
                     f"users ({protocol}, {which})"
                 )
             out[protocol] = np.concatenate(ranks or [np.zeros(0)]).astype(np.int64)
+            if order is not None:  # back to the order of the rows asked for
+                out[protocol][order] = out[protocol].copy()
         return out
 
     def evaluate(self, params: Any, which: str = "valid", num_users: int = 0) -> dict[str, float]:
