@@ -39,7 +39,7 @@ TEST_HOOK_ENV = "BERT4REC_SIGTERM_AT"
 
 # The first signal received, by name; None while none has been.
 _received: str | None = None
-# Set once jax.distributed has started several processes: SIGTERM then belongs to JAX's service.
+# Set once jax.distributed has started: SIGTERM then belongs to JAX's preemption service.
 _coordinated = False
 
 
@@ -113,10 +113,10 @@ def coordinate() -> None:
     The service has replaced the SIGTERM handler by then; SIGINT is passed on to it.
     """
     global _coordinated
-    import jax
-
-    _coordinated = jax.process_count() > 1
-    if _coordinated and _received:
+    # Even in a job of one process: the service has taken SIGTERM over all the same, so only
+    # its sync point can see the signal (a `--distributed` run on one TPU host).
+    _coordinated = True
+    if _received:
         # A signal that came before the service started: pass it on, so that the loop stops.
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -136,8 +136,8 @@ def received() -> str | None:
 
 
 def stop_now() -> str | None:
-    """Outside the loop: the signal to stop on now, or None (always None with several
-    processes, which can only agree on a stop at a step)."""
+    """Outside the loop: the signal to stop on now, or None (always None in a jax.distributed
+    job, whose processes can only agree on a stop at a step)."""
     return None if _coordinated else _received
 
 
