@@ -39,8 +39,10 @@ TEST_HOOK_ENV = "BERT4REC_SIGTERM_AT"
 
 # The first signal received, by name; None while none has been.
 _received: str | None = None
-# Set once jax.distributed has started: SIGTERM then belongs to JAX's preemption service.
+# Set once jax.distributed has started several processes: SIGTERM then belongs to JAX's service.
 _coordinated = False
+# Set once jax.distributed has started (even one process): its service may hold SIGTERM.
+_service = False
 
 
 def install() -> None:
@@ -112,11 +114,14 @@ def coordinate() -> None:
 
     The service has replaced the SIGTERM handler by then; SIGINT is passed on to it.
     """
-    global _coordinated
-    # Even in a job of one process: the service has taken SIGTERM over all the same, so only
-    # its sync point can see the signal (a `--distributed` run on one TPU host).
-    _coordinated = True
-    if _received:
+    global _coordinated, _service
+    import jax
+
+    _coordinated = jax.process_count() > 1
+    # A jax.distributed job of one process (a one-host slice) may have its SIGTERM taken by the
+    # service too (seen under the launcher's workers), so `requested` also asks the service.
+    _service = jax.distributed.is_initialized()
+    if _coordinated and _received:
         # A signal that came before the service started: pass it on, so that the loop stops.
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -136,8 +141,8 @@ def received() -> str | None:
 
 
 def stop_now() -> str | None:
-    """Outside the loop: the signal to stop on now, or None (always None in a jax.distributed
-    job, whose processes can only agree on a stop at a step)."""
+    """Outside the loop: the signal to stop on now, or None (always None with several
+    processes, which can only agree on a stop at a step)."""
     return None if _coordinated else _received
 
 
@@ -147,14 +152,15 @@ def requested(step: int) -> bool:
     Every process must call it at every step, with the same step numbers.
     """
     global _received
-    if _coordinated:
+    if not _coordinated and _received is not None:
+        return True  # one process: nobody else to agree with
+    if _service:
         from jax.experimental import multihost_utils
 
         if multihost_utils.reached_preemption_sync_point(step):
             _received = _received or "SIGTERM"  # the signal went to JAX's service, not to us
             return True
-        return False
-    return _received is not None
+    return False
 
 
 def at(phase: str) -> None:

@@ -365,6 +365,9 @@ class Cloud:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell that starts pytest in the background (`pytest &`) has SIGINT ignored, and a
+            # Python started with SIGINT ignored keeps ignoring it: Ctrl-C as a terminal sends it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 
