@@ -2,38 +2,20 @@
 
 import io
 import json
-import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
 from bert4rec_jax.evaluation.ranking import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run_cli(module, *args, check=True):
-    """Runs one of the package's command lines as a user would, on one CPU device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 # ---- a randomly initialised model: raw ids, exclusion, batching, damage (fast) ----------------

@@ -1,8 +1,11 @@
 """Helpers shared by test files (imported as `helpers`; pytest puts tests/ on the path)."""
 
 import dataclasses
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -58,3 +61,22 @@ def copy_workdir(run: TinyRun, destination: pathlib.Path) -> pathlib.Path:
     """A private copy of a shared run's workdir, to change freely."""
     shutil.copytree(run.workdir, destination)
     return destination
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(module: str, *args: str, check: bool = True, timeout: float = 600):
+    """Runs one of the package's command lines as a user would, on one CPU device."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out

@@ -15,27 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import run_cli, tiny_config
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, recommend, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOP_K = 100
-
-
-def run_cli(module, *args, check=True):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 def ml_100k_config(tmp, shared_data, **overrides):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 from helpers import copy_workdir, tiny_config
+from helpers import run_cli as _run_cli
 
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
@@ -198,18 +199,7 @@ def test_repeated_steps_on_one_batch_drive_its_loss_down(tmp_path):
 
 
 def run_cli(module, *args):
-    """Runs one of the package's command lines as a user would, on one CPU device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return _run_cli(module, *args, timeout=900)  # the ML-100K runs train for minutes
 
 
 # A short real training on MovieLens-100K (offline copy): fewer steps and copies, and a higher
