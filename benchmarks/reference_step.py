@@ -2,12 +2,12 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=1 python benchmarks/reference_step.py
 
-The reference is the floor the project's step is held to: BERT4Rec written plainly in Flax
-(item + position embeddings, post-LayerNorm blocks of multi-head attention with a padding mask
-and a GELU feed-forward, dropout, the output head at the masked positions only with the item
-table tied), the weighted cloze cross-entropy over the full catalogue, gradients and one
-`optax.adamw` update, in one jitted function with the state donated. Nothing else: no clipping,
-no weight-decay mask, no metrics beyond the loss.
+The reference is the floor the project's step is held to: BERT4Rec written plainly in Flax (item
++ position embeddings, post-LayerNorm blocks of multi-head attention with a padding mask and a
+GELU feed-forward, dropout (each attention probability on its own, as in BERT), the output head
+at the masked positions only with the item table tied), the weighted cloze cross-entropy over
+the full catalogue, gradients and one `optax.adamw` update, in one jitted function with the
+state donated. Nothing else: no clipping, no weight-decay mask, no metrics beyond the loss.
 
 The project's step is `bert4rec_jax.train_step` as training runs it (clip + Adam + masked
 weight decay, the loss chosen by `loss.type`, metric sums, the state's dropout key by fold_in).
@@ -47,9 +47,14 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x, mask, train):  # x [B, N, H], mask [B, 1, N, N]
         init = nn.initializers.truncated_normal(0.02)
+        # broadcast_dropout=False: BERT drops each attention probability on its own. flax's
+        # default shares one [N, N] mask across the batch and the heads, a different (and, with
+        # B * heads = 512 times fewer random bits, cheaper) regulariser than the model's; with it
+        # this "reference" was 16% fewer bytes than the project's step and 1.29x faster.
         a = nn.MultiHeadDotProductAttention(
-            num_heads=self.heads, kernel_init=init, dropout_rate=self.dropout
-        )(x, x, mask=mask, deterministic=not train)
+            num_heads=self.heads, kernel_init=init, dropout_rate=self.dropout,
+            broadcast_dropout=False,
+        )(x, x, mask=mask, deterministic=not train)  # fmt: skip
         x = nn.LayerNorm(epsilon=1e-12)(x + nn.Dropout(self.dropout)(a, deterministic=not train))
         f = nn.Dense(4 * self.hidden, kernel_init=init)(x)
         f = nn.Dense(self.hidden, kernel_init=init)(nn.gelu(f, approximate=False))
