@@ -56,7 +56,11 @@ SHAPE_FIELDS = (
     "model.num_layers",
     "model.num_heads",
     "model.intermediate_size",
+    # Not a shape: the same parameters mean another function (causal or not).
+    "model.kind",
 )
+# The value of a SHAPE_FIELDS field absent from a config saved before it existed.
+SHAPE_FIELD_DEFAULTS = {"model.kind": "bert4rec"}
 DATASET_FIELDS = {"synthetic": "synthetic", "file": "file"}
 
 
@@ -127,7 +131,11 @@ def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict)
     differences = []
     own = DATASET_FIELDS.get(config.dataset)
     for field in SHAPE_FIELDS + ((own,) if own else ()):
-        before, now = _leaves(field, _field(saved, field)), _leaves(field, _field(config, field))
+        old, new = _field(saved, field), _field(config, field)
+        if field in SHAPE_FIELD_DEFAULTS:
+            default = SHAPE_FIELD_DEFAULTS[field]
+            old, new = default if old is None else old, default if new is None else new
+        before, now = _leaves(field, old), _leaves(field, new)
         for name in sorted(before.keys() | now.keys()):
             if before.get(name) != now.get(name):
                 differences.append(

@@ -56,6 +56,11 @@ The rules are the tf.data path's (see `input_pipeline`'s docstring); what differ
    the unbucketed row of that instance cut to the bucket's shape). The host picks the step's
    compiled program (one per bucket shape).
 
+8. Next-item rows (`model.kind="sasrec"`, `InputConfig.next_item`): a row draws its window
+   uniformly (from four words; within its step's bucket with buckets) and is built as the tf.data
+   path builds it: ids = the window but its last item, labels = the ids shifted left by one,
+   a prediction at every position, weight 0 on padding. No masks, so nothing else is drawn.
+
 Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
 'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P]; with `with_users`
 (user features) also 'users' int32 [G], each row's user row (corpus user + 1).
@@ -161,9 +166,13 @@ class DeviceInput:
             has a training item; when the corpus is too large for int32 indices.
         """
         sharding_lib.check_batch_size("batch_size", global_batch_size, mesh)
-        windows = input_pipeline.make_windows(corpus, split, config.max_len, config.sliding_step)
+        windows = input_pipeline.make_windows(
+            corpus, split, config.window_len, config.sliding_step, config.min_window
+        )
         if not len(windows):
-            raise ValueError(f"data set {corpus.name!r} has no training item in any user")
+            raise ValueError(
+                f"data set {corpus.name!r} has no user with {config.min_window} training items"
+            )
         num_instances = config.num_instances(len(windows))
         if max(corpus.num_interactions, num_instances) > _INT32_LIMIT:
             raise ValueError(
@@ -389,6 +398,8 @@ def _draw_rows(
     fixed masks the words of its instance's mask.
     """
     config = spec.config
+    if config.next_item:
+        return _draw_next_item_rows(spec, arrays, step, rows)
     # A row's words are laid out for N positions and P slots whatever the bucket, so that a
     # bucket's row is the unbucketed row of its instance cut to (n_max, p_max).
     n_words, p_words = config.max_len, config.max_predictions
@@ -471,6 +482,40 @@ def _draw_rows(
             "labels": labels,
             "weights": used.astype(jnp.float32) * row_weight,
             "instance": instance,
+        }
+        if spec.with_users:
+            out["users"] = arrays["window_users"][window]
+        return out
+
+    return jax.vmap(row)(rows)
+
+
+def _draw_next_item_rows(
+    spec: _Spec, arrays: dict[str, jax.Array], step: jax.Array, rows: jax.Array
+) -> Batch:
+    """`_draw_rows` for next-item instances (module docstring, 8.); 'instance' is the window."""
+    config = spec.config
+    n_max, _ = config.bucket_shape(spec.bucket)
+    step_key = jax.random.fold_in(_key(config.seed, _ROWS_STREAM), step)
+    offsets = jnp.arange(n_max, dtype=jnp.int32)
+
+    def row(r):
+        words = jax.random.bits(jax.random.fold_in(step_key, r), (_INSTANCE_WORDS,))  # uint32
+        if spec.bucket is not None:  # uniform over the bucket's windows
+            local = _uniform_below(words, spec.bucket_windows)
+            window = arrays["bucket_windows"][spec.bucket, local]
+        else:
+            window = _uniform_below(words, spec.num_windows)
+        start = arrays["starts"][window]
+        n = arrays["lengths"][window] - 1  # inputs: every item but the last
+        real = offsets < n  # [N]
+        gather = start + jnp.minimum(offsets, n - 1)  # [N]
+        out = {
+            "ids": jnp.where(real, arrays["items"][gather], PAD_ID),
+            "positions": offsets,
+            "labels": jnp.where(real, arrays["items"][gather + 1], PAD_ID),
+            "weights": real.astype(jnp.float32),
+            "instance": window,
         }
         if spec.with_users:
             out["users"] = arrays["window_users"][window]

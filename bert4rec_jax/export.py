@@ -14,6 +14,8 @@ and a TF SavedModel signature):
 the end with 0; ids outside 1..num_items count as padding. Its length s is symbolic, like the
 batch size b: any s >= 1 runs without exporting again. The encoder reads the last max_len - 1
 known items, followed by [MASK] (as evaluation does, `evaluation.ranking.build_inputs`), and
+(a left-to-right model, `model.kind="sasrec"`, reads the last max_len known items and is scored
+at the last one, with no [MASK]), and
 every item of the history, however old, is excluded from the top-k of rows with `exclude_seen`
 (its score becomes -inf, so such items only appear, last, when fewer than top_k others exist).
 Padding and [MASK] are never returned. `users` holds user rows (row 0 = an unknown user; the
@@ -94,21 +96,26 @@ def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
 def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
     """Whole histories -> the encoder's input: the last max_len - 1 known items, then [MASK].
 
+    A left-to-right model (`model.kind="sasrec"`) gets the last max_len known items and no
+    [MASK]; its `mask_pos` is the window's last item (0 for a history with no known item).
+
     Returns:
       inputs(history int32 [b, s]) -> (ids int32 [b, min(s, max_len - 1) + 1], mask_pos int32
       [b]); ids is the window oldest first, [MASK] right after its last item, padded at the end
-      with 0 (the layout of `build_inputs`). Unknown entries (outside 1..num_items) anywhere in
-      the history are skipped, not counted as items. A short s gives a short window: padding
-      at the end changes no output of the encoder (padded keys get no attention weight and the
-      positions are absolute), so a batch of short histories costs what its length costs.
+      with 0 (the layout of `build_inputs`); SASRec: [b, min(s, max_len)], no [MASK]. Unknown
+      entries (outside 1..num_items) anywhere in the history are skipped, not counted as items.
+      A short s gives a short window: padding at the end changes no output of the encoder
+      (padded keys get no attention weight and the positions are absolute), so a batch of short
+      histories costs what its length costs.
     """
     num_items = model.config.vocab_size - 2
     mask_id = model.config.mask_id
-    max_width = model.config.max_len - 1
+    max_width = model.config.history_length
+    append_mask = not model.config.causal
 
     def inputs(history):
         b, s = history.shape
-        # min(s, max_len - 1), also when s is symbolic (then it is part of the exported shape).
+        # min(s, history_length), also when s is symbolic (then it is part of the exported shape).
         width = jax.core.min_dim(s, max_width)
         known = (history >= 1) & (history <= num_items)  # [b, s]
         rank = jnp.cumsum(known, axis=1, dtype=jnp.int32)  # [b, s]: 1-based among known items
@@ -118,6 +125,9 @@ def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Arra
         pos = jnp.where(known & (pos >= 0), pos, width)  # everything else to a spare column
         rows = jnp.arange(b)[:, None]
         window = jnp.zeros((b, width + 1), jnp.int32).at[rows, pos].set(history, mode="drop")
+        if not append_mask:  # the spare column dropped; scored at the window's last item
+            last = jnp.maximum(jnp.minimum(total[:, 0], width) - 1, 0)  # [b]
+            return window[:, :width].astype(jnp.int32), last.astype(jnp.int32)
         columns = jnp.arange(width + 1)[None, :]  # [1, width + 1]
         window = jnp.where(columns == width, models.PAD_ID, window)  # the spare column cleared
         mask_pos = jnp.minimum(total[:, 0], width)  # [b]: right after the window's last item
@@ -460,7 +470,7 @@ def export_model(
             f"{output} exists and is not empty; pass overwrite=True to replace it"
         )
 
-    width = cfg.max_len - 1
+    width = cfg.history_length
     tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

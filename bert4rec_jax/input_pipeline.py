@@ -47,6 +47,16 @@ The path from a `Corpus` to the batches a train step sees:
    differ with the shape). Why buckets rather than packing several users into a row: see the
    README ("Length buckets").
 
+Next-item instances (`model.kind="sasrec"`, `InputConfig.next_item`): no masks. Windows are cut
+as in 1. but `max_len + 1` items long (users with fewer than 2 training items have none), and an
+epoch holds each window once (`copies` = 1, no mask-last copies). A window of n items gives ids =
+its first n - 1 items and, at every position t, label = item t + 1: positions = 0..N-1, labels =
+the ids shifted left by one, weights 1 where a label exists and 0 on padding (P = N). So the
+model, causal, learns the next item at every position at once. The mask fields of the config
+(mask_prob, max_predictions, dupe_factor, fresh_masks, mask_replacement, mask_last_*) play no
+part; order, processes and buckets work as above (a bucket of n holds windows of <= n + 1 items,
+i.e. n inputs, and has n slots).
+
 Example shapes (N = max_len, P = max_predictions, B = this process's batch):
   ids int32 [B, N]: the window's items first, then padding 0 (as the original), masked
     positions replaced by [MASK] (or, in "bert" mode, sometimes a random item or the item itself).
@@ -112,6 +122,8 @@ class InputConfig:
         Otherwise increasing window lengths, e.g. (8, 16, 32, 50): each batch holds windows of
         one bucket and is cut to its shape (`bucket_shape`); max_len is the last bucket, added
         when absent. See "Length buckets" in the module docstring.
+      next_item: next-item instances for a left-to-right model (`model.kind="sasrec"`), not
+        cloze ones (see the module docstring); max_predictions is then max_len.
     """
 
     max_len: int = 50
@@ -128,6 +140,7 @@ class InputConfig:
     seed: int = 0
     pipeline: str = "tf.data"
     buckets: tuple[int, ...] = ()
+    next_item: bool = False
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -166,6 +179,19 @@ class InputConfig:
                 raise ValueError(
                     f"input.mask_last_share={self.mask_last_share} needs input.mask_last_copy=True"
                 )
+        if self.next_item:
+            # The cloze switches of "Beyond the paper" would silently do nothing.
+            for name, default in (("mask_last_weight", 1.0), ("mask_last_share", 0.0)):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"input.{name}={getattr(self, name)} weighs [MASK]-last instances, and "
+                        'model.kind="sasrec" has none (it predicts every next item)'
+                    )
+            if self.max_predictions != self.max_len:
+                raise ValueError(
+                    f"input.max_predictions={self.max_predictions}: next-item instances predict "
+                    f"at every position, max_predictions = model.max_len = {self.max_len}"
+                )
         if self.prefetch < -1:
             raise ValueError(f"input.prefetch={self.prefetch} must be >= 0 or -1 (AUTOTUNE)")
         if self.pipeline not in PIPELINES:
@@ -187,10 +213,13 @@ class InputConfig:
     def from_config(cls, config: Any) -> InputConfig:
         """Reads `model.max_len`, `input.*` and `seed` from an ml_collections.ConfigDict."""
         inp = config.input
+        # Older configs have no model.kind: BERT4Rec, as they ran.
+        next_item = config.model.get("kind", "bert4rec") == "sasrec"
         return cls(
             max_len=int(config.model.max_len),
             mask_prob=float(inp.mask_prob),
-            max_predictions=int(inp.max_predictions),
+            # A next-item row predicts at every position; input.max_predictions is cloze's.
+            max_predictions=int(config.model.max_len if next_item else inp.max_predictions),
             sliding_step=int(inp.sliding_step),
             dupe_factor=int(inp.dupe_factor),
             fresh_masks=bool(inp.fresh_masks),
@@ -203,6 +232,7 @@ class InputConfig:
             pipeline=str(inp.pipeline),
             # Configs saved before buckets existed have no such field: off, as they ran.
             buckets=tuple(int(b) for b in inp.get("buckets", ())),
+            next_item=next_item,
         )
 
     @property
@@ -221,15 +251,31 @@ class InputConfig:
         if bucket is None:
             return self.max_len, self.max_predictions
         n = self.bucket_sizes[bucket]
+        if self.next_item:  # a prediction at every input position
+            return n, n
         return n, int(num_masked(np.asarray(n), self))
 
     def bucket_of(self, lengths: np.ndarray) -> np.ndarray:
-        """int64 [...]: the bucket of windows of these lengths, the shortest that holds them."""
-        return np.searchsorted(np.asarray(self.bucket_sizes), lengths, side="left")
+        """int64 [...]: the bucket of windows of these lengths, the shortest that holds them
+        (next-item windows: their inputs, one item fewer)."""
+        inputs = np.asarray(lengths) - 1 if self.next_item else lengths
+        return np.searchsorted(np.asarray(self.bucket_sizes), inputs, side="left")
+
+    @property
+    def window_len(self) -> int:
+        """Items per window: max_len, or max_len + 1 for next-item windows (inputs + target)."""
+        return self.max_len + 1 if self.next_item else self.max_len
+
+    @property
+    def min_window(self) -> int:
+        """The fewest training items that make a window: 2 for next-item (an input, a label)."""
+        return 2 if self.next_item else 1
 
     @property
     def copies(self) -> int:
         """Masked copies of each window per epoch, not counting the mask-last copy."""
+        if self.next_item:
+            return 1
         return 1 if self.fresh_masks else self.dupe_factor
 
     def num_mask_last(self, num_windows: int) -> int:
@@ -239,7 +285,7 @@ class InputConfig:
         round(share * copies * W / (1 - share)), at least 1, so that M / (copies * W + M) is the
         share up to rounding (within 1 / (copies * W + M)).
         """
-        if not self.mask_last_copy:
+        if not self.mask_last_copy or self.next_item:
             return 0
         if self.mask_last_share == 0.0:
             return num_windows
@@ -269,25 +315,28 @@ class Windows:
         return len(self.starts)
 
 
-def make_windows(corpus: Corpus, split: Split, max_len: int, sliding_step: int) -> Windows:
+def make_windows(
+    corpus: Corpus, split: Split, max_len: int, sliding_step: int, min_length: int = 1
+) -> Windows:
     """Cuts every user's training sequence into windows, the original code's way.
 
     A sequence of length T <= max_len is one window; a longer one has windows starting at
-    `range(T - max_len, 0, -sliding_step)` and 0, each `max_len` long. Users with an empty
-    training sequence have no window.
+    `range(T - max_len, 0, -sliding_step)` and 0, each `max_len` long. Users with fewer than
+    `min_length` training items have no window.
 
     Args:
       corpus: the corpus.
       split: its split; only `train_ends` is read, so held-out items never enter a window.
-      max_len: the window length.
+      max_len: the window length (`InputConfig.window_len`).
       sliding_step: the step between window starts.
+      min_length: the fewest training items that make a window (`InputConfig.min_window`).
 
     Returns:
       The windows.
     """
     begins = corpus.offsets[:-1]
     train_lengths = np.asarray(split.train_ends, dtype=np.int64) - begins  # [U]
-    users = np.flatnonzero(train_lengths > 0).astype(np.int64)
+    users = np.flatnonzero(train_lengths >= max(1, min_length)).astype(np.int64)
     lengths = train_lengths[users]
     overhang = np.maximum(lengths - max_len, 0)  # items before the last full window
     counts = 1 + -(-overhang // sliding_step)  # ceil: len(range(overhang, 0, -step)) + 1
@@ -414,11 +463,15 @@ class TrainingInstances:
         self.corpus = corpus
         self.split = split
         self.config = config
-        self.windows = make_windows(corpus, split, config.max_len, config.sliding_step)
+        self.windows = make_windows(
+            corpus, split, config.window_len, config.sliding_step, config.min_window
+        )
         if not len(self.windows):
-            raise ValueError(f"data set {corpus.name!r} has no training item in any user")
+            raise ValueError(
+                f"data set {corpus.name!r} has no user with {config.min_window} training items"
+            )
         self._fixed_masks = None
-        if not config.fresh_masks:
+        if not config.fresh_masks and not config.next_item:
             rows = np.tile(np.arange(len(self.windows)), config.dupe_factor)  # copy-major
             self._fixed_masks = self._draw(rows, _rng(config.seed, _FIXED_MASKS_STREAM))
         # Reentrant: a bucketed epoch's batches are built from its order, under the same lock.
@@ -466,7 +519,9 @@ class TrainingInstances:
             state = self._epochs.get(epoch)
             if state is None:
                 order = _rng(self.config.seed, _ORDER_STREAM, epoch).permutation(self.num_instances)
-                if self._fixed_masks is not None:
+                if self.config.next_item:
+                    masks = None  # next-item rows have no masks
+                elif self._fixed_masks is not None:
                     masks = self._fixed_masks
                 else:
                     rng = _rng(self.config.seed, _FRESH_MASKS_STREAM, epoch)
@@ -597,6 +652,8 @@ class TrainingInstances:
           'weights' float32 [..., P] (and 'users'); N and P are the bucket's when given.
         """
         indices = np.asarray(indices, dtype=np.int64)
+        if self.config.next_item:
+            return self._next_item_rows(indices, epoch, with_users=with_users, bucket=bucket)
         batch_shape = indices.shape
         idx = indices.reshape(-1)
         _, masks = self._epoch_state(epoch)
@@ -645,6 +702,36 @@ class TrainingInstances:
             "positions": positions[:, :p_cut].reshape(*batch_shape, p_cut),
             "labels": labels[:, :p_cut].astype(np.int32).reshape(*batch_shape, p_cut),
             "weights": weights[:, :p_cut].astype(np.float32).reshape(*batch_shape, p_cut),
+        }
+        if with_users:
+            out["users"] = self.windows.users[window].reshape(batch_shape)
+        return out
+
+    def _next_item_rows(
+        self, indices: np.ndarray, epoch: int, *, with_users: bool, bucket: int | None
+    ) -> dict[str, np.ndarray]:
+        """`materialize` for next-item instances: ids = a window but its last item, labels =
+        the window but its first item (ids shifted left by one), a prediction at every position,
+        weight 0 where there is no label (padding)."""
+        batch_shape = indices.shape
+        window = self.instance_windows(indices.reshape(-1), epoch)  # instance i = window i
+        starts = self.windows.starts[window]  # [R]
+        inputs = self.windows.lengths[window].astype(np.int64) - 1  # [R], 1..N
+        n = self.config.max_len
+        n_cut, _ = self.config.bucket_shape(bucket)
+        if len(inputs) and inputs.max() > n_cut:
+            raise ValueError(f"a window of {inputs.max() + 1} items does not fit bucket {bucket}")
+        offsets = np.arange(n)
+        valid = offsets < inputs[:, None]  # [R, N]
+        gather = starts[:, None] + np.minimum(offsets, inputs[:, None] - 1)  # [R, N]
+        ids = np.where(valid, self.corpus.items[gather], PAD_ID).astype(np.int32)
+        labels = np.where(valid, self.corpus.items[gather + 1], PAD_ID).astype(np.int32)
+        positions = np.broadcast_to(offsets.astype(np.int32), ids.shape)
+        out = {
+            "ids": ids[:, :n_cut].reshape(*batch_shape, n_cut),
+            "positions": positions[:, :n_cut].reshape(*batch_shape, n_cut),
+            "labels": labels[:, :n_cut].reshape(*batch_shape, n_cut),
+            "weights": valid[:, :n_cut].astype(np.float32).reshape(*batch_shape, n_cut),
         }
         if with_users:
             out["users"] = self.windows.users[window].reshape(batch_shape)
@@ -802,7 +889,9 @@ def num_instances(corpus: Corpus, split: Split, config: InputConfig) -> int:
     Returns:
       The count; only the windows are computed, no masks.
     """
-    num_windows = len(make_windows(corpus, split, config.max_len, config.sliding_step))
+    num_windows = len(
+        make_windows(corpus, split, config.window_len, config.sliding_step, config.min_window)
+    )
     return config.num_instances(num_windows)
 
 

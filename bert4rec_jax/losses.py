@@ -21,6 +21,8 @@ The variants (`LossConfig.type`, `config.loss.type`):
                    (`sampled_softmax_cross_entropy`); an estimate of the full loss, O(B * P * N).
   gbce             gSASRec's generalised binary cross-entropy over the same negatives
                    (`gbce_loss`); calibrated towards the full-softmax model's probabilities.
+  bce              the original SASRec's loss: binary cross-entropy of the label against ONE
+                   uniform negative drawn per prediction (`bce_loss`); the published baseline.
   auto             chunked when the vocabulary exceeds `auto_chunk_above`, full otherwise.
 
 `cloze_loss(loss_config, h, table, bias, labels, weights, key=..., item_counts=...)` is the one
@@ -52,7 +54,7 @@ from bert4rec_jax.sharding import DATA_AXIS, MODEL_AXIS
 if TYPE_CHECKING:
     import ml_collections
 
-LOSS_TYPES = ("auto", "full", "chunked", "sampled_softmax", "gbce")
+LOSS_TYPES = ("auto", "full", "chunked", "sampled_softmax", "gbce", "bce")
 PROPOSALS = ("uniform", "popularity")
 Sums = dict[str, jax.Array]
 # The logit of a padding row of a sharded table: finite (a shard of padding only must not give
@@ -73,7 +75,7 @@ class LossConfig:
         smaller ones the full one.
       chunk_size: items per chunk of the chunked loss (its [B*P, chunk] logits are the peak).
       num_negatives: N, negatives drawn per step and shared by every prediction of the batch
-        (sampled_softmax and gbce).
+        (sampled_softmax and gbce; bce draws one per prediction instead).
       proposal: the distribution negatives are drawn from: "uniform" over the items, or
         "popularity" (proportional to the item counts the step is given).
       gbce_t: gBCE's calibration parameter t in [0, 1]; 0 = plain BCE, 1 = fully calibrated.
@@ -102,9 +104,10 @@ class LossConfig:
             raise bad("proposal", f"expected one of {PROPOSALS}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise bad("gbce_t", "must be in [0, 1]")
-        if self.type == "gbce" and self.proposal != "uniform":
-            # gBCE's beta is derived for uniformly drawn negatives (alpha = N / (|I| - 1)).
-            raise bad("proposal", 'loss.type="gbce" assumes uniform negatives')
+        if self.type in ("gbce", "bce") and self.proposal != "uniform":
+            # gBCE's beta is derived for uniformly drawn negatives (alpha = N / (|I| - 1)); the
+            # original SASRec's BCE draws its negative uniformly too.
+            raise bad("proposal", f'loss.type="{self.type}" assumes uniform negatives')
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> LossConfig:
@@ -252,6 +255,10 @@ def cloze_loss(
         )
     if key is None:
         raise ValueError(f'loss.type="{kind}" draws negatives: cloze_loss needs a key')
+    if kind == "bce":
+        # One negative per prediction, uniform over the items 1..num_items.
+        negatives = jax.random.randint(key, labels.shape, 1, vocab_size - 1, dtype=jnp.int32)
+        return bce_loss(h, table, bias, labels, weights, negatives)
     negatives, neg_log_q, label_log_q = draw_negatives(
         key,
         loss_config.num_negatives,
@@ -861,3 +868,43 @@ def gbce_loss(
     neg_term = jnp.sum(jnp.where(hits, 0.0, jax.nn.softplus(neg)), axis=-1)  # [B, P]
     loss = (beta * jax.nn.softplus(-pos) + neg_term) / (negatives.shape[0] + 1)
     return _sums(weights, loss, _sampled_correct(pos, neg, hits))
+
+
+def bce_loss(
+    h: jax.Array,
+    table: jax.Array,
+    bias: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    negatives: jax.Array,
+) -> Sums:
+    """The original SASRec's binary cross-entropy (Kang & McAuley, ICDM 2018), one negative each.
+
+    Per prediction, with s+ the label's score and s- the score of its own drawn negative:
+
+        L = -log sigma(s+) - log(1 - sigma(s-)) = softplus(-s+) + softplus(s-)
+
+    The original draws the negative among items the user has not interacted with; here it is
+    uniform over the catalogue and only a negative equal to the label (an accidental hit) is
+    dropped (its term is 0), which differs for the few items of a user's history drawn by chance.
+
+    Args:
+      h: [B, P, H] head features.
+      table: [V, H] float32.
+      bias: [V] float32.
+      labels: [B, P] int.
+      weights: [B, P] float.
+      negatives: [B, P] int ids, one per prediction.
+
+    Returns:
+      loss_sum, weight_sum, correct_sum and prediction_count; correct = the label outscores its
+      negative (an accidental hit counts as correct).
+    """
+    h32 = h.astype(jnp.float32)
+    labels = labels.astype(jnp.int32)
+    negatives = negatives.astype(jnp.int32)
+    pos = jnp.einsum("bph,bph->bp", h32, table[labels]) + bias[labels]  # [B, P]
+    neg = jnp.einsum("bph,bph->bp", h32, table[negatives]) + bias[negatives]  # [B, P]
+    hit = negatives == labels  # [B, P]
+    loss = jax.nn.softplus(-pos) + jnp.where(hit, 0.0, jax.nn.softplus(neg))
+    return _sums(weights, loss, hit | (pos > neg))

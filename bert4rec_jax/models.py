@@ -13,6 +13,11 @@ Two departures, neither of which changes the function the model can represent:
 
 Ids: 0 is padding, 1..num_items are items, num_items + 1 is [MASK]; `vocab_size = num_items + 2`.
 
+`model.kind="sasrec"` (Kang & McAuley, ICDM 2018) is the same network, parameters and tied head
+with causal attention: position t attends to positions <= t only, it is trained to predict the
+next item at every position (`input_pipeline`), and it scores a history from its last item's
+position, with no [MASK] (its [MASK] row is simply never used).
+
 Parameters (the `params` collection):
   item_embedding       [vocab_size, hidden]  also the output layer (tied)
   position_embedding   [max_len, hidden]
@@ -54,6 +59,10 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 USER_FEATURE_PLACEMENTS = ("", "prefix", "add", "mask")
 # "manual" is ours, not jax's: always the explicit softmax path (used for attention dropout).
 ATTENTION_IMPLS = (None, "xla", "cudnn", "manual")
+# "bert4rec": bidirectional attention, cloze training, [MASK] appended to score. "sasrec"
+# (Kang & McAuley, ICDM 2018): the same network with causal attention, trained to predict the
+# next item at every position, scored from the last item's position (no [MASK]).
+MODEL_KINDS = ("bert4rec", "sasrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +87,8 @@ class ModelConfig:
       user_features: where user feature embeddings enter, one of `USER_FEATURE_PLACEMENTS`:
         "" off; "prefix" one extra token before the sequence; "add" at every position; "mask"
         at [MASK] positions only (needs `FeatureTables.users`).
+      kind: one of `MODEL_KINDS`. "sasrec" makes the attention causal (position t attends to
+        positions <= t only); the parameters are the same either way.
     """
 
     vocab_size: int
@@ -94,6 +105,7 @@ class ModelConfig:
     attention_impl: str | None = None
     item_features: bool = False
     user_features: str = ""
+    kind: str = "bert4rec"
 
     def __post_init__(self):
         if self.vocab_size < 3:
@@ -119,10 +131,28 @@ class ModelConfig:
                 f"model.user_features={self.user_features!r}; expected one of "
                 f"{USER_FEATURE_PLACEMENTS}"
             )
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind={self.kind!r}; expected one of {MODEL_KINDS}")
+        if self.causal and self.user_features == "mask":
+            raise ValueError(
+                'model.user_features="mask" adds the user at [MASK] positions, and '
+                'model.kind="sasrec" has none; use "add" or "prefix"'
+            )
 
     @property
     def mask_id(self) -> int:
         return self.vocab_size - 1
+
+    @property
+    def causal(self) -> bool:
+        """Left-to-right attention (SASRec): position t reads positions <= t only."""
+        return self.kind == "sasrec"
+
+    @property
+    def history_length(self) -> int:
+        """The most history items a scoring input holds: max_len - 1 and [MASK] (BERT4Rec), or
+        max_len, scored at the last one (SASRec)."""
+        return self.max_len if self.causal else self.max_len - 1
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
@@ -154,6 +184,7 @@ class ModelConfig:
             # .get: the config.json of a run older than side features has neither field.
             item_features=bool(m.get("item_features", False)),
             user_features=str(m.get("user_features", "") or ""),
+            kind=str(m.get("kind", "bert4rec")),  # older runs have no field: BERT4Rec
         )
 
 
@@ -445,6 +476,9 @@ class BERT4Rec(nn.Module):
         # implementation (cuDNN included) gives the same finite, unused result.
         valid = valid | ~jnp.any(valid, axis=-1, keepdims=True)
         mask = valid[:, None, None, :]  # [B, 1, 1, N]: keys only; padded queries are ignored later
+        keys = jnp.arange(x.shape[1], dtype=jnp.int32)  # [N] (N + 1 with a prefix token)
+        if cfg.causal:  # query t reads keys <= t; the prefix token (key 0) precedes every item
+            mask = mask & (keys[None, :] <= keys[:, None])[None, None]  # [B, 1, N, N]
 
         if positions is not None:
             positions = positions.astype(jnp.int32)
@@ -452,7 +486,12 @@ class BERT4Rec(nn.Module):
                 positions = positions + 1  # the prefix token sits before the items
             for layer in self.layers[:-1]:
                 x = layer(x, mask, train=train)
-            return self.layers[-1](x, mask, train=train, positions=positions)  # [B, P, H]
+            last_mask = mask
+            if cfg.causal:  # only the given rows query the last block: their own causal rows
+                last_mask = valid[:, None, None, :] & (
+                    keys[None, None, None, :] <= positions[:, None, :, None]
+                )  # [B, 1, P, N]
+            return self.layers[-1](x, last_mask, train=train, positions=positions)  # [B, P, H]
         for layer in self.layers:
             x = layer(x, mask, train=train)
         if cfg.user_features == "prefix":
@@ -572,8 +611,9 @@ class ScoringFns(NamedTuple):
     """How a model scores items for one user, split in two so candidates can vary per protocol.
 
     encode: (params, ids [B, N] int32, mask_pos [B] int32[, users [B] int32]) -> h [B, H], the
-      head features at the [MASK] position; `users` (user rows, 0 = unknown) is passed, and
-      then required, only when `uses_users`.
+      head features at the scoring position `mask_pos`: the [MASK] appended after the history
+      (BERT4Rec) or the history's last item (SASRec; `ModelConfig.history_length`); `users`
+      (user rows, 0 = unknown) is passed, and then required, only when `uses_users`.
     score: (params, h [B, H], item_ids [C] or [B, C] int32) -> float32 scores [B, C].
     uses_users: the encoder reads each row's user (`model.user_features`).
     """

@@ -78,12 +78,19 @@ def get_config() -> ml_collections.ConfigDict:
     # User features (ml-100k-raw: age group, gender, occupation): "" = off; "prefix" = one extra
     # token before the sequence; "add" = added at every position; "mask" = at [MASK] positions.
     c.model.user_features = ""
+    # "bert4rec": bidirectional, cloze-trained, scored at an appended [MASK] (the paper).
+    # "sasrec": the same network with causal attention, trained to predict the next item at every
+    # position and scored at the history's last item (no [MASK]); it reads max_len items and
+    # ignores the cloze fields of `input` (mask_prob, max_predictions, dupe_factor, fresh_masks,
+    # mask_replacement, mask_last_*). Any loss.type works; "bce" is the original SASRec's.
+    c.model.kind = "bert4rec"
 
     # ---- Loss (bert4rec_jax/losses.py) -------------------------------------------------------
     c.loss = ml_collections.ConfigDict()
     # "full": softmax over the [batch, predictions, items] logits; "chunked": the same loss,
     # streamed over item chunks (memory independent of the catalogue size); "sampled_softmax" or
-    # "gbce": over num_negatives drawn items (estimates; for millions of items); "auto": chunked
+    # "gbce": over num_negatives drawn items (estimates; for millions of items); "bce": the
+    # original SASRec's binary loss, one uniform negative per prediction; "auto": chunked
     # above auto_chunk_above items in the vocabulary, full below.
     c.loss.type = "auto"
     # "auto" chunks vocabularies larger than this: on the 2-core CPU the chunked step is already

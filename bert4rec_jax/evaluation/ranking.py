@@ -6,6 +6,8 @@ Every evaluated user (see `corpus.leave_one_out`) is scored once per held-out it
 * Input: the user's history (valid: the training items; test: training + validation items),
   truncated to its last `max_len - 1` items, then [MASK]; padding 0 after it (the original code pads
   at the end too). The model's hidden state at the [MASK] position scores the candidates.
+  A left-to-right model (`model.kind="sasrec"`) reads the last `max_len` items, no [MASK], and
+  is scored from its hidden state at the last item.
 * Candidates (see `candidates.py` for the sampled ones), target in column 0:
   - "pop100", "uniform100": the target and its sampled negatives.
   - "full": every item of the catalogue; with `exclude_history` the user's input history (all of
@@ -62,6 +64,8 @@ class EvalConfig:
 
     Attributes:
       max_len: the model's input length (inputs: the last max_len - 1 items + [MASK]).
+      append_mask: False for a left-to-right model (`model.kind="sasrec"`): inputs are the
+        last max_len items, scored at the last one.
       protocols: any of "pop100", "uniform100", "full".
       num_negatives: negatives per user of the sampled protocols.
       ks: cut-offs of HR@k and NDCG@k.
@@ -92,6 +96,7 @@ class EvalConfig:
     metric: str = "pop100/ndcg@10"
     early_stopping_patience: int = 0
     buckets: tuple[int, ...] = ()
+    append_mask: bool = True
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -132,10 +137,11 @@ class EvalConfig:
             # The training buckets (validated by input_pipeline.InputConfig); older configs
             # have none.
             buckets=tuple(int(b) for b in config.input.get("buckets", ())),
+            append_mask=config.model.get("kind", "bert4rec") != "sasrec",
         )
 
     def input_width(self, length: int) -> int:
-        """Positions an input of `length` (history + [MASK]) is encoded with."""
+        """Positions an input of `length` (history + [MASK], or history) is encoded with."""
         fits = [b for b in self.buckets if b >= length]
         return min(fits) if fits else self.max_len
 
@@ -151,7 +157,7 @@ class EvalConfig:
 
 
 def build_inputs(
-    corpus: Corpus, split: Split, which: str, max_len: int
+    corpus: Corpus, split: Split, which: str, max_len: int, append_mask: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Builds every evaluated user's model input for one split.
 
@@ -159,20 +165,27 @@ def build_inputs(
       corpus: the corpus.
       split: its leave-one-out split.
       which: "valid" or "test".
-      max_len: positions of the model's input; the history keeps its last `max_len - 1` items.
+      max_len: positions of the model's input; the history keeps its last `max_len - 1` items
+        (`max_len` without `append_mask`).
+      append_mask: append [MASK] after the history and score there (BERT4Rec); False: score at
+        the history's last item (SASRec).
 
     Returns:
-      ids: int32 [num_eval, max_len]; history items oldest first, then [MASK], then padding 0.
-      mask_pos: int32 [num_eval]; the column of [MASK] in each row.
+      ids: int32 [num_eval, max_len]; history items oldest first, then [MASK] (with
+        `append_mask`), then padding 0.
+      mask_pos: int32 [num_eval]; the scoring column of each row: [MASK]'s, or the last item's.
     """
-    if max_len < 2:
+    if max_len < 1 + append_mask:
         raise ValueError(f"max_len={max_len}: need at least one history item and [MASK]")
     ends = split.history_ends(corpus, which)  # [E]
-    starts = np.maximum(corpus.offsets[split.eval_users], ends - (max_len - 1))  # [E]
-    lengths = ends - starts  # [E], in 1..max_len - 1
+    width = max_len - 1 if append_mask else max_len
+    starts = np.maximum(corpus.offsets[split.eval_users], ends - width)  # [E]
+    lengths = ends - starts  # [E], in 1..width
     cols = np.arange(max_len)  # [N]
     index = np.minimum(starts[:, None] + cols[None, :], len(corpus.items) - 1)  # [E, N]
     ids = np.where(cols[None, :] < lengths[:, None], corpus.items[index], PAD_ID).astype(np.int32)
+    if not append_mask:
+        return ids, (lengths - 1).astype(np.int32)
     ids[np.arange(len(ids)), lengths] = corpus.mask_id
     return ids, lengths.astype(np.int32)
 
@@ -342,7 +355,9 @@ class Evaluator:
     def inputs(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 [num_eval, max_len], mask_pos int32 [num_eval]) of one held-out item."""
         if which not in self._inputs:
-            self._inputs[which] = build_inputs(self.corpus, self.split, which, self.config.max_len)
+            self._inputs[which] = build_inputs(
+                self.corpus, self.split, which, self.config.max_len, self.config.append_mask
+            )
         return self._inputs[which]
 
     def candidates(self, which: str, protocol: str) -> np.ndarray:

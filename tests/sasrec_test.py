@@ -1,0 +1,433 @@
+"""model.kind="sasrec": causality, next-item targets, every loss on 1 and 8 devices, evaluation and
+export inputs, export parity, workdir compatibility; and model.kind="bert4rec" as it was."""
+
+import hashlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import random_corpus, tiny_config
+
+from bert4rec_jax import (
+    checkpointing,
+    device_input,
+    experiment,
+    export,
+    input_pipeline,
+    losses,
+    models,
+    optimizer,
+    recommend,
+    train_lib,
+)
+from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax.datasets.corpus import leave_one_out
+from bert4rec_jax.evaluation.ranking import build_inputs
+
+NUM_ITEMS = 40
+MAX_LEN = 12
+
+
+def _model(kind="sasrec", num_layers=3, **overrides):
+    config = models.ModelConfig(
+        vocab_size=NUM_ITEMS + 2, max_len=MAX_LEN, hidden_size=16, num_layers=num_layers,
+        num_heads=2, intermediate_size=32, hidden_dropout=0.0, attention_dropout=0.0, kind=kind,
+        **overrides,
+    )  # fmt: skip
+    return models.BERT4Rec(config)
+
+
+def _random_params(model):
+    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0),
+            jnp.zeros((1, model.config.max_len), jnp.int32),
+            jnp.zeros((1, 1), jnp.int32),
+            train=False,
+        )
+    )
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
+
+
+# ---- The model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [None, "manual"])
+def test_output_at_t_ignores_every_later_item_in_every_layer(impl):
+    """Perturbation test: changing the items after t (or padding them) changes no layer's output
+    at positions <= t, nor the head features there (also when the last block runs for chosen
+    rows only). The bidirectional model, the control, does change."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, NUM_ITEMS + 1, size=(3, MAX_LEN)).astype(np.int32)
+    ids[2, 9:] = 0  # a padded row
+    positions = np.tile(np.arange(MAX_LEN, dtype=np.int32), (3, 1))
+    for kind in ("sasrec", "bert4rec"):
+        model = _model(kind, num_layers=2, attention_impl=impl)
+        variables = _random_params(model)
+
+        @jax.jit
+        def run(x, model=model, variables=variables):
+            h, state = model.apply(
+                variables, x, positions, train=False, capture_intermediates=True,
+                method=models.BERT4Rec.predict_hidden,
+            )  # fmt: skip
+            inter = state["intermediates"]
+            layers = [inter[f"layers_{i}"]["__call__"][0] for i in range(2)]  # [B, N, H] each
+            last_only = model.apply(
+                variables, x, positions, train=False, last_block_at_positions=True,
+                method=models.BERT4Rec.predict_hidden,
+            )  # fmt: skip
+            return [*layers, h, last_only]
+
+        base = run(ids)
+        for t in (0, 4, MAX_LEN - 2):
+            changed = ids.copy()
+            # Row 0: other items after t; row 1: padding after t; row 2: other items between t
+            # and its padding.
+            changed[:, t + 1 :] = rng.integers(1, NUM_ITEMS + 1, size=(3, MAX_LEN - t - 1))
+            changed[1, t + 1 :] = 0
+            changed[2, 9:] = 0
+            for name, a, b in zip(("layer 0", "layer 1", "head", "last"), base,
+                                  run(changed), strict=True):  # fmt: skip
+                diff = float(np.abs(np.asarray(a)[:, : t + 1] - np.asarray(b)[:, : t + 1]).max())
+                if kind == "sasrec":
+                    assert diff < 1e-5, (name, t, diff)
+                else:
+                    assert diff > 1e-6, (name, t, diff)  # the control: it does see them
+
+
+def test_user_prefix_stays_visible_and_mask_placement_is_refused():
+    with pytest.raises(ValueError, match='model.user_features="mask"'):
+        _model(user_features="mask")
+    tables = models.FeatureTables(users={"age": np.array([[0], [1], [2]], np.int32)})
+    model = models.BERT4Rec(_model(num_layers=1, user_features="prefix").config, tables)
+    variables = _random_params(model)
+    ids = np.arange(1, MAX_LEN + 1, dtype=np.int32)[None].repeat(2, 0)
+    positions = np.zeros((2, 1), np.int32)
+    h = jax.jit(
+        lambda v, ids, pos, users: model.apply(
+            v, ids, pos, train=False, users=users, method=models.BERT4Rec.predict_hidden
+        )
+    )(variables, ids, positions, np.array([1, 2], np.int32))
+    # The first item sees the user token before it: two users, two different outputs.
+    assert float(np.abs(np.asarray(h[0]) - np.asarray(h[1])).max()) > 1e-3
+
+
+# ---- Training instances -------------------------------------------------------------------------
+
+
+def _next_item_config(**overrides):
+    return input_pipeline.InputConfig(
+        max_len=8, max_predictions=8, sliding_step=3, next_item=True, **overrides
+    )
+
+
+@pytest.mark.parametrize("pipeline", ["tf.data", "device"])
+@pytest.mark.parametrize("buckets", [(), (3, 5)])
+def test_targets_are_the_inputs_shifted_by_one_with_padding_weighted_0(pipeline, buckets):
+    lengths = np.array([1, 2, 3, 5, 9, 14, 30])  # 1 (no window) .. several windows
+    corpus = random_corpus(lengths + 2)  # + the validation and test items
+    split = leave_one_out(corpus, "standard")
+    config = _next_item_config(buckets=buckets)
+    if pipeline == "tf.data":
+        instances = input_pipeline.TrainingInstances(corpus, split, config)
+        assert instances.num_instances == instances.num_windows  # one per window, no masks
+        if buckets:
+            rows = [
+                instances.materialize(
+                    instances.local_indices(0, 8, first_batch=b, num_batches=1)[0], 0, bucket=k
+                )
+                for b, k in enumerate(instances.batch_buckets(0, 8))
+            ]
+        else:
+            rows = [instances.epoch_arrays(0)]
+    else:
+        source = device_input.DeviceInput(corpus, split, config, 16, sharding_lib.make_mesh(8))
+        rows = [jax.device_get(source.batch(step)) for step in range(3)]
+    # Every interaction is a unique item: the item says which user and where.
+    where = {int(item): i for i, item in enumerate(corpus.items)}
+    seen_lengths = set()
+    for batch in rows:
+        ids, labels, weights = batch["ids"], batch["labels"], batch["weights"]
+        n = ids.shape[1]
+        assert batch["positions"].shape == labels.shape == weights.shape == ids.shape
+        np.testing.assert_array_equal(batch["positions"], np.broadcast_to(np.arange(n), ids.shape))
+        for row_ids, row_labels, row_weights in zip(ids, labels, weights, strict=True):
+            k = int((row_ids != 0).sum())  # inputs: items first, then padding
+            assert k >= 1 and (row_ids[:k] != 0).all() and (row_ids[k:] == 0).all()
+            np.testing.assert_array_equal(row_weights, (np.arange(n) < k).astype(np.float32))
+            assert (row_labels[k:] == 0).all()
+            np.testing.assert_array_equal(row_labels[: k - 1], row_ids[1:k])  # shifted by one
+            # The last label is the item after the last input, in the same user's training part.
+            first, last = where[int(row_ids[0])], where[int(row_labels[k - 1])]
+            np.testing.assert_array_equal(corpus.items[first : last + 1][:-1], row_ids[:k])
+            user = int(np.searchsorted(corpus.offsets, first, side="right") - 1)
+            assert last < split.train_ends[user]  # never a validation or test item
+            seen_lengths.add(k)
+    assert max(seen_lengths) == 8  # full windows: max_len inputs, each with its next item
+
+
+def test_cloze_only_input_fields_are_refused_naming_the_field(tmp_path):
+    for field, value in (("input.mask_last_weight", 2.0), ("input.mask_last_share", 0.25)):
+        config = tiny_config(tmp_path, **{"model.kind": "sasrec", field: value})
+        with pytest.raises(ValueError, match=re.escape(f"{field}=")):
+            train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    config = tiny_config(tmp_path, **{"model.kind": "gpt"})
+    with pytest.raises(ValueError, match=re.escape("model.kind=")):
+        train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
+# ---- Losses -------------------------------------------------------------------------------------
+
+
+def test_bce_is_one_negative_per_prediction_and_drops_an_accidental_hit():
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    table = rng.normal(size=(10, 4)).astype(np.float32)
+    bias = rng.normal(size=(10,)).astype(np.float32)
+    labels = np.array([[1, 2, 3], [4, 5, 0]])
+    weights = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+    negatives = np.array([[7, 2, 8], [6, 1, 1]])  # [0, 1]: an accidental hit
+    got = losses.bce_loss(h, table, bias, labels, weights, negatives)
+    pos = np.einsum("bph,bph->bp", h, table[labels]) + bias[labels]
+    neg = np.einsum("bph,bph->bp", h, table[negatives]) + bias[negatives]
+    per = np.log1p(np.exp(-pos)) + np.where(negatives == labels, 0.0, np.log1p(np.exp(neg)))
+    np.testing.assert_allclose(got["loss_sum"], (per * weights).sum(), rtol=1e-5)
+    assert float(got["weight_sum"]) == float(got["prediction_count"]) == 5.0
+    with pytest.raises(ValueError, match="loss.proposal="):
+        losses.LossConfig(type="bce", proposal="popularity")
+
+
+def _sasrec_step(corpus, batch, loss_type, mesh):
+    model = models.BERT4Rec(
+        models.ModelConfig(
+            vocab_size=corpus.vocab_size, max_len=8, hidden_size=16, num_layers=2, num_heads=2,
+            intermediate_size=32, hidden_dropout=0.1, attention_dropout=0.1, kind="sasrec",
+        )
+    )  # fmt: skip
+    schedule = optimizer.make_schedule(1e-2, 0, 10)
+    tx = optimizer.make_optimizer(schedule)
+    loss_config = losses.LossConfig(type=loss_type, chunk_size=7, num_negatives=8)
+    step_fn = train_step_lib.make_train_step(
+        model, tx, schedule, loss_config, item_counts=corpus.popularity, mesh=mesh
+    )
+    state = train_step_lib.create_train_state(model, tx, mesh, max_predictions=8, seed=0)
+    params0 = jax.device_get(state.params)
+    step = train_step_lib.jit_train_step(step_fn, state, mesh)
+    state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
+    return params0, jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize(
+    "loss_type, model_axis",
+    [
+        ("full", 1),
+        ("bce", 1),
+        # Two compiled steps each: the quick loop keeps the two above.
+        pytest.param("chunked", 1, marks=pytest.mark.slow),
+        # Vocabulary-parallel: the item table split over 2 devices.
+        pytest.param("chunked", 2, marks=pytest.mark.slow),
+        pytest.param("full", 2, marks=pytest.mark.slow),
+        pytest.param("sampled_softmax", 1, marks=pytest.mark.slow),
+        pytest.param("gbce", 1, marks=pytest.mark.slow),
+    ],
+)
+def test_each_loss_trains_one_sasrec_step_equally_on_1_and_8_devices(loss_type, model_axis):
+    corpus = random_corpus(np.arange(40) % 13 + 4, num_items=NUM_ITEMS, seed=2)
+    split = leave_one_out(corpus, "standard")
+    instances = input_pipeline.TrainingInstances(corpus, split, _next_item_config())
+    batch = instances.materialize(instances.local_indices(0, 16, num_batches=1)[0], 0)
+    params0, params1, m1 = _sasrec_step(corpus, batch, loss_type, sharding_lib.make_mesh(1))
+    _, params8, m8 = _sasrec_step(
+        corpus, batch, loss_type, sharding_lib.make_mesh(8, model=model_axis)
+    )
+    assert m1["weight_sum"] == m8["weight_sum"] == batch["weights"].sum() > 16
+    assert np.isfinite(m1["loss_sum"])
+    for key in ("loss_sum", "correct_sum", "grad_norm"):
+        np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    pairs = zip(jax.tree.leaves(params0), jax.tree.leaves(params1), strict=True)
+    moved = [np.abs(a - b).max() for a, b in pairs]
+    assert max(moved) > 1e-4  # the step moved the parameters: the comparison compares something
+
+
+# ---- Scoring inputs: evaluation and export ------------------------------------------------------
+
+
+def test_evaluation_reads_the_last_max_len_items_and_scores_at_the_last():
+    corpus = random_corpus([3, 6, 20])
+    split = leave_one_out(corpus, "standard")
+    ids, last = build_inputs(corpus, split, "test", 8, append_mask=False)
+    assert ids.shape == (3, 8) and not (ids == corpus.mask_id).any()
+    np.testing.assert_array_equal(last, [1, 4, 7])  # 2, 5 and (capped) 8 history items
+    for row, user in enumerate(split.eval_users):
+        history = corpus.items[corpus.offsets[user] : split.history_ends(corpus, "test")[row]]
+        np.testing.assert_array_equal(ids[row, : last[row] + 1], history[-8:])
+        assert (ids[row, last[row] + 1 :] == 0).all()
+    # BERT4Rec's inputs, as before: one item fewer, then [MASK].
+    ids_b, mask_pos = build_inputs(corpus, split, "test", 8)
+    np.testing.assert_array_equal(mask_pos, [2, 5, 7])
+    assert (ids_b[np.arange(3), mask_pos] == corpus.mask_id).all()
+
+
+def test_export_inputs_equal_evaluation_inputs():
+    corpus = random_corpus([3, 6, 20, 11])
+    split = leave_one_out(corpus, "standard")
+    model = models.BERT4Rec(
+        models.ModelConfig(vocab_size=corpus.vocab_size, max_len=8, kind="sasrec")
+    )
+    want_ids, want_last = build_inputs(corpus, split, "test", 8, append_mask=False)
+    ends = split.history_ends(corpus, "test")
+    history = np.zeros((len(ends), 25), np.int32)  # whole histories, padded at the end
+    for row, user in enumerate(split.eval_users):
+        items = corpus.items[corpus.offsets[user] : ends[row]]
+        history[row, : len(items)] = items
+    history[0, 10] = corpus.num_items + 5  # an unknown id in the padding: still padding
+    ids, last = jax.jit(export.model_inputs(model))(history)
+    np.testing.assert_array_equal(np.asarray(last), want_last)
+    np.testing.assert_array_equal(np.asarray(ids), want_ids)
+
+
+@pytest.mark.slow
+def test_exported_sasrec_scores_equal_in_process_scores_and_the_saved_model(tmp_path):
+    """Export parity for a SASRec model: the jax.export artifact and the SavedModel give the
+    in-process scores (evaluation's inputs and scoring functions) of whole histories."""
+    import tensorflow as tf
+
+    corpus = random_corpus(np.arange(30) % 17 + 3, num_items=NUM_ITEMS, seed=3)
+    split = leave_one_out(corpus, "standard")
+    model = _model(num_layers=2)
+    params = _random_params(model)["params"]
+    vocabulary = np.arange(NUM_ITEMS + 1) + 1000
+    output = tmp_path / "export"
+    export.export_model(model, params, vocabulary, output, top_k=10, platforms=["cpu"])
+    rec = recommend.Recommender.load(output)
+    assert rec.history_length == MAX_LEN  # SASRec reads max_len items: no [MASK]
+
+    ids, last = build_inputs(corpus, split, "test", MAX_LEN, append_mask=False)
+    ends = split.history_ends(corpus, "test")
+    history = np.zeros((len(ends), 20), np.int32)
+    for row, user in enumerate(split.eval_users):
+        items = corpus.items[corpus.offsets[user] : ends[row]]
+        history[row, : len(items)] = items
+    fns = models.scoring_fns(model)
+    h = jax.jit(fns.encode)(params, ids, last)
+    want = np.asarray(
+        jax.jit(fns.score)(params, h, np.arange(1, NUM_ITEMS + 1, dtype=np.int32))
+    )  # [users, items]
+    seen = np.zeros((len(ends), NUM_ITEMS + 1), bool)
+    seen[np.arange(len(ends))[:, None], history] = True
+    want = np.where(seen[:, 1:], -np.inf, want)
+    got_ids, got_scores = rec.run(history, exclude_seen=True)
+    np.testing.assert_allclose(got_scores, -np.sort(-want, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got_scores, np.take_along_axis(want, got_ids - 1, axis=1), rtol=1e-5, atol=1e-5
+    )
+    loaded = tf.saved_model.load(str(output / "saved_model"))
+    out = loaded.signatures[export.SIGNATURE](
+        history=tf.constant(history),
+        users=tf.zeros([len(history)], tf.int32),
+        exclude_seen=tf.ones([len(history)], tf.bool),
+    )
+    np.testing.assert_array_equal(out[export.ITEM_IDS].numpy(), got_ids)
+    np.testing.assert_allclose(out[export.SCORES].numpy(), got_scores, rtol=1e-5, atol=1e-5)
+
+
+# ---- Workdirs and the default -------------------------------------------------------------------
+
+
+def test_a_workdir_refuses_another_kind_naming_the_field(tmp_path):
+    workdir = tmp_path / "work"
+    (workdir / "checkpoints").mkdir(parents=True)
+    old = tiny_config(tmp_path)
+    del old.model["kind"]  # a run from before model.kind: BERT4Rec
+    checkpointing.save_config(workdir, old)
+    checkpointing.check_compatible(workdir, tiny_config(tmp_path))  # bert4rec: the same model
+    with pytest.raises(checkpointing.CheckpointError, match=re.escape("model.kind='sasrec'")):
+        checkpointing.check_compatible(workdir, tiny_config(tmp_path, **{"model.kind": "sasrec"}))
+
+
+def _digest(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.slow
+def test_kind_bert4rec_reproduces_the_model_from_before_kind_existed(tmp_path):
+    """configs/tiny.py with model.kind="bert4rec": the batches of both input paths, the
+    evaluation inputs, the initial parameters and one train step's loss and parameters of every
+    loss, as commit 60011fc (before model.kind) computed them on CPU."""
+    config = tiny_config(tmp_path, warmup_steps=0)
+    assert config.model.kind == "bert4rec"
+    exp = experiment.Experiment.from_config(config)
+    input_config = input_pipeline.InputConfig.from_config(config)
+    batch = next(
+        input_pipeline.train_batches(exp.corpus, exp.split, input_config, config.batch_size)
+    )
+    mesh = sharding_lib.make_mesh(1)
+    drawn = device_input.DeviceInput(
+        exp.corpus, exp.split, input_config, config.batch_size, mesh
+    ).batch(3)
+    ids, mask_pos = build_inputs(exp.corpus, exp.split, "test", config.model.max_len)
+    digests = {k: _digest(v) for k, v in batch.items()}
+    digests |= {f"device_{k}": _digest(v) for k, v in drawn.items()}
+    digests |= {"eval_ids": _digest(ids), "eval_pos": _digest(mask_pos)}
+    assert digests == {
+        "ids": "fa97bd7865f75978",
+        "positions": "986c78a3c4747d44",
+        "labels": "1efeea08107ee51c",
+        "weights": "f8f45abeb0ce1296",
+        "device_ids": "c1e72e9220bfcab9",
+        "device_labels": "25bf63dee6f59ec2",
+        "device_positions": "f6a5c4e99a63401e",
+        "device_weights": "af40c801eb7bcb5a",
+        "eval_ids": "8784bd810c60d031",
+        "eval_pos": "ce5292f7b5139dfd",
+    }
+    # (loss_sum, sum of |parameters| after the step); the initial sum is 116.97894287109375.
+    want = {
+        "full": (169.15017700195312, 117.27532958984375),
+        "chunked": (169.15016174316406, 117.27532958984375),
+        "sampled_softmax": (115.10633850097656, 117.24311828613281),
+        "gbce": (26.74956703186035, 117.15341186523438),
+    }
+    tx, schedule = optimizer.from_config(config)
+
+    def abs_sum(params):
+        return float(sum(np.abs(x).sum() for x in jax.tree.leaves(jax.device_get(params))))
+
+    for loss_type, (loss_sum, params_sum) in want.items():
+        state = train_step_lib.create_train_state(
+            exp.model, tx, mesh, max_predictions=config.input.max_predictions, seed=0
+        )
+        if loss_type == "full":
+            np.testing.assert_allclose(abs_sum(state.params), 116.97894287109375, rtol=1e-6)
+        step_fn = train_step_lib.make_train_step(
+            exp.model, tx, schedule,
+            losses.LossConfig(type=loss_type, num_negatives=16, chunk_size=7),
+            item_counts=exp.corpus.popularity, mesh=mesh,
+        )  # fmt: skip
+        state, metrics = train_step_lib.jit_train_step(step_fn, state, mesh)(
+            state, sharding_lib.global_batch(mesh, batch)
+        )
+        np.testing.assert_allclose(float(metrics["loss_sum"]), loss_sum, rtol=1e-6)
+        np.testing.assert_allclose(abs_sum(state.params), params_sum, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["tf.data", "device"])
+def test_sasrec_trains_validates_and_tests_end_to_end(tmp_path, pipeline):
+    config = tiny_config(
+        tmp_path,
+        **{"model.kind": "sasrec", "loss.type": "bce", "input.pipeline": pipeline,
+           "num_train_steps": 6, "eval.every_steps": 3, "checkpoint_every_steps": 3},
+    )  # fmt: skip
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    assert 0.0 <= results["pop100/ndcg@10"] <= 1.0
+    assert np.isfinite(results["full/mrr"])
