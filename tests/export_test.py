@@ -375,7 +375,8 @@ def test_numpy_histories_are_mapped_like_lists(random_export):
         [vocabulary[3].item(), unknown, vocabulary[9].item()],
         vocabulary[1 : NUM_ITEMS + 1].tolist(),
     ]
-    arrays = [np.asarray(h, vocabulary.dtype) for h in histories]
+    kind = str if vocabulary.dtype.kind == "U" else np.int64  # str: as wide as each needs
+    arrays = [np.asarray(h, kind) for h in histories]
     want, got = rec.encode(histories), rec.encode(arrays)
     assert got.errors == want.errors == [None, "no item ids", "no known item ids", None, None]
     np.testing.assert_array_equal(got.unknown_ids, want.unknown_ids)
