@@ -215,6 +215,7 @@ class Recommender:
         # Sorted copy for histories given as numpy arrays of the vocabulary's kind (vectorised).
         self._sorted_order = np.argsort(vocabulary[1:], kind="stable") + 1  # [V] dense ids
         self._sorted_raw = vocabulary[self._sorted_order]  # [V]
+        self._arrow_vocabulary = None  # vocabulary[1:] for string look-ups, built when needed
         self.user_vocabulary = user_vocabulary
         self._user_rows: dict[Any, int] = {}
         if user_vocabulary is not None:
@@ -424,35 +425,72 @@ class Recommender:
         self, histories: Sequence[Any], strict: bool
     ) -> tuple[list[np.ndarray], np.ndarray, list[str | None], list[Any]] | None:
         """`_encode_each`'s result in a few numpy calls, for histories that are all 1-D numpy
-        arrays of the vocabulary's kind (what the file readers and `workdir_users` give); None
-        otherwise, and with strict when a history would be refused (`_encode_each` then raises
-        the same error, naming the first one)."""
-        kinds = "iu" if self.vocabulary.dtype.kind in "iu" else "U"
+        arrays of the vocabulary's kind, or of Python strings (object arrays, as a Parquet
+        string column gives them) for a string vocabulary: what the file readers and
+        `workdir_users` give. None otherwise, and with strict when a history would be refused
+        (`_encode_each` then raises the same error, naming the first one)."""
+        kinds = "iu" if self.vocabulary.dtype.kind in "iu" else "UO"
         first = histories[0] if len(histories) else None
         if not isinstance(first, np.ndarray) or first.dtype.kind not in kinds:
             return None
-        # One dtype, so that concatenating casts nothing (int64 with uint64 would give floats).
+        # One dtype (strings of any width), so that concatenating casts nothing (int64 with
+        # uint64 would give floats).
         if not all(
-            isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype == first.dtype for h in histories
+            isinstance(h, np.ndarray)
+            and h.ndim == 1
+            and (h.dtype == first.dtype or h.dtype.kind == first.dtype.kind == "U")
+            for h in histories
         ):
             return None
         lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
         flat = np.concatenate(histories)  # [total]
-        # The same binary search as `_dense_ids`, over the whole chunk at once.
-        at = np.minimum(np.searchsorted(self._sorted_raw, flat), len(self._sorted_raw) - 1)
-        found = self._sorted_raw[at] == flat  # [total]
+        if flat.dtype.kind == "O":
+            looked_up = self._look_up_strings(flat)
+            if looked_up is None:
+                return None
+            dense_all, found = looked_up  # [total] each
+        else:
+            # The same binary search as `_dense_ids`, over the whole chunk at once.
+            at = np.minimum(np.searchsorted(self._sorted_raw, flat), len(self._sorted_raw) - 1)
+            found = self._sorted_raw[at] == flat  # [total]
+            dense_all = self._sorted_order[at]  # [total]
         row_of = np.repeat(np.arange(len(histories)), lengths)  # [total]
         unknown = np.bincount(row_of[~found], minlength=len(histories)).astype(np.int64)
         known = lengths - unknown
         if strict and (unknown.any() or not known.all()):
             return None
-        dense = self._sorted_order[at[found]].astype(np.int32)  # [total known]
+        dense = dense_all[found].astype(np.int32)  # [total known]
         dense_rows = np.split(dense, np.cumsum(known)[:-1])
         errors: list[str | None] = [None] * len(histories)
         for row in np.flatnonzero(known == 0).tolist():
             errors[row] = NO_KNOWN_ITEM_IDS if unknown[row] else NO_ITEM_IDS
         examples = flat[~found][:5].tolist()
         return dense_rows, unknown, errors, examples
+
+    def _look_up_strings(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(dense ids, found) [n] each for an object array of raw ids, by a hash look-up
+        (pyarrow's index_in: a numpy unicode copy of a chunk would be slow, and as wide as its
+        longest id); None unless every entry is a str or None (None is unknown, as in
+        `_dense_ids`), so that other objects keep `_dense_ids`'s rules."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(flat):
+            return np.zeros(0, np.int64), np.zeros(0, bool)
+        try:
+            values = pa.array(flat, from_pandas=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        if pa.types.is_null(values.type):
+            return np.zeros(len(flat), np.int64), np.zeros(len(flat), bool)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            return None
+        if self._arrow_vocabulary is None:
+            self._arrow_vocabulary = pa.array(self.vocabulary[1:].tolist(), pa.string())
+        index = pc.index_in(values.cast(pa.string()), value_set=self._arrow_vocabulary)
+        found = index.is_valid().to_numpy(zero_copy_only=False)
+        # Position in vocabulary[1:] -> dense id; unknown ids get 0 and are dropped by `found`.
+        return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1, found
 
     def _encode_each(
         self, histories: Sequence[Any], strict: bool, labels: Sequence[str] | None

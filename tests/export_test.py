@@ -384,6 +384,19 @@ def test_numpy_histories_are_mapped_like_lists(random_export):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype == np.int32
     assert rec.recommend(arrays, k=5) == rec.recommend(histories, k=5)
+    # Object arrays (a Parquet string column); None is an unknown id, as in a list.
+    with_none = [*histories, [vocabulary[3].item(), None]]
+    object_arrays = [np.asarray(h, object) for h in with_none]
+    objects = rec.encode(object_arrays)
+    # The vectorised path is taken for typed arrays, and for object arrays of strings.
+    assert rec._encode_arrays(arrays, strict=False) is not None
+    vectorised = rec._encode_arrays(object_arrays, strict=False) is not None
+    assert vectorised == (vocabulary.dtype.kind == "U")
+    want = rec.encode(with_none)
+    assert objects.errors == want.errors
+    np.testing.assert_array_equal(objects.unknown_ids, want.unknown_ids)
+    for a, b in zip(objects.histories, want.histories, strict=True):
+        np.testing.assert_array_equal(a, b)
     for bad, message in (
         ([arrays[0], arrays[3]], rf"histories\[1\]: item id {re.escape(repr(unknown))}"),
         ([arrays[0], arrays[1]], r"histories\[1\] has no item ids"),
