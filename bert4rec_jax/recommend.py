@@ -565,8 +565,9 @@ class Recommender:
         users: np.ndarray | None,
         exclude_seen: bool,
     ) -> list[tuple[Any, np.ndarray]]:
-        """Starts `run`'s batches and returns at once: jax runs them in the background while
-        the caller goes on (a job reads, writes and maps ids meanwhile); `_gather` waits."""
+        """Starts `run`'s batches without waiting for their results: jax runs them on its own
+        threads while the caller goes on (a job reads, maps ids and writes meanwhile);
+        `_gather` waits for them."""
         pending = []
         for history, batch_users, rows in self._batches(histories, users):
             exclude = np.full(len(batch_users), bool(exclude_seen))
