@@ -15,7 +15,8 @@ set). Histories are synthetic with ML-1m-like lengths (log-normal around 100 ite
   * sweep: histories/s of `Recommender.run` for batch sizes 8..1,024 (what
     `recommend.DEFAULT_BATCH_SIZE` was chosen from);
   * job: the all-users job file to file (interactions Parquet in, recommendations Parquet out,
-    `recommend.recommend_all`, the command line's code path) on --job_users users: users/s;
+    `recommend.recommend_all`, the command line's code path) on --job_users users: users/s
+    (the second of two passes: the first compiles) and the process's peak RSS;
   * memory: the same job in a fresh process for 10k and 1M synthetic users (30 items each on
     average, written by another process), printing each one's peak RSS. It uses a small model
     (1,000 items, max_len 20, hidden 16) so that 1M users finish in minutes: what it measures
@@ -286,9 +287,12 @@ def main() -> None:
             start = time.perf_counter()
             summary = run_job(rec, source, out)
             seconds = time.perf_counter() - start
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(
                 f"\njob: Parquet -> Parquet, k=10, batch {batch}: {summary.users:,} users "
-                f"({rows:,} rows) in {seconds:.1f} s = {summary.users / seconds:,.0f} users/s"
+                f"({rows:,} rows) in {seconds:.1f} s = {summary.users / seconds:,.0f} users/s; "
+                f"peak RSS of this process {peak:,.0f} MiB (the export and earlier sections "
+                "included; --sections=memory measures the job alone)"
             )
         if "memory" in sections:
             print("\nmemory: the job on a small model, a fresh process per user count")

@@ -215,6 +215,7 @@ class Recommender:
         # Sorted copy for histories given as numpy arrays of the vocabulary's kind (vectorised).
         self._sorted_order = np.argsort(vocabulary[1:], kind="stable") + 1  # [V] dense ids
         self._sorted_raw = vocabulary[self._sorted_order]  # [V]
+        self._arrow_vocabulary = None  # vocabulary[1:] for string look-ups, built when needed
         self.user_vocabulary = user_vocabulary
         self._user_rows: dict[Any, int] = {}
         if user_vocabulary is not None:
@@ -403,6 +404,99 @@ class Recommender:
             raise TypeError(
                 f"histories: expected a list of histories, got {type(histories).__name__}"
             )
+        flat = self._encode_arrays(histories, strict)
+        if flat is not None:
+            dense_rows, unknown, errors, examples = flat
+        else:
+            dense_rows, unknown, errors, examples = self._encode_each(histories, strict, labels)
+        if unknown.any():
+            logging.log_first_n(
+                logging.WARNING,
+                "Skipped %d unknown item ids in %d of %d histories (e.g. %s)",
+                5,
+                int(unknown.sum()),
+                int((unknown > 0).sum()),
+                len(histories),
+                ", ".join(repr(x) for x in examples),
+            )
+        return EncodedHistories(dense_rows, self.user_rows(users, len(histories)), unknown, errors)
+
+    def _encode_arrays(
+        self, histories: Sequence[Any], strict: bool
+    ) -> tuple[list[np.ndarray], np.ndarray, list[str | None], list[Any]] | None:
+        """`_encode_each`'s result in a few numpy calls, for histories that are all 1-D numpy
+        arrays of the vocabulary's kind, or of Python strings (object arrays, as a Parquet
+        string column gives them) for a string vocabulary: what the file readers and
+        `workdir_users` give. None otherwise, and with strict when a history would be refused
+        (`_encode_each` then raises the same error, naming the first one)."""
+        kinds = "iu" if self.vocabulary.dtype.kind in "iu" else "UO"
+        first = histories[0] if len(histories) else None
+        if not isinstance(first, np.ndarray) or first.dtype.kind not in kinds:
+            return None
+        # One dtype (strings of any width), so that concatenating casts nothing (int64 with
+        # uint64 would give floats).
+        if not all(
+            isinstance(h, np.ndarray)
+            and h.ndim == 1
+            and (h.dtype == first.dtype or h.dtype.kind == first.dtype.kind == "U")
+            for h in histories
+        ):
+            return None
+        lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+        flat = np.concatenate(histories)  # [total]
+        if flat.dtype.kind == "O":
+            looked_up = self._look_up_strings(flat)
+            if looked_up is None:
+                return None
+            dense_all, found = looked_up  # [total] each
+        else:
+            # The same binary search as `_dense_ids`, over the whole chunk at once.
+            at = np.minimum(np.searchsorted(self._sorted_raw, flat), len(self._sorted_raw) - 1)
+            found = self._sorted_raw[at] == flat  # [total]
+            dense_all = self._sorted_order[at]  # [total]
+        row_of = np.repeat(np.arange(len(histories)), lengths)  # [total]
+        unknown = np.bincount(row_of[~found], minlength=len(histories)).astype(np.int64)
+        known = lengths - unknown
+        if strict and (unknown.any() or not known.all()):
+            return None
+        dense = dense_all[found].astype(np.int32)  # [total known]
+        dense_rows = np.split(dense, np.cumsum(known)[:-1])
+        errors: list[str | None] = [None] * len(histories)
+        for row in np.flatnonzero(known == 0).tolist():
+            errors[row] = NO_KNOWN_ITEM_IDS if unknown[row] else NO_ITEM_IDS
+        examples = flat[~found][:5].tolist()
+        return dense_rows, unknown, errors, examples
+
+    def _look_up_strings(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(dense ids, found) [n] each for an object array of raw ids, by a hash look-up
+        (pyarrow's index_in: a numpy unicode copy of a chunk would be slow, and as wide as its
+        longest id); None unless every entry is a str or None (None is unknown, as in
+        `_dense_ids`), so that other objects keep `_dense_ids`'s rules."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(flat):
+            return np.zeros(0, np.int64), np.zeros(0, bool)
+        try:
+            values = pa.array(flat, from_pandas=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        if pa.types.is_null(values.type):
+            return np.zeros(len(flat), np.int64), np.zeros(len(flat), bool)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            return None
+        if self._arrow_vocabulary is None:
+            self._arrow_vocabulary = pa.array(self.vocabulary[1:].tolist(), pa.string())
+        index = pc.index_in(values.cast(pa.string()), value_set=self._arrow_vocabulary)
+        found = index.is_valid().to_numpy(zero_copy_only=False)
+        # Position in vocabulary[1:] -> dense id; unknown ids get 0 and are dropped by `found`.
+        return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1, found
+
+    def _encode_each(
+        self, histories: Sequence[Any], strict: bool, labels: Sequence[str] | None
+    ) -> tuple[list[np.ndarray], np.ndarray, list[str | None], list[Any]]:
+        """(dense ids per history, unknown ids per history, errors, up to 5 unknown ids), one
+        history at a time: any iterable of raw ids of any type."""
         dense_rows: list[np.ndarray] = []
         unknown = np.zeros(len(histories), np.int64)
         errors: list[str | None] = []
@@ -420,17 +514,7 @@ class Recommender:
                     raise EmptyHistoryError(f"{where} has {what}: nothing to recommend from")
             dense_rows.append(dense)
             errors.append(error)
-        if unknown.any():
-            logging.log_first_n(
-                logging.WARNING,
-                "Skipped %d unknown item ids in %d of %d histories (e.g. %s)",
-                5,
-                int(unknown.sum()),
-                int((unknown > 0).sum()),
-                len(histories),
-                ", ".join(repr(x) for x in examples),
-            )
-        return EncodedHistories(dense_rows, self.user_rows(users, len(histories)), unknown, errors)
+        return dense_rows, unknown, errors, examples
 
     def _batches(
         self, histories: Sequence[np.ndarray] | np.ndarray, users: np.ndarray | None
@@ -473,12 +557,29 @@ class Recommender:
           (dense ids int32 [n, top_k], scores float32 [n, top_k]); excluded items score -inf
           and come last, only in rows with fewer than top_k other items.
         """
+        return self._gather(self._dispatch(histories, users, exclude_seen), len(histories))
+
+    def _dispatch(
+        self,
+        histories: Sequence[np.ndarray] | np.ndarray,
+        users: np.ndarray | None,
+        exclude_seen: bool,
+    ) -> list[tuple[Any, np.ndarray]]:
+        """Starts `run`'s batches without waiting for their results: jax runs them on its own
+        threads while the caller goes on (a job reads, maps ids and writes meanwhile);
+        `_gather` waits for them."""
         pending = []
         for history, batch_users, rows in self._batches(histories, users):
             exclude = np.full(len(batch_users), bool(exclude_seen))
             pending.append((self._serve(self._params, history, batch_users, exclude), rows))
-        ids = np.zeros((len(histories), self.top_k), np.int32)
-        scores = np.zeros((len(histories), self.top_k), np.float32)
+        return pending
+
+    def _gather(
+        self, pending: list[tuple[Any, np.ndarray]], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`run`'s result from `_dispatch`'s batches of n histories (waiting for them)."""
+        ids = np.zeros((n, self.top_k), np.int32)
+        scores = np.zeros((n, self.top_k), np.float32)
         for (batch_ids, batch_scores), rows in pending:
             ids[rows] = np.asarray(batch_ids)[: len(rows)]
             scores[rows] = np.asarray(batch_scores)[: len(rows)]
@@ -535,18 +636,32 @@ class Recommender:
         """
         self._check_k(k)
         encoded = self.encode(histories, users=users, strict=strict, labels=labels)
+        return self._recommendations(encoded, self._start(encoded, exclude_seen), k)
+
+    def _start(self, encoded: EncodedHistories, exclude_seen: bool) -> list[tuple[Any, Any]]:
+        """`_dispatch` for the histories of `encoded` that can be served."""
         served = [i for i, e in enumerate(encoded.errors) if e is None]
-        ids, scores = self.run(
+        return self._dispatch(
             [encoded.histories[i] for i in served], encoded.users[served], exclude_seen
-        )  # [served, top_k] each
-        raw = self.vocabulary[ids[:, :k]]  # [served, k]
-        items: list[list[tuple[Any, float]]] = [[] for _ in histories]
+        )
+
+    def _recommendations(
+        self, encoded: EncodedHistories, pending: list[tuple[Any, Any]], k: int
+    ) -> Recommendations:
+        """`recommend`'s result from `_start`'s batches (waiting for them)."""
+        served = [i for i, e in enumerate(encoded.errors) if e is None]
+        ids, scores = self._gather(pending, len(served))  # [served, top_k] each
+        raw = self.vocabulary[ids[:, :k]].tolist()  # [served][k]
+        top = scores[:, :k]  # [served, k]
+        # -inf marks excluded items: only rows that ran out of other items reach them.
+        counts = np.count_nonzero(~np.isneginf(top), axis=1).tolist()
+        top_scores = top.tolist()
+        items: list[list[tuple[Any, float]]] = [[] for _ in encoded.errors]
         for row, i in enumerate(served):
-            # -inf marks excluded items: only rows that ran out of other items reach them.
-            n = int(np.sum(~np.isneginf(scores[row, :k])))
-            items[i] = list(zip(raw[row, :n].tolist(), scores[row, :n].tolist(), strict=True))
+            n = counts[row]
+            items[i] = list(zip(raw[row][:n], top_scores[row][:n], strict=True))
         return Recommendations(
-            tuple(items), tuple(int(u) for u in encoded.unknown_ids), tuple(encoded.errors)
+            tuple(items), tuple(encoded.unknown_ids.tolist()), tuple(encoded.errors)
         )
 
     def _check_k(self, k: int) -> None:
@@ -718,15 +833,19 @@ def iter_interactions(
     user: Any = None
     items: list[np.ndarray] = []
     times: list[np.ndarray] = []
+    out_of_order = False
     first_row = 0
 
     def record() -> Record:
-        history = np.concatenate(items)
-        if with_time:
+        # A user inside one batch is a slice of it; only rows out of time order need a sort.
+        history = items[0] if len(items) == 1 else np.concatenate(items)
+        if with_time and (len(items) > 1 or out_of_order):
             history = history[np.argsort(np.concatenate(times), kind="stable")]
         return user, history, f"{path}: rows {first_row + 1}.. (user {user!r})"
 
     for batch in batches:
+        if not batch.num_rows:
+            continue
         users = batch.column(user_column).to_numpy(zero_copy_only=False)
         batch_items = batch.column(item_column).to_numpy(zero_copy_only=False)
         batch_times = (
@@ -734,17 +853,30 @@ def iter_interactions(
         )
         # Where the user changes inside the batch (and whether it continues the last one).
         starts = np.flatnonzero(users[1:] != users[:-1]) + 1
-        bounds = [0, *starts.tolist(), len(users)]
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            if lo == hi:
-                continue
-            u = users[lo].item() if isinstance(users[lo], np.generic) else users[lo]
+        firsts = np.concatenate([[0], starts])  # [runs]
+        lasts = np.append(starts, len(users))  # [runs]
+        run_users = users[firsts].tolist()  # Python ints or the column's objects
+        if with_time:
+            # Rows earlier in time than the row before them (or not comparable, like NaN):
+            # a run holding one needs sorting, the others are in time order already.
+            late = np.flatnonzero(~(batch_times[1:] >= batch_times[:-1])) + 1
+            unsorted = (
+                np.searchsorted(late, lasts) - np.searchsorted(late, firsts, side="right") > 0
+            ).tolist()
+        for lo, hi, u, run_unsorted in zip(
+            firsts.tolist(),
+            lasts.tolist(),
+            run_users,
+            unsorted if with_time else [False] * len(run_users),
+            strict=True,
+        ):
             if items and u != user:
                 yield record(), rows_read + lo
-                items, times = [], []
+                items, times, out_of_order = [], [], False
             if not items:
                 user, first_row = u, rows_read + lo
             items.append(batch_items[lo:hi])
+            out_of_order = out_of_order or run_unsorted
             if with_time:
                 times.append(batch_times[lo:hi])
         rows_read += len(users)
@@ -933,32 +1065,54 @@ def recommend_all(
     start = time.monotonic()
     chunk: list[Record] = []
     done = 0
+    # A chunk whose batches run while the next chunk is read and mapped and this one's rows
+    # are written: the model (on jax's threads) and that Python work overlap, and the model
+    # does not wait between chunks. The results are `recommend`'s, chunk by chunk.
+    in_flight: tuple[list[Any], EncodedHistories, list[Any], int] | None = None
 
-    def flush(done: int) -> None:
+    def begin(chunk: list[Record], done: int) -> tuple[list[Any], EncodedHistories, list, int]:
         users = [r[0] for r in chunk]
-        result = recommender.recommend(
-            [r[1] for r in chunk],
-            k,
-            users=users,
-            exclude_seen=exclude_seen,
-            strict=strict,
-            labels=[r[2] for r in chunk],
+        encoded = recommender.encode(
+            [r[1] for r in chunk], users=users, strict=strict, labels=[r[2] for r in chunk]
         )
+        return users, encoded, recommender._start(encoded, exclude_seen), done
+
+    def finish(flight: tuple[list[Any], EncodedHistories, list, int]) -> None:
+        users, encoded, pending, done = flight
+        result = recommender._recommendations(encoded, pending, k)
         writer.write(users, result)
-        summary.users += len(chunk)
-        summary.served += len(chunk) - result.num_failed
+        summary.users += len(users)
+        summary.served += len(users) - result.num_failed
         summary.unknown_ids += result.num_unknown
         summary.errors.update(e for e in result.errors if e is not None)
         if progress is not None:
             progress.update(done, summary.users)
 
-    for record, done in records:
-        chunk.append(record)
-        if len(chunk) >= chunk_users:
-            flush(done)
-            chunk = []
-    if chunk:
-        flush(done)
+    def advance(chunk: list[Record], done: int) -> None:
+        nonlocal in_flight
+        started = begin(chunk, done)
+        flight, in_flight = in_flight, None
+        if flight is not None:
+            finish(flight)
+        in_flight = started
+
+    try:
+        for record, done in records:
+            chunk.append(record)
+            if len(chunk) >= chunk_users:
+                advance(chunk, done)
+                chunk = []
+        if chunk:
+            advance(chunk, done)
+    except Exception:
+        # A bad line or (strict) a bad user: the users before it are written, as when
+        # chunks ran one after the other.
+        flight, in_flight = in_flight, None
+        if flight is not None:
+            finish(flight)
+        raise
+    if in_flight is not None:
+        finish(in_flight)
     summary.seconds = time.monotonic() - start
     if progress is not None:
         progress.update(done, summary.users, final=True)

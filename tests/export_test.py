@@ -361,3 +361,84 @@ def test_interactions_csv_is_streamed_by_user_in_time_order(random_export, tmp_p
     assert (summary.users, summary.served, dict(summary.errors)) == (
         3, 2, {"no known item ids": 1}
     )  # fmt: skip
+
+
+def test_numpy_histories_are_mapped_like_lists(random_export):
+    # Arrays of the vocabulary's kind take a vectorised path (the job's readers give them):
+    # the same ids, counts, errors and refusals as the one-id-at-a-time path.
+    _, vocabulary, rec = random_export
+    unknown = "no-such-item" if vocabulary.dtype.kind == "U" else 123456789
+    histories = [
+        vocabulary[[5, 6, 7]].tolist(),
+        [],
+        [unknown, unknown],
+        [vocabulary[3].item(), unknown, vocabulary[9].item()],
+        vocabulary[1 : NUM_ITEMS + 1].tolist(),
+    ]
+    kind = str if vocabulary.dtype.kind == "U" else np.int64  # str: as wide as each needs
+    arrays = [np.asarray(h, kind) for h in histories]
+    want, got = rec.encode(histories), rec.encode(arrays)
+    assert got.errors == want.errors == [None, "no item ids", "no known item ids", None, None]
+    np.testing.assert_array_equal(got.unknown_ids, want.unknown_ids)
+    for a, b in zip(got.histories, want.histories, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype == np.int32
+    assert rec.recommend(arrays, k=5) == rec.recommend(histories, k=5)
+    # Object arrays (a Parquet string column); None is an unknown id, as in a list.
+    with_none = [*histories, [vocabulary[3].item(), None]]
+    object_arrays = [np.asarray(h, object) for h in with_none]
+    objects = rec.encode(object_arrays)
+    # The vectorised path is taken for typed arrays, and for object arrays of strings.
+    assert rec._encode_arrays(arrays, strict=False) is not None
+    vectorised = rec._encode_arrays(object_arrays, strict=False) is not None
+    assert vectorised == (vocabulary.dtype.kind == "U")
+    want = rec.encode(with_none)
+    assert objects.errors == want.errors
+    np.testing.assert_array_equal(objects.unknown_ids, want.unknown_ids)
+    for a, b in zip(objects.histories, want.histories, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for bad, message in (
+        ([arrays[0], arrays[3]], rf"histories\[1\]: item id {re.escape(repr(unknown))}"),
+        ([arrays[0], arrays[1]], r"histories\[1\] has no item ids"),
+    ):
+        refused = (recommend.UnknownItemError, recommend.EmptyHistoryError)
+        with pytest.raises(refused, match=message):
+            rec.recommend(bad, k=5, strict=True)
+
+
+def test_interactions_split_across_batches_keep_time_order(random_export, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, vocabulary, _ = random_export
+    rng = np.random.default_rng(0)
+    users = np.repeat(["a", "b", "c", "d"], [5, 1, 7, 4])
+    # a: in time order; b: one row; c: out of order with ties, across two batches; d: reversed.
+    stamps = np.array([1, 2, 2, 3, 9, 4, 5, 1, 5, 0, 5, 2, 1, 9, 8, 7, 6])
+    items = vocabulary[rng.integers(1, NUM_ITEMS + 1, size=len(users))]
+    path = tmp_path / "interactions.parquet"
+    pq.write_table(pa.table({"user": users, "item": items, "timestamp": stamps}), path)
+    for batch_rows in (3, 6, 100):
+        records = list(recommend.iter_interactions(path, batch_rows=batch_rows))
+        assert [r[0] for r, _ in records] == ["a", "b", "c", "d"]
+        assert [done for _, done in records] == [5, 6, 13, 17]
+        for (user, history, _), _ in records:
+            rows = np.flatnonzero(users == user)
+            want = items[rows][np.argsort(stamps[rows], kind="stable")]
+            assert history.tolist() == want.tolist(), (batch_rows, user)
+
+
+def test_a_strict_job_writes_the_chunks_before_the_bad_user(random_export, tmp_path):
+    # Chunks overlap (one runs while the next is read), yet a refusal in the third chunk
+    # leaves the first two written, as when they ran one after the other.
+    _, vocabulary, rec = random_export
+    good = vocabulary[[4, 5, 6]]
+    records = [((f"u{i}", good, f"user {i}"), i + 1) for i in range(5)]
+    records.append((("bad", np.asarray([], vocabulary.dtype), "user bad"), 6))
+    out = tmp_path / "recs.jsonl"
+    writer = recommend.OutputWriter(str(out), rec.vocabulary.dtype)
+    with pytest.raises(recommend.EmptyHistoryError, match="user bad has no item ids"):
+        recommend.recommend_all(rec, iter(records), writer, k=3, strict=True, chunk_users=2)
+    writer.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user"] for r in rows] == ["u0", "u1", "u2", "u3"]
