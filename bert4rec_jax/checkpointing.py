@@ -34,6 +34,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from bert4rec_jax import models
 from bert4rec_jax import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
@@ -46,18 +47,29 @@ UNHASHED_FIELDS = ("data_dir", "manual_dir")
 BEST_METRIC_KEY = "selection_score"
 # Checkpoints that could not be restored are moved here (never deleted) when an older one can.
 UNUSABLE_DIRNAME = "unusable_checkpoints"
+# Model fields that change neither the parameters' shapes nor what they mean, each with why: a
+# resumed run may change these. Every other field of `models.ModelConfig` is a shape field, so a
+# new parameter switch is compared on resume without anyone having to list it here.
+NOT_SHAPE_MODEL_FIELDS = {
+    "vocab_size": "not a config field: fixed by the data set's fields, compared below",
+    "hidden_dropout": "a training-time rate; no parameter depends on it",
+    "attention_dropout": "a training-time rate; no parameter depends on it",
+    "layer_norm_eps": "a numerical constant of LayerNorm; its parameters keep their shapes",
+    "init_std": "only draws the initial parameters, which a resumed run restores",
+    "dtype": "the compute dtype; parameters are always float32",
+    "attention_impl": "another kernel for the same attention",
+}
 # Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
 # that agrees on all of them. The data set's own group of fields (`synthetic.*` or `file.*`, see
-# DATASET_FIELDS) counts too: with "dataset" it fixes the item vocabulary.
-SHAPE_FIELDS = (
-    "dataset",
-    "model.max_len",
-    "model.hidden_size",
-    "model.num_layers",
-    "model.num_heads",
-    "model.intermediate_size",
-)
-DATASET_FIELDS = {"synthetic": "synthetic", "file": "file"}
+# DATASET_GROUPS) counts too: with "dataset" it fixes the item vocabulary.
+MODEL_SHAPE_FIELDS = {
+    f.name: f.default
+    for f in dataclasses.fields(models.ModelConfig)
+    if f.name not in NOT_SHAPE_MODEL_FIELDS
+}
+SHAPE_FIELDS = ("dataset",) + tuple(f"model.{name}" for name in MODEL_SHAPE_FIELDS)
+# The data sets whose vocabulary depends on a group of fields of their own (named alike).
+DATASET_GROUPS = ("synthetic", "file")
 
 
 class CheckpointError(RuntimeError):
@@ -125,9 +137,14 @@ def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict)
         return
     saved = load_config(workdir)
     differences = []
-    own = DATASET_FIELDS.get(config.dataset)
-    for field in SHAPE_FIELDS + ((own,) if own else ()):
+    own = (config.dataset,) if config.dataset in DATASET_GROUPS else ()
+    for field in SHAPE_FIELDS + own:
         before, now = _leaves(field, _field(saved, field)), _leaves(field, _field(config, field))
+        if field.startswith("model."):
+            # A config.json older than a model field holds none: it was trained with the default.
+            default = MODEL_SHAPE_FIELDS[field.removeprefix("model.")]
+            before = {k: default if v is None else v for k, v in before.items()}
+            now = {k: default if v is None else v for k, v in now.items()}
         for name in sorted(before.keys() | now.keys()):
             if before.get(name) != now.get(name):
                 differences.append(

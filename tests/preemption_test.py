@@ -3,6 +3,7 @@
 The signal tests run real training processes and send them real signals.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +21,7 @@ import pytest
 from helpers import checkpointed_config, copy_workdir, tiny_config
 
 from benchmarks import crash_resume
-from bert4rec_jax import checkpointing, preemption, train_lib
+from bert4rec_jax import checkpointing, models, preemption, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -316,13 +317,50 @@ def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tiny_stopped_run,
 
 
 @pytest.mark.parametrize(
-    "field, value", [("model.hidden_size", 32), ("model.max_len", 24), ("synthetic.num_items", 70)]
+    "field, value",
+    [
+        ("model.hidden_size", 32),
+        ("model.max_len", 24),
+        ("synthetic.num_items", 70),
+        # Switches that add parameters: without a check, resuming failed as "no usable checkpoint".
+        ("model.item_features", True),
+        ("model.user_features", "prefix"),
+    ],
 )
 def test_checkpoints_of_another_model_are_refused_before_any_step(
     tiny_stopped_run, tmp_path, field, value
 ):
     workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
     before = snapshot(workdir)
-    with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value}")):
+    with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value!r}")):
         train_lib.train_and_evaluate(checkpointed_config(tmp_path, **{field: value}), str(workdir))
     assert snapshot(workdir) == before
+
+
+def test_every_model_field_is_compared_on_resume_unless_listed_with_a_reason():
+    from configs import default
+
+    model_fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+    # The exclusions name real fields (a renamed field would otherwise become compared silently).
+    assert set(checkpointing.NOT_SHAPE_MODEL_FIELDS) <= model_fields
+    # Every switch of the config's model group is either compared or excused with a reason.
+    for name in default.get_config().model:
+        assert (
+            f"model.{name}" in checkpointing.SHAPE_FIELDS
+            or name in checkpointing.NOT_SHAPE_MODEL_FIELDS
+        ), f"model.{name}: add it to ModelConfig or to NOT_SHAPE_MODEL_FIELDS with a reason"
+    assert {"model.item_features", "model.user_features"} <= set(checkpointing.SHAPE_FIELDS)
+
+
+def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
+    tiny_stopped_run, tmp_path
+):
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["model"]["item_features"], saved["model"]["user_features"]  # before side features
+    (workdir / "config.json").write_text(json.dumps(saved))
+    checkpointing.check_compatible(workdir, tiny_stopped_run.config)  # both off: the same model
+    with pytest.raises(checkpointing.CheckpointError, match="model.item_features=True"):
+        config = tiny_stopped_run.config.copy_and_resolve_references()
+        config.model.item_features = True
+        checkpointing.check_compatible(workdir, config)
