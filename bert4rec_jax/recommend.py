@@ -969,11 +969,10 @@ def workdir_users(
     workdir: str, data_dir: str | None = None
 ) -> tuple[Iterator[tuple[Record, int]], int]:
     """Every user of a training run's corpus, whole sequences as raw ids: (records, users)."""
-    from bert4rec_jax import checkpointing, experiment  # the data sets: only here
+    from bert4rec_jax import experiment  # the data sets: only here
+    from bert4rec_jax import workdir as workdir_lib
 
-    config = checkpointing.load_config(checkpointing.absolute(workdir))
-    if data_dir is not None:
-        config.data_dir = data_dir
+    _, config = workdir_lib.open_run(workdir, data_dir=data_dir)
     corpus = experiment.Experiment.from_config(config).corpus
 
     def records() -> Iterator[tuple[Record, int]]:
