@@ -121,7 +121,7 @@ def _child(route: str, path: str, data_dir: str) -> None:
     from absl import logging
 
     from bert4rec_jax.datasets import corpus as corpus_lib
-    from bert4rec_jax.datasets import interactions
+    from bert4rec_jax.datasets import file_options, interactions
 
     if route != "read":  # TensorFlow only where it is used
         from bert4rec_jax.datasets import loading
@@ -130,7 +130,7 @@ def _child(route: str, path: str, data_dir: str) -> None:
     import_rss = _rss_mib()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     if route == "read":
-        encoded = interactions.read_sequences(interactions.FileOptions.from_mapping(file))
+        encoded = interactions.read_sequences(file_options.FileOptions.from_mapping(file))
         seqs = encoded.sequences
         corpus = corpus_lib.corpus_from_sequences(
             "bench",
