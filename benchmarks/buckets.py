@@ -34,12 +34,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bert4rec_jax import input_pipeline, losses, models, optimizer, sharding  # noqa: E402
-from bert4rec_jax import train_step as train_step_lib  # noqa: E402
+from benchmarks import common  # noqa: E402
+from bert4rec_jax import input_pipeline, losses, sharding  # noqa: E402
 from bert4rec_jax.datasets.corpus import leave_one_out  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import train_step as step_bench  # noqa: E402  (benchmarks/train_step.py: workloads, corpora)
 
 
 def padding_table(instances: input_pipeline.TrainingInstances, g: int) -> None:
@@ -83,11 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fed_steps", type=int, default=0, help="tf.data-fed steps (0: skip)")
     args = parser.parse_args(argv)
 
-    w = step_bench.WORKLOADS["beauty"]
-    corpus, origin = step_bench.load_corpus("beauty", args.data)
+    w = common.WORKLOADS["beauty"]
+    corpus, origin = common.load_corpus("beauty", args.data)
     split = leave_one_out(corpus, w.split_mode)
     bucket_sizes = tuple(int(b) for b in args.buckets.split(","))
-    plain = w.input
+    plain = w.input_config()
     bucketed = dataclasses.replace(plain, buckets=bucket_sizes)
     shape = dataclasses.replace(w.shape, num_items=corpus.num_items)
     g = shape.batch
@@ -101,27 +98,15 @@ def main(argv: list[str] | None = None) -> None:
     instances = input_pipeline.TrainingInstances(corpus, split, bucketed)
     padding_table(instances, g)
 
-    cfg = models.ModelConfig(
-        vocab_size=corpus.vocab_size,
-        max_len=shape.max_len,
-        hidden_size=shape.hidden,
-        num_layers=shape.layers,
-        num_heads=shape.heads,
-        intermediate_size=4 * shape.hidden,
-        hidden_dropout=w.hidden_dropout,
-        attention_dropout=0.2,
-    )
-    model = models.BERT4Rec(cfg)
-    schedule = optimizer.make_schedule(1e-3, 100, 10_000)
-    tx = optimizer.make_optimizer(schedule)
     loss_config = losses.LossConfig(type=args.loss, num_negatives=args.num_negatives)
-    state = train_step_lib.create_train_state(
-        model, tx, mesh, max_predictions=shape.predictions, seed=0
+    built = common.build_step(
+        shape,
+        mesh,
+        hidden_dropout=w.hidden_dropout,
+        loss_config=loss_config,
+        item_counts=corpus.popularity,
     )
-    train_step = train_step_lib.make_train_step(
-        model, tx, schedule, loss_config, item_counts=corpus.popularity, mesh=mesh
-    )
-    step = train_step_lib.jit_train_step(train_step, state, mesh)
+    step, state = built.step, built.state
     data = sharding.data_sharded(mesh)
 
     # One premade batch per shape: an epoch-0 batch of each bucket, and an unbucketed one.
@@ -144,11 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     times = {k: [] for k in premade}
     for _ in range(args.rounds):  # interleaved, so that load changes hit every shape alike
         for k, batch in premade.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                state, _ = step(state, batch)
-            jax.block_until_ready(state)
-            times[k].append((time.perf_counter() - start) / args.steps)
+            state, seconds, _ = common.timed(
+                lambda st, s, batch=batch: step(st, batch), state, warmup=0, steps=args.steps
+            )
+            times[k].append(seconds / args.steps)
     sec = {k: float(np.median(v)) for k, v in times.items()}
     print(f"{'step alone':28s} {'ms/step':>10s} {'seqs/s':>10s}")
     for k, s in sec.items():
@@ -169,11 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, config in (("no buckets", plain), ("buckets", bucketed)):
             source = input_pipeline.TrainingInstances(corpus, split, config).dataset(g)
             batches = sharding.prefetch_to_device(source.as_numpy_iterator(), mesh, size=2)
-            start = time.perf_counter()
-            for _ in range(args.fed_steps):
-                state, _ = step(state, next(batches))
-            jax.block_until_ready(state)
-            fed[name] = g * args.fed_steps / (time.perf_counter() - start)
+            state, seconds, _ = common.timed(
+                lambda st, s, it=batches: step(st, next(it)), state, warmup=0, steps=args.fed_steps
+            )
+            fed[name] = g * args.fed_steps / seconds
             print(f"{'tf.data-fed, ' + name:28s} {'':10s} {fed[name]:10.0f}")
         print(
             f"# fed speed-up {fed['buckets'] / fed['no buckets']:.2f}x over {args.fed_steps} steps"

@@ -5,7 +5,7 @@
     python benchmarks/catalog_scaling.py --sizes=1M --variants=chunked --steps=2 --mem_gib=24
     python benchmarks/catalog_scaling.py --sizes=1M --variants=chunked --model_axis=8  # 8 devices
 
-For every (catalogue size, variant) it runs the full training step of bert4rec_jax.steps
+For every (catalogue size, variant) it runs the full training step of bert4rec_jax.train_step
 (forward, backward, clip + AdamW, dropout on) on a synthetic batch and prints ms/step and the
 peak memory: the device's `memory_stats()["peak_bytes_in_use"]` where the backend reports it
 (GPU, TPU), else the process's peak resident set (CPU). Each cell runs in a fresh subprocess, so
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -41,13 +40,8 @@ import time
 # Runnable as a script from anywhere in the checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+from benchmarks import common  # noqa: E402
 
-SHAPES = {
-    # The paper's settings (Sun et al. 2019): batch 256, d 64, 2 layers, 2 heads.
-    "ml-1m": dict(batch=256, max_len=200, predictions=40),
-    "beauty": dict(batch=256, max_len=50, predictions=30),
-}
 VARIANTS = ("full", "chunked", "sampled_softmax", "gbce")
 GIB = 2**30
 
@@ -73,63 +67,28 @@ def estimate_bytes(variant: str, num_items: int, args) -> tuple[int, str]:
     return table_state, f"table + AdamW {table_state / GIB:.1f} GiB"
 
 
-def synthetic_batch(num_items: int, args, seed: int = 0) -> dict[str, np.ndarray]:
-    """Right-padded histories with up to `predictions` [MASK]ed positions, labels over all items."""
-    rng = np.random.default_rng(seed)
-    b, n, p = args.batch, args.max_len, args.predictions
-    lengths = rng.integers(n // 4, n + 1, size=b)
-    items = rng.integers(1, num_items + 1, size=(b, n))
-    ids = np.where(np.arange(n) < lengths[:, None], items, 0)
-    positions = np.zeros((b, p), np.int32)
-    weights = np.zeros((b, p), np.float32)
-    for i in range(b):
-        k = min(p, max(1, int(0.2 * lengths[i])))
-        positions[i, :k] = np.sort(rng.choice(lengths[i], size=k, replace=False))
-        weights[i, :k] = 1.0
-    labels = np.take_along_axis(ids, positions, axis=1) * (weights > 0)
-    rows = np.arange(b)[:, None]
-    ids[rows, positions] = np.where(weights > 0, num_items + 1, ids[rows, positions])
-    return {
-        "ids": ids.astype(np.int32),
-        "positions": positions,
-        "labels": labels.astype(np.int32),
-        "weights": weights,
-    }
-
-
 def run_cell(variant: str, num_items: int, args) -> dict:
     """Times the train step in this process; returns the row as a dict."""
     import jax
-    import jax.numpy as jnp
 
-    from bert4rec_jax import losses, models, optimizer, sharding
-    from bert4rec_jax import train_step as train_step_lib
+    from bert4rec_jax import losses, sharding
 
-    cfg = models.ModelConfig(
-        vocab_size=num_items + 2,
+    shape = common.Shape(
+        batch=args.batch,
         max_len=args.max_len,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=2,
-        intermediate_size=4 * args.hidden,
-        hidden_dropout=0.2,
-        attention_dropout=0.2,
-        dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype],
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=2,
+        num_items=num_items,
+        predictions=args.predictions,
     )
-    model = models.BERT4Rec(cfg)
     loss_config = losses.LossConfig(
         type=variant, chunk_size=args.chunk_size, num_negatives=args.num_negatives
     )
-    schedule = optimizer.make_schedule(1e-3, 100, 10_000)
-    tx = optimizer.make_optimizer(schedule)
     mesh = sharding.make_mesh(model=args.model_axis)
     sharding.check_batch_size("--batch", args.batch, mesh)
-    state = train_step_lib.create_train_state(
-        model, tx, mesh, max_predictions=args.predictions, seed=0
-    )
-    step = train_step_lib.jit_train_step(
-        train_step_lib.make_train_step(model, tx, schedule, loss_config, mesh=mesh), state, mesh
-    )
+    built = common.build_step(shape, mesh, dtype=args.dtype, loss_config=loss_config)
+    step, state = built.step, built.state
     # The train state's bytes held by one device: its shard of every array.
     device = jax.devices()[0]
     state_bytes = sum(
@@ -138,26 +97,21 @@ def run_cell(variant: str, num_items: int, args) -> dict:
         for shard in leaf.addressable_shards
         if shard.device == device
     )
-    batch = sharding.global_batch(mesh, synthetic_batch(num_items, args))
+    batch = sharding.global_batch(mesh, common.synthetic_batch(shape))
 
     start = time.perf_counter()
     state, metrics = step(state, batch)  # compiles, then runs once
     jax.block_until_ready(state)
     first = time.perf_counter() - start
-    for _ in range(args.warmup):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - start
+    state, elapsed, metrics = common.timed(
+        lambda st, s: step(st, batch), state, warmup=args.warmup, steps=args.steps
+    )
 
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         peak, source = stats["peak_bytes_in_use"], "device"
-    else:  # CPU: the whole process's high-water mark (ru_maxrss is in KiB on Linux)
-        peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "rss"
+    else:  # CPU: the whole process's high-water mark
+        peak, source = common.peak_rss_mib() * 2**20, "rss"
     return {
         "ms_per_step": 1e3 * elapsed / args.steps,
         "first_step_s": first,
@@ -170,7 +124,7 @@ def run_cell(variant: str, num_items: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="ml-1m", choices=sorted(SHAPES))
+    parser.add_argument("--shape", default="ml-1m", choices=sorted(common.SHAPES))
     parser.add_argument("--sizes", default="3.4k,54k,200k,1M,10M", help="items, e.g. 54542,1M")
     parser.add_argument("--variants", default="full,chunked,sampled_softmax", help=str(VARIANTS))
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
@@ -191,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cell", default="", help=argparse.SUPPRESS)  # "variant,items": child
     args = parser.parse_args(argv)
-    for name, value in SHAPES[args.shape].items():
+    for name in ("batch", "max_len", "predictions"):  # the paper's, unless given
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, getattr(common.SHAPES[args.shape], name))
 
     if args.cell:
         variant, items = args.cell.split(",")

@@ -410,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from absl import logging as absl_logging
 
+    from bert4rec_jax import workdir as workdir_lib
+
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only managers
     root = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="crash_resume_")).absolute()
     crashed, reference, data_dir = root / "crashed", root / "reference", root / "data"
@@ -458,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # The test metrics come from the best validated parameters (or the last ones): equal results
     # also show that the best checkpoint survived the kills.
-    results = [json.loads((d / "test_results.json").read_text()) for d in (crashed, reference)]
+    results = [json.loads((d / workdir_lib.RESULTS_FILE).read_text()) for d in (crashed, reference)]
     # The stamps differ by design: the reference's config keeps every checkpoint.
     stamps = [r.pop("run", None) for r in results]
     print(f"test results {'equal' if results[0] == results[1] else 'DIFFER'}: {results[0]}")

@@ -33,26 +33,16 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runnable as a script from anywhere in the checkout (also as the timed child process).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 FILE_OPTIONS = {
     "user_column": "userId",
     "item_column": "movieId",
     "timestamp_column": "timestamp",
 }
-
-
-def _rss_mib() -> float:
-    """This process's peak resident memory in MiB (Linux VmHWM, else ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu_seconds() -> float:
@@ -121,16 +111,16 @@ def _child(route: str, path: str, data_dir: str) -> None:
     from absl import logging
 
     from bert4rec_jax.datasets import corpus as corpus_lib
-    from bert4rec_jax.datasets import interactions
+    from bert4rec_jax.datasets import file_options, interactions
 
     if route != "read":  # TensorFlow only where it is used
         from bert4rec_jax.datasets import loading
     logging.set_verbosity(logging.WARNING)
     file = {"path": path, **FILE_OPTIONS}
-    import_rss = _rss_mib()
+    import_rss = common.peak_rss_mib()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     if route == "read":
-        encoded = interactions.read_sequences(interactions.FileOptions.from_mapping(file))
+        encoded = interactions.read_sequences(file_options.FileOptions.from_mapping(file))
         seqs = encoded.sequences
         corpus = corpus_lib.corpus_from_sequences(
             "bench",
@@ -147,7 +137,7 @@ def _child(route: str, path: str, data_dir: str) -> None:
             {
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(_cpu_seconds() - cpu_start, 2),
-                "peak_rss_mib": round(_rss_mib()),
+                "peak_rss_mib": round(common.peak_rss_mib()),
                 "import_rss_mib": round(import_rss),
                 "users": corpus.num_users,
                 "items": corpus.num_items,

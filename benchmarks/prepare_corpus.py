@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,24 +35,12 @@ import time
 import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runnable as a script from anywhere in the checkout (also as the timed child process).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 BEAUTY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty.txt"
-
-
-def _rss_mib() -> float:
-    """This process's peak resident memory in MiB.
-
-    Linux's VmHWM belongs to the process image, whereas ru_maxrss survives fork + exec and so
-    would report the parent's peak (the parent writes the big file); ru_maxrss elsewhere.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _write_big_file(path: pathlib.Path, interactions: int, users: int, items: int) -> None:
@@ -102,7 +89,7 @@ def _child(route: str, path: str, data_dir: str) -> None:
         from bert4rec_jax.datasets import loading
 
         logging.set_verbosity(logging.WARNING)
-    import_rss = _rss_mib()
+    import_rss = common.peak_rss_mib()
     start = time.perf_counter()
     if route == "raw":
         seqs = readers.read_paper_file(path)
@@ -125,7 +112,7 @@ def _child(route: str, path: str, data_dir: str) -> None:
                 "route": route,
                 "seconds": round(seconds, 2),
                 **stages,
-                "peak_rss_mib": round(_rss_mib()),
+                "peak_rss_mib": round(common.peak_rss_mib()),
                 "import_rss_mib": round(import_rss),
                 "users": corpus.num_users,
                 "items": corpus.num_items,

@@ -24,18 +24,16 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import train_step as step_bench  # noqa: E402  (benchmarks/train_step.py)
 
+from benchmarks import common  # noqa: E402
 from bert4rec_jax import sharding  # noqa: E402
 
 
@@ -85,7 +83,7 @@ class Reference(nn.Module):
         return h @ table.T + bias
 
 
-def reference_step(shape: step_bench.Shape, dropout: float):
+def reference_step(shape: common.Shape, dropout: float):
     model = Reference(shape.num_items + 2, shape.max_len, shape.hidden, shape.layers,
                       shape.heads, dropout)  # fmt: skip
     tx = optax.adamw(1e-3, eps=1e-6, weight_decay=0.01)
@@ -113,18 +111,20 @@ def reference_step(shape: step_bench.Shape, dropout: float):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="ml-1m", help=f"from {sorted(step_bench.SHAPES)}")
+    parser.add_argument("--shape", default="ml-1m", help=f"from {sorted(common.SHAPES)}")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    shape = step_bench.SHAPES[args.shape]
+    shape = common.SHAPES[args.shape]
     mesh = sharding.make_mesh()
     print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, shape "
           f"{args.shape} {shape}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
-    project, pstate, pbatch, _ = step_bench.build(shape, jnp.float32, None, mesh, 0.2)
+    built = common.build_step(shape, mesh)
+    project, pstate = built.step, built.state
+    pbatch = common.device_batch(shape, mesh)
     rstate, rstep = reference_step(shape, 0.2)
-    rbatch = {k: jnp.asarray(v) for k, v in step_bench.synthetic_batch(shape).items()}
+    rbatch = {k: jnp.asarray(v) for k, v in common.synthetic_batch(shape).items()}
     key = jax.random.key(1)
     # XLA's own count of the work, deterministic whatever the load: on CPU the step is mostly
     # memory traffic, so "bytes accessed" is the proxy to cut first.
@@ -142,15 +142,14 @@ def main(argv=None) -> None:
     jax.block_until_ready((pstate, rstate))
     times = {"project": [], "reference": []}
     for r in range(args.rounds):
-        for name in times:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                if name == "project":
-                    pstate, _ = project(pstate, pbatch)
-                else:
-                    rstate, _ = rstep(rstate, rbatch, key)
-            jax.block_until_ready((pstate, rstate))
-            times[name].append(1e3 * (time.perf_counter() - start) / args.steps)
+        pstate, seconds, _ = common.timed(
+            lambda st, s: project(st, pbatch), pstate, warmup=0, steps=args.steps
+        )
+        times["project"].append(1e3 * seconds / args.steps)
+        rstate, seconds, _ = common.timed(
+            lambda st, s: rstep(st, rbatch, key), rstate, warmup=0, steps=args.steps
+        )
+        times["reference"].append(1e3 * seconds / args.steps)
         print(f"round {r}: project {times['project'][-1]:.0f} ms, reference "
               f"{times['reference'][-1]:.0f} ms", flush=True)  # fmt: skip
     p, q = np.median(times["project"]), np.median(times["reference"])

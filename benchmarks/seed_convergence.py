@@ -52,6 +52,7 @@ def popularity_level(config) -> float:
 def main(argv):
     del argv
     from bert4rec_jax import train_lib
+    from bert4rec_jax import workdir as workdir_lib
 
     logging.set_verbosity(logging.WARNING)
     base = FLAGS.config
@@ -66,7 +67,7 @@ def main(argv):
             config.checkpoint_every_steps = 0
         workdir = root / f"seed{seed}"
         train_lib.train_and_evaluate(config, str(workdir), stop_at_step=FLAGS.stop)
-        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        rows = [json.loads(line) for line in open(workdir / workdir_lib.METRICS_FILE)]
         curves[seed] = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
         print(f"seed {seed}: " + " ".join(f"{s}:{v:.2f}" for s, v in curves[seed].items()))
     print(

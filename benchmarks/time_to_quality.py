@@ -43,7 +43,10 @@ START_FILE = "time_to_quality.json"  # {"start": seconds since the epoch, "label
 
 def curve(workdir: pathlib.Path, start: float, metric: str) -> list[tuple[int, float, float]]:
     """(step, seconds since start, validation metric) of every validation in metrics.jsonl."""
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    from bert4rec_jax import workdir as workdir_lib
+
+    path = workdir / workdir_lib.METRICS_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     key = f"valid/{metric}"
     return [(r["step"], r["time"] - start, r[key]) for r in rows if key in r]
 

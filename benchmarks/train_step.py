@@ -33,146 +33,18 @@ import argparse
 import dataclasses
 import pathlib
 import sys
-import time
 
 # Runnable as a script from anywhere in the checkout.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bert4rec_jax import device_input, input_pipeline, models, optimizer, sharding  # noqa: E402
-from bert4rec_jax import train_step as train_step_lib  # noqa: E402
-from bert4rec_jax.datasets import readers  # noqa: E402
-from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out  # noqa: E402
+from benchmarks import common  # noqa: E402
+from bert4rec_jax import device_input, input_pipeline, sharding  # noqa: E402
+from bert4rec_jax.datasets.corpus import leave_one_out  # noqa: E402
 
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    batch: int
-    max_len: int
-    hidden: int
-    layers: int
-    heads: int
-    num_items: int
-    predictions: int
-
-
-# The paper's settings (Sun et al. 2019, Sec. 4.3 and the released configs).
-SHAPES = {
-    "ml-1m": Shape(
-        batch=256, max_len=200, hidden=64, layers=2, heads=2, num_items=3416, predictions=40
-    ),
-    "beauty": Shape(
-        batch=256, max_len=50, hidden=64, layers=2, heads=2, num_items=54542, predictions=30
-    ),
-}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """A data set's shape and recipe (its configs/*.py file, copied: no ml_collections here)."""
-
-    users: int
-    items: int
-    min_length: int
-    mean_length: float
-    split_mode: str
-    shape: Shape
-    hidden_dropout: float
-    input: input_pipeline.InputConfig
-
-
-WORKLOADS = {
-    # configs/ml_100k.py; the real file has 943 users, 1,682 items, 100,000 ratings (>= 20 each).
-    "ml-100k": Workload(
-        users=943,
-        items=1682,
-        min_length=20,
-        mean_length=106.0,
-        split_mode="standard",
-        shape=Shape(
-            batch=128, max_len=100, hidden=64, layers=2, heads=2, num_items=1682, predictions=20
-        ),
-        hidden_dropout=0.2,
-        input=input_pipeline.InputConfig(
-            max_len=100, mask_prob=0.2, max_predictions=20, sliding_step=50, dupe_factor=10
-        ),
-    ),
-    # configs/beauty.py (+ paper_recipe.py); the paper's file: 40,226 users, 54,542 items,
-    # 353,962 interactions (>= 5 each).
-    "beauty": Workload(
-        users=40226,
-        items=54542,
-        min_length=5,
-        mean_length=8.8,
-        split_mode="paper",
-        shape=Shape(
-            batch=256, max_len=50, hidden=64, layers=2, heads=2, num_items=54542, predictions=30
-        ),
-        hidden_dropout=0.5,
-        input=input_pipeline.InputConfig(
-            max_len=50, mask_prob=0.6, max_predictions=30, sliding_step=5, dupe_factor=10
-        ),
-    ),
-}
-
-
-def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
-    """Right-padded histories of random length with `predictions` slots, some of them padding."""
-    rng = np.random.default_rng(seed)
-    b, n, p = shape.batch, shape.max_len, shape.predictions
-    mask_id = shape.num_items + 1
-    lengths = rng.integers(n // 4, n + 1, size=b)
-    labels_full = rng.integers(1, shape.num_items + 1, size=(b, n))
-    ids = np.where(np.arange(n) < lengths[:, None], labels_full, 0)
-    positions = np.zeros((b, p), np.int64)
-    weights = np.zeros((b, p), np.float32)
-    for i in range(b):
-        k = min(p, max(1, int(0.2 * lengths[i])))
-        positions[i, :k] = np.sort(rng.choice(lengths[i], size=k, replace=False))
-        weights[i, :k] = 1.0
-    labels = np.take_along_axis(ids, positions, axis=1) * (weights > 0)
-    ids[np.arange(b)[:, None], positions] = np.where(
-        weights > 0, mask_id, ids[np.arange(b)[:, None], positions]
-    )
-    return {
-        "ids": ids.astype(np.int32),
-        "positions": positions.astype(np.int32),
-        "labels": labels.astype(np.int32),
-        "weights": weights,
-    }
-
-
-def build(shape: Shape, dtype, attention_impl: str | None, mesh, hidden_dropout: float = 0.2):
-    """Returns (jitted step, state, batch, unjitted step), all already on the devices."""
-    cfg = models.ModelConfig(
-        vocab_size=shape.num_items + 2,
-        max_len=shape.max_len,
-        hidden_size=shape.hidden,
-        num_layers=shape.layers,
-        num_heads=shape.heads,
-        intermediate_size=4 * shape.hidden,
-        hidden_dropout=hidden_dropout,
-        attention_dropout=0.2,
-        dtype=dtype,
-        attention_impl=attention_impl,
-    )
-    model = models.BERT4Rec(cfg)
-    schedule = optimizer.make_schedule(1e-3, 100, 10_000)
-    tx = optimizer.make_optimizer(schedule)
-    # The very step training runs (bert4rec_jax.train_step), so what is timed is what is trained.
-    state = train_step_lib.create_train_state(
-        model, tx, mesh, max_predictions=shape.predictions, seed=0
-    )
-    train_step = train_step_lib.make_train_step(model, tx, schedule)
-    step = train_step_lib.jit_train_step(train_step, state, mesh)
-    data = sharding.data_sharded(mesh)
-    sharding.check_batch_size("batch", shape.batch, mesh)
-    batch = {k: jax.device_put(v, data) for k, v in synthetic_batch(shape).items()}
-    return step, state, batch, train_step
+DTYPES = ("float32", "bfloat16")
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -180,8 +52,12 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def run(name: str, dtype_name: str, args, mesh) -> None:
-    shape = SHAPES[name]
-    step, state, batch, _ = build(shape, DTYPES[dtype_name], args.attention_impl or None, mesh)
+    shape = common.SHAPES[name]
+    built = common.build_step(
+        shape, mesh, dtype=dtype_name, attention_impl=args.attention_impl or None
+    )
+    step, state = built.step, built.state
+    batch = common.device_batch(shape, mesh)
 
     compiled = step.lower(state, batch).compile()
     try:
@@ -192,15 +68,9 @@ def run(name: str, dtype_name: str, args, mesh) -> None:
     except Exception:  # not every backend reports it
         compiled_bytes = None
 
-    for _ in range(args.warmup):
-        state, sums = step(state, batch)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, sums = step(state, batch)
-    jax.block_until_ready(state)
-    elapsed = time.perf_counter() - start
-
+    state, elapsed, sums = common.timed(
+        lambda st, s: step(st, batch), state, warmup=args.warmup, steps=args.steps
+    )
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     loss = float(sums["loss_sum"] / sums["weight_sum"])
@@ -212,53 +82,18 @@ def run(name: str, dtype_name: str, args, mesh) -> None:
     )
 
 
-def load_corpus(name: str, data_dir: str) -> tuple[Corpus, str]:
-    """The workload's corpus: the real file under `data_dir`, or synthetic of the same shape."""
-    w = WORKLOADS[name]
-    if data_dir:
-        root = pathlib.Path(data_dir)
-        if name == "ml-100k":
-            seqs = readers.read_movielens_ratings(root / "ml-100k", "100k")
-        else:
-            seqs = readers.read_paper_file(root / "beauty.txt")
-        corpus = corpus_from_sequences(name, seqs.raw_user_ids, seqs.offsets, seqs.raw_items)
-        return corpus, f"file under {root}"
-    # Lengths min_length + geometric: the minimum and mean of the real data set.
-    rng = np.random.default_rng(0)
-    lengths = w.min_length - 1 + rng.geometric(1 / (w.mean_length - w.min_length + 1), w.users)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    items = rng.integers(1, w.items + 1, size=int(offsets[-1]))
-    return corpus_from_sequences(name, np.arange(w.users), offsets, items), "synthetic"
-
-
-def timed(fn, state, warmup: int, num_steps: int):
-    """Runs `state, _ = fn(state, s)` for warm-up, then timed steps; returns (state, seconds).
-
-    `s` counts from 0 on every call: the device feed then redraws the same batches each round.
-    """
-    s = 0
-    for _ in range(warmup):
-        state, _ = fn(state, s)
-        s += 1
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        state, _ = fn(state, s)
-        s += 1
-    jax.block_until_ready(state)
-    return state, time.perf_counter() - start
-
-
 def run_inputs(name: str, args, mesh) -> None:
     """One data set: the step alone, fed by the device path, fed by tf.data."""
-    w = WORKLOADS[name]
-    corpus, origin = load_corpus(name, args.data)
+    w = common.WORKLOADS[name]
+    corpus, origin = common.load_corpus(name, args.data)
     split = leave_one_out(corpus, w.split_mode)
     shape = dataclasses.replace(w.shape, num_items=corpus.num_items)
-    step, state, _, train_step = build(
-        shape, jnp.float32, args.attention_impl or None, mesh, w.hidden_dropout
+    built = common.build_step(
+        shape, mesh, attention_impl=args.attention_impl or None, hidden_dropout=w.hidden_dropout
     )
-    source = device_input.DeviceInput(corpus, split, w.input, shape.batch, mesh)
+    step, state, train_step = built.step, built.state, built.train_step
+    input_config = w.input_config()
+    source = device_input.DeviceInput(corpus, split, input_config, shape.batch, mesh)
     print(
         f"# {name} ({origin}): {corpus.num_users:,} users, {corpus.num_items:,} items, "
         f"{corpus.num_interactions:,} interactions; {source.num_windows:,} windows, "
@@ -274,7 +109,7 @@ def run_inputs(name: str, args, mesh) -> None:
         "device, fused": lambda st, s: fused(st),
     }
     try:  # TensorFlow is imported here, for the tf.data rows only
-        host = input_pipeline.TrainingInstances(corpus, split, w.input).dataset(shape.batch)
+        host = input_pipeline.TrainingInstances(corpus, split, input_config).dataset(shape.batch)
     except ImportError as e:
         print(f"# tf.data skipped: TensorFlow cannot be imported ({e})", flush=True)
     else:
@@ -284,7 +119,8 @@ def run_inputs(name: str, args, mesh) -> None:
     times = {feed: [] for feed in feeds}
     for r in range(args.rounds):
         for feed, fn in feeds.items():
-            state, elapsed = timed(fn, state, args.warmup if r == 0 else 0, args.steps)
+            warmup = args.warmup if r == 0 else 0
+            state, elapsed, _ = common.timed(fn, state, warmup=warmup, steps=args.steps)
             times[feed].append(elapsed / args.steps)
     alone = float(np.median(times["step alone"]))
     for feed, seconds in times.items():
@@ -300,9 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument(
-        "--shapes", default="ml-1m,beauty", help=f"from {sorted(SHAPES)}; empty: no first table"
+        "--shapes",
+        default="ml-1m,beauty",
+        help=f"from {sorted(common.SHAPES)}; empty: no first table",
     )
-    parser.add_argument("--dtypes", default="float32,bfloat16", help=f"from {sorted(DTYPES)}")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help=f"from {list(DTYPES)}")
     parser.add_argument(
         "--attention_impl",
         default="",
@@ -312,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--inputs",
         default="ml-100k,beauty",
-        help=f"from {sorted(WORKLOADS)}: the step fed by each input path; empty: no second table",
+        help=f"from {sorted(common.WORKLOADS)}: the step fed by each input path; empty: no "
+        "second table",
     )
     parser.add_argument(
         "--data",

@@ -21,11 +21,12 @@ and it imports neither JAX nor TensorFlow, so reading an artifact costs nothing 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+from bert4rec_jax.datasets import readers
 
 FORMAT = "bert4rec_jax.export"
 # Bumped whenever a reader of the previous format would misread the new one.
@@ -47,20 +48,9 @@ REQUIRED_FILES = (SERVING_FN, ENCODE_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OU
 # What the jax.export function's params argument is read from.
 PARAMETER_FILES = (PARAMS, ITEM_EMBEDDINGS, OUTPUT_BIAS)
 
-_CHUNK = 1 << 20
-
 
 class ArtifactError(ValueError):
     """An export directory is missing, incomplete, damaged, or of an unknown format."""
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_entries(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
@@ -69,7 +59,7 @@ def file_entries(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         name = path.relative_to(directory).as_posix()
         if name != MANIFEST:
-            entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            entries[name] = {"sha256": readers.sha256_file(path), "bytes": path.stat().st_size}
     return entries
 
 
@@ -133,7 +123,7 @@ def read_verified_manifest(directory: pathlib.Path) -> dict[str, Any]:
                 f"{file} has {size} bytes, the manifest says {entry.get('bytes')}: the file was "
                 "changed or damaged after export"
             )
-        if sha256_file(file) != entry.get("sha256"):
+        if readers.sha256_file(file) != entry.get("sha256"):
             raise ArtifactError(
                 f"{file} does not match its sha256 in {path}: the file was changed or damaged "
                 "after export"

@@ -1,15 +1,10 @@
 """Orbax checkpoints of a training run: the latest K states for resuming, the best parameters.
 
-A workdir (local or any path epath reads, e.g. gs://) holds:
-  config.json    the run's config, written once by process 0
-  checkpoints/   the last `keep` checkpoints, each two items: `state` (step, params, optimizer
-                 state, rng) and `loop` (the loop's own state: best score and step, validations
-                 without gain, whether it stopped early; JSON); the resume point
-  best/          the parameters that scored best on validation, with their metrics
-  test_results.json  the test metrics of the run's best (or last) parameters, stamped with the
-                 run's identity: the config's hash and the checkpoint step they were computed at
-
-The data position is not stored: the input pipeline derives it from the step alone.
+Each checkpoint in `checkpoints/` holds two items: `state` (step, params, optimizer state, rng) and
+`loop` (the loop's own state: best score and step, validations without gain, whether it stopped
+early; JSON). `best/` holds the parameters that scored best on validation, with their metrics.
+The workdir's layout is `workdir.py`'s. The data position is not stored: the input pipeline
+derives it from the step alone.
 
 A checkpoint restores on any mesh shape. On a mesh whose `model` axis splits the item table, the
 item rows (item_embedding, output_bias and their Adam moments) are padded with zeros to a multiple
@@ -20,8 +15,6 @@ to the target's count (Orbax's non-strict restore), which changes padding only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 import time
 import uuid
@@ -34,34 +27,34 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from bert4rec_jax import models
 from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax import workdir as workdir_lib
 
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "test_results.json"
-# What `set_aside_run` moves, into <workdir>/set_aside/<time>/.
-RUN_ENTRIES = ("checkpoints", "best", RESULTS_FILE)
-SET_ASIDE_DIRNAME = "set_aside"
-# Config fields that say where files are, not what is trained: left out of the config's hash.
-UNHASHED_FIELDS = ("data_dir", "manual_dir")
 BEST_METRIC_KEY = "selection_score"
-# Checkpoints that could not be restored are moved here (never deleted) when an older one can.
-UNUSABLE_DIRNAME = "unusable_checkpoints"
+# Model fields that change neither the parameters' shapes nor what they mean, each with why: a
+# resumed run may change these. Every other field of `models.ModelConfig` is a shape field, so a
+# new parameter switch is compared on resume without anyone having to list it here.
+NOT_SHAPE_MODEL_FIELDS = {
+    "vocab_size": "not a config field: fixed by the data set's fields, compared below",
+    "hidden_dropout": "a training-time rate; no parameter depends on it",
+    "attention_dropout": "a training-time rate; no parameter depends on it",
+    "layer_norm_eps": "a numerical constant of LayerNorm; its parameters keep their shapes",
+    "init_std": "only draws the initial parameters, which a resumed run restores",
+    "dtype": "the compute dtype; parameters are always float32",
+    "attention_impl": "another kernel for the same attention",
+}
 # Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
 # that agrees on all of them. The data set's own group of fields (`synthetic.*` or `file.*`, see
-# DATASET_FIELDS) counts too: with "dataset" it fixes the item vocabulary.
-SHAPE_FIELDS = (
-    "dataset",
-    "model.max_len",
-    "model.hidden_size",
-    "model.num_layers",
-    "model.num_heads",
-    "model.intermediate_size",
-    # Not a shape: the same parameters mean another function (causal or not).
-    "model.kind",
-)
-# The value of a SHAPE_FIELDS field absent from a config saved before it existed.
-SHAPE_FIELD_DEFAULTS = {"model.kind": "bert4rec"}
-DATASET_FIELDS = {"synthetic": "synthetic", "file": "file"}
+# DATASET_GROUPS) counts too: with "dataset" it fixes the item vocabulary.
+MODEL_SHAPE_FIELDS = {
+    f.name: f.default
+    for f in dataclasses.fields(models.ModelConfig)
+    if f.name not in NOT_SHAPE_MODEL_FIELDS
+}
+SHAPE_FIELDS = ("dataset",) + tuple(f"model.{name}" for name in MODEL_SHAPE_FIELDS)
+# The data sets whose vocabulary depends on a group of fields of their own (named alike).
+DATASET_GROUPS = ("synthetic", "file")
 
 
 class CheckpointError(RuntimeError):
@@ -87,35 +80,6 @@ class LoopState:
     stopped_early: bool = False
 
 
-def save_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
-    """Writes the config beside the checkpoints (process 0 only; atomic rename)."""
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """Reads the config a run saved in its workdir."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: {workdir} is not a bert4rec_jax workdir (no run has started there)"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    # Lists come back where the config held tuples; the fields that are tuples say so.
-    for key in ("protocols", "ks"):
-        if key in data.get("eval", {}):
-            data["eval"][key] = tuple(data["eval"][key])
-    return ml_collections.ConfigDict(data)
-
-
 def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
     """Refuses a config whose parameters could not be those of the workdir's checkpoints.
 
@@ -125,17 +89,21 @@ def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict)
       CheckpointError: naming each field that differs, with both values.
     """
     workdir = epath.Path(workdir)
-    if not (workdir / CONFIG_FILE).exists() or not (workdir / "checkpoints").exists():
+    if (
+        not (workdir / workdir_lib.CONFIG_FILE).exists()
+        or not (workdir / workdir_lib.CHECKPOINTS_DIR).exists()
+    ):
         return
-    saved = load_config(workdir)
+    saved = workdir_lib.load_config(workdir)
     differences = []
-    own = DATASET_FIELDS.get(config.dataset)
-    for field in SHAPE_FIELDS + ((own,) if own else ()):
-        old, new = _field(saved, field), _field(config, field)
-        if field in SHAPE_FIELD_DEFAULTS:
-            default = SHAPE_FIELD_DEFAULTS[field]
-            old, new = default if old is None else old, default if new is None else new
-        before, now = _leaves(field, old), _leaves(field, new)
+    own = (config.dataset,) if config.dataset in DATASET_GROUPS else ()
+    for field in SHAPE_FIELDS + own:
+        before, now = _leaves(field, _field(saved, field)), _leaves(field, _field(config, field))
+        if field.startswith("model."):
+            # A config.json older than a model field holds none: it was trained with the default.
+            default = MODEL_SHAPE_FIELDS[field.removeprefix("model.")]
+            before = {k: default if v is None else v for k, v in before.items()}
+            now = {k: default if v is None else v for k, v in now.items()}
         for name in sorted(before.keys() | now.keys()):
             if before.get(name) != now.get(name):
                 differences.append(
@@ -172,25 +140,25 @@ def set_aside_stale(
       The names moved (empty: the workdir was consistent).
     """
     workdir = epath.Path(workdir)
-    steps = _step_dirs(workdir / "checkpoints")
+    steps = _step_dirs(workdir / workdir_lib.CHECKPOINTS_DIR)
     stale = []
     if not steps:
-        stale += [name for name in ("best",) if _step_dirs(workdir / name)]
-        stale += [RESULTS_FILE] if (workdir / RESULTS_FILE).exists() else []
+        stale += [name for name in (workdir_lib.BEST_DIR,) if _step_dirs(workdir / name)]
+        stale += [workdir_lib.RESULTS_FILE] if (workdir / workdir_lib.RESULTS_FILE).exists() else []
     else:
-        stamp = read_results(workdir).get("run", {})
+        stamp = workdir_lib.read_results(workdir).get("run", {})
         if stamp.get("checkpoint_step", -1) > steps[-1]:
-            stale.append(RESULTS_FILE)
-        elif config is not None and stamp.get("config_hash", config_hash(config)) != (
-            config_hash(config)
+            stale.append(workdir_lib.RESULTS_FILE)
+        elif config is not None and stamp.get("config_hash", workdir_lib.config_hash(config)) != (
+            workdir_lib.config_hash(config)
         ):
             logging.info(
                 "%s holds the results of config %s at checkpoint step %s; this run's config is "
                 "%s, and its results replace them when it tests",
-                RESULTS_FILE,
+                workdir_lib.RESULTS_FILE,
                 stamp["config_hash"],
                 stamp.get("checkpoint_step"),
-                config_hash(config),
+                workdir_lib.config_hash(config),
             )
     if jax.process_count() > 1:  # every process decided before process 0 moves anything
         multihost_utils.sync_global_devices("bert4rec_jax: stale results found")
@@ -216,7 +184,7 @@ def set_aside_run(workdir: epath.PathLike) -> list[str]:
       The names moved.
     """
     workdir = epath.Path(workdir)
-    present = [name for name in RUN_ENTRIES if (workdir / name).exists()]
+    present = [name for name in workdir_lib.RUN_ENTRIES if (workdir / name).exists()]
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("bert4rec_jax: run to set aside")
     if present:
@@ -228,7 +196,7 @@ def set_aside_run(workdir: epath.PathLike) -> list[str]:
 def _move_aside(workdir: epath.Path, names: list[str]) -> epath.Path:
     target = (
         workdir
-        / SET_ASIDE_DIRNAME
+        / workdir_lib.SET_ASIDE_DIR
         / (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:6]}")
     )
     if jax.process_index() == 0:
@@ -238,51 +206,6 @@ def _move_aside(workdir: epath.Path, names: list[str]) -> epath.Path:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("bert4rec_jax: set aside")
     return target
-
-
-def config_hash(config: ml_collections.ConfigDict) -> str:
-    """A short hash of the config, paths of data directories left out (`UNHASHED_FIELDS`)."""
-    data = json.loads(config.to_json_best_effort(sort_keys=True))
-    for name in UNHASHED_FIELDS:
-        data.pop(name, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_results(
-    workdir: epath.PathLike,
-    results: dict[str, float],
-    *,
-    params_step: int,
-    checkpoint_step: int,
-    config: ml_collections.ConfigDict,
-) -> None:
-    """Writes the test results, stamped with the run's identity (process 0 only; atomic rename).
-
-    `step` is the step of the tested parameters (the best validated ones, or the last), `run`
-    the config's hash and the checkpoint step the run had reached when it tested them.
-    """
-    if jax.process_index() != 0:
-        return
-    record = {
-        "step": params_step,
-        **{k: float(v) for k, v in results.items()},
-        "run": {"config_hash": config_hash(config), "checkpoint_step": checkpoint_step},
-    }
-    path = epath.Path(workdir) / RESULTS_FILE
-    tmp = path.parent / (RESULTS_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-
-
-def read_results(workdir: epath.PathLike) -> dict[str, Any]:
-    """The test results a run wrote ({} when there are none)."""
-    path = epath.Path(workdir) / RESULTS_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}; move it away and rerun") from e
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -314,9 +237,9 @@ class Checkpointer:
     """The two checkpoint managers of a workdir. Every process must call every method."""
 
     def __init__(self, workdir: epath.PathLike, *, keep: int, use_async: bool = True):
-        self._workdir = absolute(workdir)
+        self._workdir = workdir_lib.absolute(workdir)
         self._latest = ocp.CheckpointManager(
-            self._workdir / "checkpoints",
+            self._workdir / workdir_lib.CHECKPOINTS_DIR,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=use_async,
@@ -329,7 +252,7 @@ class Checkpointer:
             },
         )
         self._best = ocp.CheckpointManager(
-            self._workdir / "best",
+            self._workdir / workdir_lib.BEST_DIR,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1,
                 best_fn=lambda metrics: metrics[BEST_METRIC_KEY],
@@ -421,7 +344,7 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable checkpoints out of the manager's directory (process 0 does it)."""
-        target = self._workdir / UNUSABLE_DIRNAME
+        target = self._workdir / workdir_lib.UNUSABLE_DIR
         if jax.process_index() == 0:
             target.mkdir(parents=True, exist_ok=True)
             for step in steps:
@@ -531,12 +454,6 @@ def _names(path: tuple) -> tuple[str, ...]:
     return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
 
 
-def absolute(path: epath.PathLike) -> epath.Path:
-    """`path` as an absolute epath.Path (Orbax wants them); a cloud path (gs://...) is one."""
-    path = epath.Path(path)
-    return path if "://" in str(path) else path.absolute()
-
-
 def restore_params(
     workdir: epath.PathLike, which: str = "best", vocab_size: int | None = None
 ) -> tuple[Any, int]:
@@ -555,11 +472,11 @@ def restore_params(
     Returns:
       (params as a pytree of arrays, the step they come from).
     """
-    workdir = absolute(workdir)
+    workdir = workdir_lib.absolute(workdir)
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    if which == "best" and (workdir / "best").exists():
-        params, step = _restore_on_one_device(workdir / "best", best=True)
+    if which == "best" and (workdir / workdir_lib.BEST_DIR).exists():
+        params, step = _restore_on_one_device(workdir / workdir_lib.BEST_DIR, best=True)
         if params is not None:
             return _unpadded(params, vocab_size), step
     state, step = restore_train_state(workdir)
@@ -585,7 +502,7 @@ def restore_train_state(workdir: epath.PathLike, step: int | None = None) -> tup
     Raises:
       FileNotFoundError: when there is no such checkpoint.
     """
-    directory = absolute(workdir) / "checkpoints"
+    directory = workdir_lib.absolute(workdir) / workdir_lib.CHECKPOINTS_DIR
     state, found = _restore_on_one_device(directory, best=False, step=step)
     if state is None:
         raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}")

@@ -268,26 +268,6 @@ class DeviceInput:
         """
         return _jitted_draw(self._step_spec(step))(self.arrays, step)
 
-    def make_batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> Batch:
-        """The traceable draw behind `batch`, to call inside another jitted function.
-
-        Args:
-          arrays: `self.arrays`, passed in (not closed over) so that jit takes them as
-            arguments rather than as constants baked into the program.
-          step: int32 [] (traced or not).
-
-        Returns:
-          As `batch`.
-
-        Raises:
-          ValueError: with buckets, whose shape a traced step cannot choose.
-        """
-        if self._bucket_cdf is not None:
-            raise ValueError("make_batch cannot choose a bucket's shape; use batch(step)")
-        batch = _draw(self._spec, arrays, step)
-        del batch["instance"]
-        return batch
-
     def jit_fused_step(
         self,
         train_step: Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]],

@@ -40,15 +40,13 @@ def main(argv: list[str]) -> None:
     import jax
 
     from bert4rec_jax import checkpointing, evaluation, experiment, sharding
+    from bert4rec_jax import workdir as workdir_lib
     from bert4rec_jax.metric_writer import quiet_library_logs
 
     quiet_library_logs()
-    workdir = checkpointing.absolute(FLAGS.workdir)
-    config = checkpointing.load_config(workdir)
-    if FLAGS.data_dir is not None:
-        config.data_dir = FLAGS.data_dir
-    if FLAGS.manual_dir is not None:
-        config.manual_dir = FLAGS.manual_dir
+    workdir, config = workdir_lib.open_run(
+        FLAGS.workdir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir
+    )
     if FLAGS.protocol:
         config.eval.protocols = tuple(FLAGS.protocol)
     exp = experiment.Experiment.from_config(config)
@@ -85,7 +83,7 @@ def main(argv: list[str]) -> None:
     print(f"{config.dataset}, {FLAGS.split} split, {users} users, {where}:")
     print(evaluation.format_table({k: v for k, v in results.items() if k != "num_users"}))
     if jax.process_index() == 0:
-        out = workdir / f"eval_{FLAGS.model}_{FLAGS.split}.json"
+        out = workdir / workdir_lib.eval_results_file(FLAGS.model, FLAGS.split)
         record = {"step": step, "split": FLAGS.split, "model": FLAGS.model}
         record.update({k: float(v) for k, v in results.items()})
         out.write_text(json.dumps(record, indent=2))

@@ -588,13 +588,9 @@ def export_workdir(
       The manifest written.
     """
     from bert4rec_jax import checkpointing, experiment  # Orbax and the data sets: only here
+    from bert4rec_jax import workdir as workdir_lib
 
-    workdir = checkpointing.absolute(workdir)
-    config = checkpointing.load_config(workdir)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if manual_dir is not None:
-        config.manual_dir = manual_dir
+    workdir, config = workdir_lib.open_run(workdir, data_dir=data_dir, manual_dir=manual_dir)
     exp = experiment.Experiment.from_config(config)
     # Rows a sharded run padded its item table with are dropped: the artifact is mesh-free.
     params, step = checkpointing.restore_params(

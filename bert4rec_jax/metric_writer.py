@@ -16,7 +16,7 @@ import jax
 from absl import logging
 from etils import epath
 
-METRICS_FILE = "metrics.jsonl"
+from bert4rec_jax import workdir as workdir_lib
 
 
 class MetricWriter:
@@ -38,7 +38,7 @@ class MetricWriter:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / METRICS_FILE
+        path = workdir / workdir_lib.METRICS_FILE
         # Cloud storage has no append: a resumed run rewrites what the file held, then goes on.
         previous = path.read_text().splitlines(keepends=True) if path.exists() else []
         kept = [
@@ -51,7 +51,7 @@ class MetricWriter:
             # event files TensorBoard reads.
             import tensorflow as tf
 
-            self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+            self._tb = tf.summary.create_file_writer(str(workdir / workdir_lib.TENSORBOARD_DIR))
         except ImportError:
             logging.warning("tensorflow is not installed: no TensorBoard event files")
 

@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 NO_DECAY_PATTERNS = ("layernorm", "layer_norm", "bias")
 
 
-def make_schedule(
-    peak_lr: float, warmup_steps: int, total_steps: int, *, bert_decay: bool = False
-) -> optax.Schedule:
+def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """Linear warm-up from 0 to `peak_lr`, then linear decay to 0 at `total_steps`.
 
     `step` is the number of updates already applied (optax's count, the trainer's step before the
@@ -40,9 +38,6 @@ def make_schedule(
       peak_lr: the largest learning rate.
       warmup_steps: steps of linear warm-up; 0 = start at the peak.
       total_steps: the step at which the rate reaches 0.
-      bert_decay: True = BERT's exact formula: the decay runs from step 0, peak * (1 - step /
-        total), and warm-up overrides it below warmup_steps, so the rate steps down from peak to
-        peak * (1 - warmup / total) after warm-up. Indistinguishable when warmup << total.
 
     Returns:
       A function of the step returning a float32 scalar.
@@ -56,11 +51,8 @@ def make_schedule(
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
         warm = step / warmup_steps if warmup_steps else jnp.float32(jnp.inf)
-        if bert_decay:
-            frac = jnp.where(step < warmup_steps, warm, 1.0 - step / total_steps)
-        else:
-            decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
-            frac = jnp.minimum(warm, decay)
+        decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
+        frac = jnp.minimum(warm, decay)
         return jnp.float32(peak_lr) * jnp.clip(frac, 0.0, 1.0)
 
     return schedule

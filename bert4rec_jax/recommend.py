@@ -53,7 +53,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact, cli
+from bert4rec_jax import artifact, cli, sharding
 
 # Histories run through the exported function at once, from measurements on the 2-core CPU at
 # the ML-1m shape (benchmarks/recommend.py): in the sweep of issue 17, batches of 8-64 served
@@ -170,16 +170,12 @@ def _key_function(kind: str) -> Callable[[Any], Any]:
     return string_key
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 def _padded(rows: Sequence[np.ndarray], size: int, minimum: int = 8) -> np.ndarray:
     """int32 [size, w]: the rows left-aligned, padded with 0; w a power of two >= the longest.
 
     Powers of two, so that a handful of compiled history lengths serve every request.
     """
-    width = _pow2(max([minimum] + [len(r) for r in rows]))
+    width = sharding.pow2(max([minimum] + [len(r) for r in rows]))
     out = np.zeros((size, width), np.int32)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
@@ -533,7 +529,7 @@ class Recommender:
         order = np.argsort(lengths, kind="stable")
         for start in range(0, n, self.batch_size):
             rows = order[start : start + self.batch_size]
-            size = min(_pow2(len(rows)), self.batch_size)
+            size = min(sharding.pow2(len(rows)), self.batch_size)
             batch_users = np.zeros(size, np.int32)
             batch_users[: len(rows)] = users[rows]
             chunk = [histories[i] for i in rows]
@@ -1123,11 +1119,10 @@ def workdir_users(
     workdir: str, data_dir: str | None = None
 ) -> tuple[Iterator[tuple[Record, int]], int]:
     """Every user of a training run's corpus, whole sequences as raw ids: (records, users)."""
-    from bert4rec_jax import checkpointing, experiment  # the data sets: only here
+    from bert4rec_jax import experiment  # the data sets: only here
+    from bert4rec_jax import workdir as workdir_lib
 
-    config = checkpointing.load_config(checkpointing.absolute(workdir))
-    if data_dir is not None:
-        config.data_dir = data_dir
+    _, config = workdir_lib.open_run(workdir, data_dir=data_dir)
     corpus = experiment.Experiment.from_config(config).corpus
 
     def records() -> Iterator[tuple[Record, int]]:

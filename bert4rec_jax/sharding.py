@@ -105,6 +105,12 @@ def padded_vocab_size(vocab_size: int, mesh: Mesh) -> int:
     return -(-vocab_size // shards) * shards
 
 
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): padding a dimension to it lets a handful of
+    compiled shapes serve every size (evaluation's history widths, serving's batches)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def is_item_rows(path: tuple) -> bool:
     """Whether a tree path ends at an item-row parameter (or an optimizer moment of one)."""
     return bool(path) and getattr(path[-1], "key", None) in ITEM_ROW_PARAMS

@@ -30,10 +30,9 @@ from bert4rec_jax import (
 )
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.checkpointing import LoopState
 from bert4rec_jax.metric_writer import MetricWriter
-
-RESULTS_FILE = checkpointing.RESULTS_FILE
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -176,7 +175,7 @@ def train_and_evaluate(
             config.split_mode,
         )
     input_config = input_pipeline.InputConfig.from_config(config)
-    workdir = checkpointing.absolute(workdir)
+    workdir = workdir_lib.absolute(workdir)
 
     if start_afresh:
         checkpointing.set_aside_run(workdir)
@@ -187,7 +186,7 @@ def train_and_evaluate(
     if _stopped_before_training():
         return {}
     checkpointing.set_aside_stale(workdir, config)
-    checkpointing.save_config(workdir, config)
+    workdir_lib.save_config(workdir, config)
 
     tx, schedule = optimizer.from_config(config)
     state = train_step_lib.create_train_state(
@@ -290,7 +289,7 @@ def train_and_evaluate(
         results.get("num_users", 0),
         evaluation.format_table(metrics),
     )
-    checkpointing.write_results(
+    workdir_lib.write_results(
         workdir,
         results,
         params_step=params_step,

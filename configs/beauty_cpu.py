@@ -30,7 +30,14 @@ What differs from configs/beauty.py (the paper's recipe, 400k steps at batch 256
   10,000 users.
 """
 
-from configs import beauty
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import beauty  # noqa: E402
 
 
 def get_config():

@@ -19,7 +19,14 @@ scale as it changes (it more than doubles while seed 1 leaves the plateau); 0.98
 ~50 steps.
 """
 
-from configs import default
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default  # noqa: E402
 
 
 def get_config():

@@ -15,7 +15,14 @@ Not measured yet: the learning rate (2e-3), the 800 steps and the buckets are a 
 chosen on validation (the one run started reached step 69 on a CPU shared by many jobs).
 """
 
-from configs import default
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default  # noqa: E402
 
 
 def get_config():

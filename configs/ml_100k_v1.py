@@ -10,7 +10,14 @@ comparison.
 Uses the standard split: validation picks the best checkpoint, test reports it.
 """
 
-from configs import default
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default  # noqa: E402
 
 
 def get_config():

@@ -6,7 +6,14 @@ Paper (Table 2, pop-100): HR@1 0.2863, HR@5 0.5876, HR@10 0.6970, NDCG@5 0.4454,
 NDCG@10 0.4818, MRR 0.4254.
 """
 
-from configs import default, paper_recipe
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default, paper_recipe  # noqa: E402
 
 
 def get_config():

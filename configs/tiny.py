@@ -3,7 +3,14 @@
 python -m bert4rec_jax.train --config=configs/tiny.py --workdir=/tmp/bert4rec_tiny
 """
 
-from configs import default
+import pathlib
+import sys
+
+# ml_collections loads a config file by its path: put this checkout's root first on the path, so
+# that `configs` below is this file's own folder from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default  # noqa: E402
 
 
 def get_config():

@@ -32,7 +32,7 @@ import time
 
 PROG = "launch/tpu_pod.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# bert4rec_jax.train_lib.RESULTS_FILE: written by process 0 once the test split is evaluated.
+# bert4rec_jax.workdir.RESULTS_FILE: written by process 0 once the test split is evaluated.
 RESULTS_FILE = "test_results.json"
 # On the workers, where their shell expands `~` (these are quoted into remote commands as is).
 REMOTE_REPO = "~/bert4rec_jax"

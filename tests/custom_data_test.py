@@ -13,7 +13,7 @@ from bert4rec_jax import experiment, train_lib
 from bert4rec_jax.datasets import (
     corpus_cache_path,
     custom,
-    interactions,
+    file_options,
     load_corpus,
     loading,
     readers,
@@ -84,7 +84,7 @@ def test_custom_csv_goes_through_tfds_and_the_cache(tmp_path, monkeypatch):
     # TFDS records (indices) with the vocabularies beside them, and the corpus cache.
     cache = corpus_cache_path("file", data_dir=str(data), file=file)
     assert cache.exists() and cache.name.startswith("custom_interactions-log-")
-    options = interactions.FileOptions.from_mapping(file)
+    options = file_options.FileOptions.from_mapping(file)
     builder = custom.CustomInteractions(config=custom.file_config(options), data_dir=str(data))
     assert builder.is_prepared() and (builder.data_path / custom.RAW_IDS_FILE).exists()
     assert builder.info.metadata["item_ids"].tolist() == RAW_ITEMS[1:]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks import crash_resume
-from bert4rec_jax import checkpointing, train_lib
+from bert4rec_jax import checkpointing
+from bert4rec_jax import workdir as workdir_lib
 
 STEPS, EVERY = 24, 2
 
@@ -68,8 +69,8 @@ def test_sigkilled_run_resumes_to_the_same_bits(tmp_path):
     assert final_step == expected_step == STEPS
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    results = json.loads((crashed / train_lib.RESULTS_FILE).read_text())
-    expected = json.loads((reference / train_lib.RESULTS_FILE).read_text())
+    results = json.loads((crashed / workdir_lib.RESULTS_FILE).read_text())
+    expected = json.loads((reference / workdir_lib.RESULTS_FILE).read_text())
     # Same metrics and checkpoint step; the config hashes differ (the reference keeps every
     # checkpoint).
     assert results.pop("run")["checkpoint_step"] == expected.pop("run")["checkpoint_step"]

@@ -118,7 +118,9 @@ LABELS = np.array([[4, 0], [2, 0]], np.int32)
 USER_ROWS = np.array([1, 0], np.int32)  # a known user and the unknown one
 
 
-def tiny_config(**model):
+def config_with_small_model(**model):
+    """configs/default.py with a model small enough for IDS (helpers.tiny_config is
+    configs/tiny.py, whose model is larger)."""
     c = default_config.get_config()
     c.model.update(max_len=6, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16)
     c.model.update(model)
@@ -144,9 +146,9 @@ def init(model):
 
 
 def test_switches_off_reproduce_the_paper_model():
-    plain = models.BERT4Rec(models.ModelConfig.from_config(tiny_config(), VOCAB))
+    plain = models.BERT4Rec(models.ModelConfig.from_config(config_with_small_model(), VOCAB))
     # Features present in the data but both switches off: the paper's model, bit for bit.
-    off = models.build_model(tiny_config(), VOCAB, ITEMS, USERS)
+    off = models.build_model(config_with_small_model(), VOCAB, ITEMS, USERS)
     assert off.config == plain.config
     p_plain, p_off = init(plain), init(off)
     assert jax.tree.structure(p_plain) == jax.tree.structure(p_off)
@@ -157,7 +159,7 @@ def test_switches_off_reproduce_the_paper_model():
 @pytest.mark.parametrize("placement", ["", "add", "mask", "prefix"])
 def test_feature_embeddings_get_gradients(placement):
     model = models.build_model(
-        tiny_config(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
     )
     params = init(model)
     assert params["item_feature_genre"].shape == (4, 8)  # ids 0..3
@@ -172,7 +174,7 @@ def test_feature_embeddings_get_gradients(placement):
 
 
 def test_unknown_user_is_row_zero_and_changes_only_user_rows():
-    model = models.build_model(tiny_config(user_features="add"), VOCAB, None, USERS)
+    model = models.build_model(config_with_small_model(user_features="add"), VOCAB, None, USERS)
     params = init(model)
 
     def logits(users):  # [B, P, V]
@@ -186,9 +188,9 @@ def test_unknown_user_is_row_zero_and_changes_only_user_rows():
 
 def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
-        models.build_model(tiny_config(item_features=True), VOCAB, {}, USERS)
+        models.build_model(config_with_small_model(item_features=True), VOCAB, {}, USERS)
     with pytest.raises(ValueError, match=r"model\.user_features"):
-        models.ModelConfig.from_config(tiny_config(user_features="after"), VOCAB)
+        models.ModelConfig.from_config(config_with_small_model(user_features="after"), VOCAB)
 
 
 # ---- Pipelines and evaluation pass each row's user ------------------------------------------
@@ -252,7 +254,7 @@ def test_evaluator_passes_each_users_row():
 def test_last_block_at_positions_with_user_features(placement):
     # "prefix" shifts every item one token right inside the encoder; the positions must follow.
     model = models.build_model(
-        tiny_config(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
     )
     params = init(model)
 

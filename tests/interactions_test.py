@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bert4rec_jax.datasets import interactions, readers
+from bert4rec_jax.datasets import file_options, interactions, readers
 
 
 def _write(tmp_path, name, text):
@@ -18,7 +18,7 @@ def _write(tmp_path, name, text):
 
 def _read(path, **fields):
     return interactions.read_sequences(
-        interactions.FileOptions.from_mapping({"path": path, **fields})
+        file_options.FileOptions.from_mapping({"path": path, **fields})
     )
 
 
@@ -345,9 +345,9 @@ def test_error_line_in_a_gz_file_counts_decompressed_lines(tmp_path, fmt):
 def test_parquet_cannot_be_read_through_gz(tmp_path):
     path = str(tmp_path / "t.parquet.gz")
     with pytest.raises(ValueError, match=r"file.path=.*Parquet file compresses inside"):
-        interactions.FileOptions.from_mapping({"path": path, "format": "parquet"})
+        file_options.FileOptions.from_mapping({"path": path, "format": "parquet"})
     with pytest.raises(ValueError, match=r"file.format is empty .* no known extension"):
-        interactions.FileOptions.from_mapping({"path": path})
+        file_options.FileOptions.from_mapping({"path": path})
 
 
 # ---- Exact duplicates ---------------------------------------------------------------------

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 import pytest
 
-from bert4rec_jax import checkpointing, train_lib
+from bert4rec_jax import checkpointing
+from bert4rec_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_GCLOUD = pathlib.Path(__file__).with_name("fake_gcloud.py")
@@ -476,7 +477,7 @@ def test_until_done_survives_refusals_a_queue_and_a_preemption(cloud, reference,
     resumed = int(re.search(r"Resuming from checkpoint at step (\d+)", out.stdout).group(1))
     assert 10 <= resumed < 60
     assert f"the test results are in {workdir}: done" in out.stderr
-    assert (workdir / train_lib.RESULTS_FILE).exists()
+    assert (workdir / workdir_lib.RESULTS_FILE).exists()
     assert cloud.state()["nodes"] == {} and cloud.state()["queued"] == {}
     # Compiled programs went to the workdir's cache, for the rerun to find.
     assert any((workdir / "compilation_cache").iterdir())
@@ -575,7 +576,7 @@ def test_ctrl_c_saves_a_checkpoint_and_deletes_the_slice(cloud, tmp_path):
     assert delete[3] == "delete"
     assert cloud.state()["nodes"] == {}
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() > 10
-    assert not (workdir / train_lib.RESULTS_FILE).exists()
+    assert not (workdir / workdir_lib.RESULTS_FILE).exists()
 
 
 def _slurm_env(num_tasks):
@@ -754,7 +755,7 @@ def test_slurm_job_requeues_itself_after_its_time_limit_and_finishes(tmp_path, r
     assert slurm.lines("runs") == ["0", "0"]  # stopped and requeued, then finished
     resumed = int(re.search(r"Resuming from checkpoint at step (\d+)", out.stderr).group(1))
     assert 10 <= resumed < 60
-    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text())["step"] == 60
+    assert json.loads((workdir / workdir_lib.RESULTS_FILE).read_text())["step"] == 60
     assert_same_final_params(reference_workdir, workdir)
 
 
@@ -773,7 +774,7 @@ def test_slurm_requeue_is_bounded_and_only_for_stops(
     workdir = tmp_path / "work"
     if case == "already done":
         workdir.mkdir()
-        (workdir / train_lib.RESULTS_FILE).write_text("{}")
+        (workdir / workdir_lib.RESULTS_FILE).write_text("{}")
     slurm = Slurm(tmp_path)
     out = slurm.sbatch(
         "--config=configs/tiny.py",

@@ -15,7 +15,8 @@ VOCAB = NUM_ITEMS + 2
 MASK = VOCAB - 1
 
 
-def tiny_config(**overrides) -> models.ModelConfig:
+def model_config(**overrides) -> models.ModelConfig:
+    """A small ModelConfig for IDS (not an experiment config: that is helpers.tiny_config)."""
     kw = dict(
         vocab_size=VOCAB,
         max_len=12,
@@ -44,7 +45,7 @@ POSITIONS = np.array([[1, 5, 0], [7, 0, 0], [0, 0, 0]], np.int32)
 
 @pytest.fixture(scope="module")
 def model_and_vars():
-    model = models.BERT4Rec(tiny_config())
+    model = models.BERT4Rec(model_config())
     variables = model.init(jax.random.key(0), IDS, POSITIONS, train=False)
     return model, variables
 
@@ -68,7 +69,7 @@ def test_shapes_and_dtypes(model_and_vars):
 
 
 def test_init_is_truncated_normal_without_rescaling():
-    cfg = tiny_config(vocab_size=4000, init_std=0.05)
+    cfg = model_config(vocab_size=4000, init_std=0.05)
     model = models.BERT4Rec(cfg)
     params = model.init(jax.random.key(1), IDS, POSITIONS, train=False)["params"]
     table = np.asarray(params["item_embedding"])
@@ -240,7 +241,7 @@ def test_from_config():
 
 @pytest.mark.parametrize("layers,impl", [(1, None), (2, None), (2, "manual")])
 def test_last_block_at_positions_equals_gathering_the_full_output(layers, impl):
-    model = models.BERT4Rec(tiny_config(num_layers=layers, attention_impl=impl))
+    model = models.BERT4Rec(model_config(num_layers=layers, attention_impl=impl))
     variables = model.init(jax.random.key(3), IDS, POSITIONS, train=False)
     # The fast path creates the same parameters: a tree made through it is the default's.
     fast_init = model.init(

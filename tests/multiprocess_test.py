@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from bert4rec_jax import checkpointing, train_lib
+from bert4rec_jax import checkpointing
+from bert4rec_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,8 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
     assert multi_step == single_step == 20
     for a, b in zip(jax.tree.leaves(multi_params), jax.tree.leaves(single_params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    multi_results = json.loads((multi / train_lib.RESULTS_FILE).read_text())
-    single_results = json.loads((single / train_lib.RESULTS_FILE).read_text())
+    multi_results = json.loads((multi / workdir_lib.RESULTS_FILE).read_text())
+    single_results = json.loads((single / workdir_lib.RESULTS_FILE).read_text())
     # Both stamped alike: the same config (paths aside) and checkpoint step.
     assert multi_results.pop("run") == single_results.pop("run")
     assert multi_results.keys() == single_results.keys()

@@ -3,6 +3,7 @@
 The signal tests run real training processes and send them real signals.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +21,8 @@ import pytest
 from helpers import checkpointed_config, copy_workdir, tiny_config
 
 from benchmarks import crash_resume
-from bert4rec_jax import checkpointing, preemption, train_lib
+from bert4rec_jax import checkpointing, models, preemption, train_lib
+from bert4rec_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,7 +107,7 @@ class ShortRun:
         self.env = crash_resume.subprocess_env(root / "jax_cache")
         self.workdir = root / "reference"
         self.run(self.workdir, root / "reference.log")
-        self.results = json.loads((self.workdir / train_lib.RESULTS_FILE).read_text())
+        self.results = json.loads((self.workdir / workdir_lib.RESULTS_FILE).read_text())
 
     def command(self, workdir, **overrides):
         return crash_resume.train_command(workdir, self.data, {**SHORT_RUN, **overrides})
@@ -145,9 +147,9 @@ def test_sigterm_at_any_phase_exits_0_and_a_rerun_ends_with_the_same_results(
     if phase in ("startup", "data"):
         assert not workdir.exists()  # nothing written
     if phase != "test_eval":
-        assert not (workdir / train_lib.RESULTS_FILE).exists()
+        assert not (workdir / workdir_lib.RESULTS_FILE).exists()
         short_run.run(workdir, tmp_path / "rerun.log")
-    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text()) == short_run.results
+    assert json.loads((workdir / workdir_lib.RESULTS_FILE).read_text()) == short_run.results
 
 
 @pytest.mark.slow
@@ -163,9 +165,9 @@ def test_sigterm_from_outside_at_any_moment_exits_0_and_the_rerun_is_the_same(sh
             wait_until_catching(proc, signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)
         finish(proc, log)
-    if not (workdir / train_lib.RESULTS_FILE).exists():
+    if not (workdir / workdir_lib.RESULTS_FILE).exists():
         short_run.run(workdir, tmp_path / "rerun.log")
-    assert json.loads((workdir / train_lib.RESULTS_FILE).read_text()) == short_run.results
+    assert json.loads((workdir / workdir_lib.RESULTS_FILE).read_text()) == short_run.results
     assert_same_params(short_run.workdir, workdir)
 
 
@@ -179,10 +181,10 @@ def test_results_of_an_earlier_run_are_set_aside_when_its_checkpoints_are_gone(s
     # Another learning rate: a new lineage, with its own best parameters and results.
     printed = short_run.run(workdir, tmp_path / "rerun.log", learning_rate=0.01)
     assert re.search(r"best and test_results.json in .* came from an earlier run", printed)
-    [aside] = (workdir / checkpointing.SET_ASIDE_DIRNAME).iterdir()
+    [aside] = (workdir / workdir_lib.SET_ASIDE_DIR).iterdir()
     assert snapshot(aside / "best") == old_best
-    assert json.loads((aside / train_lib.RESULTS_FILE).read_text()) == short_run.results
-    results = checkpointing.read_results(workdir)
+    assert json.loads((aside / workdir_lib.RESULTS_FILE).read_text()) == short_run.results
+    results = workdir_lib.read_results(workdir)
     assert results["run"]["checkpoint_step"] == 6
     assert results["run"]["config_hash"] != short_run.results["run"]["config_hash"]
     assert results != short_run.results
@@ -192,34 +194,32 @@ def test_a_rerun_checks_the_results_stamp_against_its_checkpoints_and_config(tmp
     config = tiny_config(tmp_path)
     (tmp_path / "checkpoints" / "20").mkdir(parents=True)
     stamp = dict(params_step=10, checkpoint_step=20, config=config)
-    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **stamp)
+    workdir_lib.write_results(tmp_path, {"full/hr@10": 0.5}, **stamp)
     with caplog.at_level("INFO"):
         assert checkpointing.set_aside_stale(tmp_path, config) == []  # consistent
         other = tiny_config(tmp_path, learning_rate=0.5)
         assert checkpointing.set_aside_stale(tmp_path, other) == []
     assert "holds the results of config" in caplog.text  # kept, named, replaced at the end
     # Stamped past the latest checkpoint: not this lineage's.
-    checkpointing.write_results(tmp_path, {"full/hr@10": 0.5}, **dict(stamp, checkpoint_step=30))
-    assert checkpointing.set_aside_stale(tmp_path, config) == [train_lib.RESULTS_FILE]
-    [aside] = (tmp_path / checkpointing.SET_ASIDE_DIRNAME).iterdir()
-    assert (aside / train_lib.RESULTS_FILE).exists()
-    assert not (tmp_path / train_lib.RESULTS_FILE).exists()
+    workdir_lib.write_results(tmp_path, {"full/hr@10": 0.5}, **dict(stamp, checkpoint_step=30))
+    assert checkpointing.set_aside_stale(tmp_path, config) == [workdir_lib.RESULTS_FILE]
+    [aside] = (tmp_path / workdir_lib.SET_ASIDE_DIR).iterdir()
+    assert (aside / workdir_lib.RESULTS_FILE).exists()
+    assert not (tmp_path / workdir_lib.RESULTS_FILE).exists()
 
 
 def test_results_are_stamped_with_the_config_and_the_checkpoint_step(tmp_path):
     config = tiny_config(tmp_path)
-    checkpointing.write_results(
+    workdir_lib.write_results(
         tmp_path, {"full/hr@10": 0.5}, params_step=10, checkpoint_step=20, config=config
     )
     moved = tiny_config(tmp_path / "elsewhere")  # the data directory is no part of the identity
-    assert checkpointing.read_results(tmp_path) == {
+    assert workdir_lib.read_results(tmp_path) == {
         "step": 10,
         "full/hr@10": 0.5,
-        "run": {"config_hash": checkpointing.config_hash(moved), "checkpoint_step": 20},
+        "run": {"config_hash": workdir_lib.config_hash(moved), "checkpoint_step": 20},
     }
-    assert checkpointing.config_hash(tiny_config(tmp_path, seed=1)) != checkpointing.config_hash(
-        config
-    )
+    assert workdir_lib.config_hash(tiny_config(tmp_path, seed=1)) != workdir_lib.config_hash(config)
 
 
 def assert_same_params(workdir_a, workdir_b):
@@ -299,7 +299,7 @@ def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tiny_stopped_run, t
     print(skipped)
     assert "Resuming from checkpoint at step 5" in caplog.text
     # The damaged files are kept, out of the way; training saved step 10 again.
-    [kept] = (workdir / checkpointing.UNUSABLE_DIRNAME).iterdir()
+    [kept] = (workdir / workdir_lib.UNUSABLE_DIR).iterdir()
     assert kept.name.startswith("10-")
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == config.num_train_steps
 
@@ -316,13 +316,50 @@ def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tiny_stopped_run,
 
 
 @pytest.mark.parametrize(
-    "field, value", [("model.hidden_size", 32), ("model.max_len", 24), ("synthetic.num_items", 70)]
+    "field, value",
+    [
+        ("model.hidden_size", 32),
+        ("model.max_len", 24),
+        ("synthetic.num_items", 70),
+        # Switches that add parameters: without a check, resuming failed as "no usable checkpoint".
+        ("model.item_features", True),
+        ("model.user_features", "prefix"),
+    ],
 )
 def test_checkpoints_of_another_model_are_refused_before_any_step(
     tiny_stopped_run, tmp_path, field, value
 ):
     workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
     before = snapshot(workdir)
-    with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value}")):
+    with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value!r}")):
         train_lib.train_and_evaluate(checkpointed_config(tmp_path, **{field: value}), str(workdir))
     assert snapshot(workdir) == before
+
+
+def test_every_model_field_is_compared_on_resume_unless_listed_with_a_reason():
+    from configs import default
+
+    model_fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+    # The exclusions name real fields (a renamed field would otherwise become compared silently).
+    assert set(checkpointing.NOT_SHAPE_MODEL_FIELDS) <= model_fields
+    # Every switch of the config's model group is either compared or excused with a reason.
+    for name in default.get_config().model:
+        assert (
+            f"model.{name}" in checkpointing.SHAPE_FIELDS
+            or name in checkpointing.NOT_SHAPE_MODEL_FIELDS
+        ), f"model.{name}: add it to ModelConfig or to NOT_SHAPE_MODEL_FIELDS with a reason"
+    assert {"model.item_features", "model.user_features"} <= set(checkpointing.SHAPE_FIELDS)
+
+
+def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
+    tiny_stopped_run, tmp_path
+):
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["model"]["item_features"], saved["model"]["user_features"]  # before side features
+    (workdir / "config.json").write_text(json.dumps(saved))
+    checkpointing.check_compatible(workdir, tiny_stopped_run.config)  # both off: the same model
+    with pytest.raises(checkpointing.CheckpointError, match="model.item_features=True"):
+        config = tiny_stopped_run.config.copy_and_resolve_references()
+        config.model.item_features = True
+        checkpointing.check_compatible(workdir, config)

@@ -15,6 +15,7 @@ from helpers import run_cli as _run_cli
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,8 +236,8 @@ def ml100k_run(tmp_path_factory, shared_data):
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     )
-    config = checkpointing.load_config(workdir)
-    results = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    config = workdir_lib.load_config(workdir)
+    results = json.loads((workdir / workdir_lib.RESULTS_FILE).read_text())
     return config, workdir, results
 
 
@@ -303,7 +304,7 @@ def test_workdir_trained_on_8_devices_evaluates_on_1_with_any_protocol(tiny_fini
     assert "pop100" not in printed
     run_cli("bert4rec_jax.evaluate", f"--workdir={workdir}", "--protocol=pop100,full")
     evaluated = json.loads((workdir / "eval_bert4rec_test.json").read_text())
-    recorded = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    recorded = json.loads((workdir / workdir_lib.RESULTS_FILE).read_text())
     assert evaluated["step"] == recorded["step"]
     for key, value in trained.items():
         np.testing.assert_allclose(evaluated[key], value, rtol=0, atol=1e-6, err_msg=key)
@@ -352,11 +353,11 @@ def test_early_stopping_survives_a_restart_and_a_stopped_run_stays_stopped(tmp_p
 
     # Rerunning the stopped workdir trains nothing and writes the same test results.
     before = (full_dir / "metrics.jsonl").read_text()
-    recorded = (full_dir / train_lib.RESULTS_FILE).read_text()
-    (full_dir / train_lib.RESULTS_FILE).unlink()
+    recorded = (full_dir / workdir_lib.RESULTS_FILE).read_text()
+    (full_dir / workdir_lib.RESULTS_FILE).unlink()
     assert train_lib.train_and_evaluate(config, str(full_dir)) == results
     assert (full_dir / "metrics.jsonl").read_text() == before
-    assert (full_dir / train_lib.RESULTS_FILE).read_text() == recorded
+    assert (full_dir / workdir_lib.RESULTS_FILE).read_text() == recorded
 
 
 @pytest.mark.slow
@@ -386,6 +387,6 @@ def test_training_without_tensorflow_from_a_prepared_corpus(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "device input" in out.stderr
     assert "tensorflow is not installed: no TensorBoard event files" in out.stderr
-    results = json.loads((workdir / train_lib.RESULTS_FILE).read_text())
+    results = json.loads((workdir / workdir_lib.RESULTS_FILE).read_text())
     # The best of the validations at steps 10 and 20 was tested.
     assert results["step"] in (10, 20) and results["pop100/ndcg@10"] > 0

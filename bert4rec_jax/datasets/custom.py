@@ -4,16 +4,16 @@
 describes (a column map, ordering by timestamp, filters) and writes one TFDS example per user,
 like every other builder of the project. Its configs are made on the fly by `file_config`, named
 `<file stem>-<key>`, where the key covers the file's whole content and every reading option
-(`interactions.source_key`): an edited file, or other options, is a new config and is prepared
+(`file_options.source_key`): an edited file, or other options, is a new config and is prepared
 anew; the same content under the same options reuses the prepared records.
 
-Schema: as every builder (`paper.sequence_info`), `{"user_id": int64, "items": Tensor(shape=(None,),
-int64)}`, items oldest first, but here both hold indices into the vocabularies of raw ids that
-`RawIds` saves beside the records (`raw_ids.npz` in the data directory, as
-`builder.info.metadata["user_ids"]` and `["item_ids"]`). Integer indices rather than string
-features because ids may be strings: a string feature would repeat an item's id at each of its
-interactions (20M strings for an ML-20M-sized file, ~10x the bytes of the int64 indices) and the
-read-back would decode them one Python object each, whereas indices keep the records and the
+Schema: as every builder's (`builders.sequence_info`), `{"user_id": int64, "items":
+Tensor(shape=(None,), int64)}`, items oldest first, but here both hold indices into the
+vocabularies of raw ids that `RawIds` saves beside the records (`raw_ids.npz` in the data
+directory, as `builder.info.metadata["user_ids"]` and `["item_ids"]`). Integer indices rather than
+string features because ids may be strings: a string feature would repeat an item's id at each of
+its interactions (20M strings for an ML-20M-sized file, ~10x the bytes of the int64 indices) and
+the read-back would decode them one Python object each, whereas indices keep the records and the
 read-back exactly as fast as the built-in data sets'. TFDS's own `ClassLabel` does the same
 (integers in the records, the names beside them).
 """
@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from bert4rec_jax.datasets import builders, file_options, interactions
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import interactions, paper
 
 RAW_IDS_FILE = "raw_ids.npz"
 
@@ -78,22 +78,22 @@ class FileConfig(tfds.core.BuilderConfig):
       options: what to read and how (`config.file`).
     """
 
-    options: interactions.FileOptions | None = None
+    options: file_options.FileOptions | None = None
 
 
-def file_config(options: interactions.FileOptions) -> FileConfig:
+def file_config(options: file_options.FileOptions) -> FileConfig:
     """The builder config of a file and its options (hashes the file's content).
 
     Args:
       options: the checked options.
 
     Returns:
-      A config named `<file stem>-<16 hex digits of interactions.source_key>`.
+      A config named `<file stem>-<16 hex digits of file_options.source_key>`.
     """
     stem = epath.Path(options.path).name.rsplit(".", 1)[0]
     stem = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")[:40] or "file"
     return FileConfig(
-        name=f"{stem}-{interactions.source_key(options)}",
+        name=f"{stem}-{file_options.source_key(options)}",
         description=f"Interactions from {options.path}.",
         options=options,
     )
@@ -106,17 +106,17 @@ class CustomInteractions(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return paper.sequence_info(self, __doc__, metadata=RawIds())
+        return builders.sequence_info(self, __doc__, metadata=RawIds())
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # the file is read where it is
         options = self.builder_config.options
         encoded = interactions.read_sequences(options)
-        paper.check_evaluable(encoded.sequences, options.path)
+        builders.check_evaluable(encoded.sequences, options.path)
         # Saved with the DatasetInfo, into the same temporary directory as the records, and
         # renamed into place with them.
         self.info.metadata.update(user_ids=encoded.user_ids, item_ids=encoded.item_ids)
-        return {"train": paper.examples_from_sequences(encoded.sequences)}
+        return {"train": builders.examples_from_sequences(encoded.sequences)}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - _split_generators yields them
         raise NotImplementedError

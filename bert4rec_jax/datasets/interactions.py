@@ -1,9 +1,9 @@
 """Reads your own interaction log (CSV, TSV, Parquet or the paper's format) into sequences.
 
-One row per interaction; a column map (`FileOptions`) names the user, item and optional timestamp
-columns, every other column is ignored. The result is `EncodedSequences`: each user's items in
-order, as indices into two sorted vocabularies of raw ids, so that string ids are stored once each
-and not once per interaction.
+One row per interaction; a column map (`file_options.FileOptions`) names the user, item and
+optional timestamp columns, every other column is ignored. The result is `EncodedSequences`: each
+user's items in order, as indices into two sorted vocabularies of raw ids, so that string ids are
+stored once each and not once per interaction.
 
 Ids: a column whose values are all non-negative decimal integers without leading zeros (up to 18
 digits) holds integer ids; any other column holds string ids (surrounding whitespace is
@@ -49,12 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -65,199 +62,14 @@ from absl import logging
 from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import readers
+from bert4rec_jax.datasets import file_options, readers
+from bert4rec_jax.datasets.file_options import FileOptions
 
-FORMATS = ("csv", "tsv", "parquet", "paper")
-_EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".txt": "paper",
-}
-# Compressed text files (CSV, TSV, paper), by the extension after the format's: "x.csv.gz". They
-# are read decompressed as a stream, and line numbers in errors count the decompressed text.
-COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # Canonical non-negative integers that fit int64 with room to spare (as readers._MAX_DIGITS).
 _INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"
 # pyarrow's CSV block size: each block is parsed by one thread; 16 MiB keeps both cores busy on
 # a few-hundred-MB file while the per-block dictionaries stay small.
 _CSV_BLOCK_BYTES = 16 << 20
-
-
-@dataclasses.dataclass(frozen=True)
-class FileOptions:
-    """What to read from an interaction file and how to filter it (`config.file.*`).
-
-    Attributes:
-      path: the file; local or any file system `etils.epath` reads (gs://...).
-      format: "csv", "tsv", "parquet" or "paper" (`<user> <item>` lines); "" = from the
-        file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper), also when the text
-        formats' files are compressed (.csv.gz, .tsv.bz2, .txt.zst, ...: `COMPRESSIONS`).
-      columns: for a CSV/TSV file without a header line: its column names, comma-separated
-        (e.g. "user_id,item_id,rating,timestamp"); "" = the first line is the header.
-      delimiter: CSV/TSV field separator, one character ("\\t" for a tab); "" = "," for csv,
-        tab for tsv.
-      user_column: the column of user ids.
-      item_column: the column of item ids.
-      timestamp_column: the column that orders each user's interactions; "" = file order.
-      min_user_interactions: users with fewer interactions are dropped (the paper's 5).
-      min_item_interactions: items with fewer interactions are dropped; 0 = keep all.
-      drop_repeats: drop an interaction with the same item as the user's previous one.
-      drop_duplicates: drop exact duplicate rows (same user, item and timestamp), keeping the
-        first; they are counted and warned about either way.
-      item_features_path: optional CSV of categorical item features, one row per item, with a
-        header naming `item_column` and one column per feature (`|` between the values of a
-        multi-valued cell); "" = none. Read at every load (`features.read_item_features_csv`),
-        not part of the prepared data, so it may change without preparing the file anew.
-    """
-
-    path: str
-    format: str = ""
-    columns: str = ""
-    delimiter: str = ""
-    user_column: str = "user_id"
-    item_column: str = "item_id"
-    timestamp_column: str = ""
-    min_user_interactions: int = readers.MIN_USER_INTERACTIONS
-    min_item_interactions: int = 0
-    drop_repeats: bool = False
-    item_features_path: str = ""
-    drop_duplicates: bool = False
-
-    @classmethod
-    def from_mapping(cls, fields: Mapping[str, Any]) -> FileOptions:
-        """Builds and checks the options from `config.file` (a dict or ConfigDict).
-
-        Raises:
-          ValueError: naming the `file.*` field that is unknown, missing or invalid.
-        """
-        fields = dict(fields)
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(fields) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown file.* fields {unknown}; valid: {', '.join(valid)}")
-        if not fields.get("path"):
-            raise ValueError(
-                "file.path is empty: name the interaction file with --config.file.path=PATH"
-            )
-        options = cls(**fields)
-        options.check()
-        return options
-
-    @property
-    def resolved_format(self) -> str:
-        if self.format:
-            return self.format
-        name = os.path.basename(self.path.rstrip("/")).lower()
-        compressed = _compression(name) is not None
-        if compressed:
-            name = os.path.splitext(name)[0]
-        for extension, fmt in _EXTENSIONS.items():
-            if compressed and fmt == "parquet":
-                continue  # Parquet compresses inside the file
-            if name.endswith(extension):
-                return fmt
-        raise ValueError(
-            f"file.format is empty and {self.path!r} has no known extension "
-            f"({', '.join(_EXTENSIONS)}, the text ones also followed by one of "
-            f"{', '.join(COMPRESSIONS)}); set file.format to one of {FORMATS}"
-        )
-
-    @property
-    def column_names(self) -> list[str] | None:
-        """The names of a headerless file's columns, or None when the file has a header."""
-        if not self.columns:
-            return None
-        return [c.strip() for c in self.columns.split(",")]
-
-    @property
-    def wanted_columns(self) -> list[str]:
-        """The columns read: user, item and (when set) timestamp."""
-        return [self.user_column, self.item_column] + (
-            [self.timestamp_column] if self.timestamp_column else []
-        )
-
-    @property
-    def separator(self) -> str:
-        if self.delimiter in ("\\t", "tab"):
-            return "\t"
-        return self.delimiter or ("\t" if self.resolved_format == "tsv" else ",")
-
-    def check(self) -> None:
-        """Raises `ValueError`, naming the field, on options that cannot work."""
-        fmt = self.resolved_format
-        if fmt not in FORMATS:
-            raise ValueError(f"file.format={self.format!r}: must be one of {FORMATS} or ''")
-        if self.min_user_interactions < 1:
-            raise ValueError(
-                f"file.min_user_interactions={self.min_user_interactions}: must be >= 1"
-            )
-        if self.min_item_interactions < 0:
-            raise ValueError(
-                f"file.min_item_interactions={self.min_item_interactions}: must be >= 0"
-            )
-        if fmt == "paper":
-            if self.timestamp_column or self.columns:
-                raise ValueError(
-                    "file.format='paper' has two unnamed columns <user> <item> in time order: "
-                    "leave file.timestamp_column and file.columns empty"
-                )
-            return
-        if not self.user_column or not self.item_column:
-            raise ValueError("file.user_column and file.item_column must name columns")
-        wanted = self.wanted_columns
-        if len(set(wanted)) != len(wanted):
-            raise ValueError(
-                f"file.user_column, file.item_column and file.timestamp_column must differ, "
-                f"got {wanted}"
-            )
-        if fmt == "parquet" and _compression(self.path):
-            raise ValueError(
-                f"file.path={self.path!r}: a Parquet file compresses inside itself; it cannot be "
-                f"read through {os.path.splitext(self.path)[1]}"
-            )
-        if fmt != "parquet" and len(self.separator) != 1:
-            raise ValueError(f"file.delimiter={self.delimiter!r}: must be one character")
-        names = self.column_names
-        if names is not None:
-            if fmt == "parquet":
-                raise ValueError("file.columns is for headerless CSV/TSV files, not Parquet")
-            if len(set(names)) != len(names) or "" in names:
-                raise ValueError(f"file.columns={self.columns!r}: names must be unique, non-empty")
-            for field, column in zip(
-                ("user_column", "item_column", "timestamp_column"), wanted, strict=False
-            ):
-                if column not in names:
-                    raise ValueError(
-                        f"file.{field}={column!r} is not one of file.columns ({', '.join(names)})"
-                    )
-
-    def key(self) -> dict[str, Any]:
-        """Every option that changes the result, i.e. all but the path (the content counts)."""
-        fields = dataclasses.asdict(self)
-        del fields["path"]
-        # Not read by read_sequences (features are joined at load time); leaving it out keeps
-        # the keys of files prepared before the field existed.
-        del fields["item_features_path"]
-        if not self.drop_duplicates:
-            del fields["drop_duplicates"]  # likewise: the keys of files prepared before it
-        fields["format"] = self.resolved_format
-        if self.resolved_format != "parquet":
-            fields["delimiter"] = self.separator
-        return fields
-
-
-def source_key(options: FileOptions) -> str:
-    """16 hex digits identifying what `read_sequences` would produce: content + options.
-
-    The file's content is hashed whole (`readers.content_fingerprint`), so an edited file gets
-    a new key; its path and modification time are not part of it.
-    """
-    content = readers.content_fingerprint(options.path)
-    text = json.dumps({"content": content, **options.key()}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -523,17 +335,12 @@ def _timestamps(column: pa.ChunkedArray, column_name: str, name: str, locate: _L
 # ---- Formats ----------------------------------------------------------------------------------
 
 
-def _compression(path: str | os.PathLike) -> str | None:
-    """pyarrow's codec for a compressed file's extension, or None."""
-    return COMPRESSIONS.get(os.path.splitext(os.fspath(path))[1].lower())
-
-
 @contextlib.contextmanager
 def _opened(path: epath.Path):
     """A local uncompressed path as a string (pyarrow's own, fastest reader), else an open file
     object, decompressed as it is read when the extension says the file is compressed."""
     text = os.fspath(path)
-    codec = _compression(text)
+    codec = file_options.compression(text)
     if codec is None and "://" not in text and os.path.exists(text):
         yield text
         return

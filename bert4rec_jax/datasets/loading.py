@@ -45,17 +45,18 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import (
+    builders,
     custom,
     features,
-    interactions,
+    file_options,
     movielens,
     paper,
     prepared,
     readers,
     synthetic,
 )
+from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets.prepared import CACHE_DIRNAME, CACHE_FORMAT, DATASETS, data_root
 
 # Users per batch when reading TFDS records back; large batches keep the per-batch cost low.
@@ -97,7 +98,7 @@ def _spec(
         )
         return _Spec(synthetic.SyntheticSequences, config)
     if dataset == "file":
-        options = interactions.FileOptions.from_mapping(file or {})
+        options = file_options.FileOptions.from_mapping(file or {})
         if not epath.Path(options.path).is_file():
             raise readers.DataFormatError(options.path, None, "file not found (file.path)")
         return _Spec(custom.CustomInteractions, custom.file_config(options))
@@ -109,7 +110,7 @@ def _spec(
     config = builder_cls.builder_configs[name]
     if manual_dir:
         _check_manual_dir(manual_dir, dataset)
-        config = paper.manual_config(config, builder_cls.manual_source(config, manual_dir))
+        config = builders.manual_config(config, builder_cls.manual_source(config, manual_dir))
     return _Spec(builder_cls, config)
 
 
@@ -177,7 +178,7 @@ def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
     """Reads a prepared builder's `train` split back into sequences (users by raw id).
 
     Args:
-      builder: a prepared builder with the project's schema (`paper.sequence_info`).
+      builder: a prepared builder with the project's schema (`builders.sequence_info`).
 
     Returns:
       The sequences; TFDS shuffles examples when writing, so users are re-sorted by raw id.
@@ -283,7 +284,7 @@ def _prepare_with_tfds(
 
 def _source_description(spec: _Spec, manual_dir: str) -> str:
     options = getattr(spec.config, "options", None)
-    if isinstance(options, interactions.FileOptions):
+    if isinstance(options, file_options.FileOptions):
         return f"from {options.path}"
     if manual_dir:
         return f"offline, from {manual_dir}"
@@ -310,7 +311,7 @@ def load_corpus(
         `ml-100k/u.data` or `ml-100k.zip`); nothing is downloaded when it is set.
         "" = download, with checksum verification. Ignored by "synthetic" and "file".
       synthetic: for "synthetic" only: `num_users`, `num_items`, `seed` (defaults 2000, 500, 0).
-      file: for "file" only: `config.file`, the fields of `interactions.FileOptions` (`path`,
+      file: for "file" only: `config.file`, the fields of `file_options.FileOptions` (`path`,
         `format`, `columns`, `delimiter`, `user_column`, `item_column`, `timestamp_column`,
         `min_user_interactions`, `min_item_interactions`, `drop_repeats`).
 

@@ -14,15 +14,15 @@ Where the release comes from:
 * Offline: if the manual directory exists and is not empty, it must hold either the zip
   (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded. As for the
   paper's files, `load_corpus` prepares a manual copy under a config named after its content
-  (`paper.manual_config`), so a replaced copy is noticed.
+  (`builders.manual_config`), so a replaced copy is noticed.
 * Online: `<base>/ml-100k.zip`, where `<base>` is the environment variable
   `BERT4REC_MOVIELENS_BASE_URL` if set, else `DEFAULT_BASE_URL`. The download is checked
   against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's format)
   whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised. An
   unreachable server fails at once with `readers.SourceUnavailableError` (see
-  `paper.download_and_verify`).
+  `builders.download_and_verify`).
 
-Example schema: as every builder of the project (`paper.sequence_info`), one example per user
+Example schema: as every builder of the project (`builders.sequence_info`), one example per user
 `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
 
 Side features (1.1.0): for 100K, the movies' genres and release-year buckets (`u.item`) and the
@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from bert4rec_jax.datasets import features, paper, readers
+from bert4rec_jax.datasets import builders, features, readers
 
 BASE_URL_ENV = "BERT4REC_MOVIELENS_BASE_URL"
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -139,7 +139,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return paper.sequence_info(
+        return builders.sequence_info(
             self,
             __doc__,
             homepage="https://grouplens.org/datasets/movielens/",
@@ -176,7 +176,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
         url_info = (self.url_infos or {}).get(canonical_url)
         if url_info is None:  # the package is broken, not the data
             raise RuntimeError(f"no checksum registered for {canonical_url} in checksums.tsv")
-        manual_dir = paper.manual_dir_or_none(dl_manager)
+        manual_dir = builders.manual_dir_or_none(dl_manager)
         if manual_dir is not None:
             source = self.manual_source(config, manual_dir)
             if source.name == zip_name:
@@ -189,12 +189,12 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
         base = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         url = f"{base.rstrip('/')}/{zip_name}"
         member = readers.MOVIELENS_FILES[config.variant][0]
-        return paper.download_and_verify(
+        return builders.download_and_verify(
             dl_manager,
             url,
             lambda path: verify_release(path, url_info, url),
             filename=zip_name,
-            advice=paper.offline_advice(
+            advice=builders.offline_advice(
                 f"ml-{config.variant}-raw", zip_name, url, BASE_URL_ENV, f"its extracted {member}"
             ),
         )
@@ -209,7 +209,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
             readers.MIN_USER_INTERACTIONS,
             len(sequences.raw_items),
         )
-        paper.check_evaluable(sequences, str(source))
+        builders.check_evaluable(sequences, str(source))
         # Saved with the DatasetInfo, into the same temporary directory as the records.
         self.info.metadata.update(item=None, user=None)
         if self.builder_config.variant == "100k":
@@ -221,7 +221,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
             for kind in ("item", "user"):
                 if self.info.metadata[kind] is None:
                     logging.warning("No u.%s beside %s: no %s features", kind, source, kind)
-        return {"train": paper.examples_from_sequences(sequences)}
+        return {"train": builders.examples_from_sequences(sequences)}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - _split_generators yields them
         raise NotImplementedError

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import features
+from bert4rec_jax.workdir import write_atomically
 
 DATASETS = (
     "synthetic",
@@ -80,7 +80,7 @@ def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
         **{_ITEM_FEATURE + k: v for k, v in corpus.item_features.items()},
         **{_USER_FEATURE + k: v for k, v in corpus.user_features.items()},
     )
-    _write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
@@ -112,16 +112,6 @@ def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
 
 def _prefixed(z: Any, prefix: str) -> dict[str, np.ndarray]:
     return {k.removeprefix(prefix): z[k] for k in z.files if k.startswith(prefix)}
-
-
-def _write_atomically(path: epath.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _request(
@@ -183,7 +173,7 @@ def remember(
         "cache": os.fspath(cache),
         "sources": _stat(_source_files(request)),
     }
-    _write_atomically(_index_path(data_root(data_dir), request), json.dumps(entry).encode())
+    write_atomically(_index_path(data_root(data_dir), request), json.dumps(entry).encode())
 
 
 def load_prepared(

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bert4rec_jax.datasets import paper, readers
+from bert4rec_jax.datasets import builders, readers
 
 # The size of configs/default.py's synthetic set.
 DEFAULT_NUM_USERS = 2000
@@ -131,13 +131,13 @@ class SyntheticSequences(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return paper.sequence_info(self, __doc__)
+        return builders.sequence_info(self, __doc__)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download
         config = self.builder_config
         sequences = generate_sequences(config.num_users, config.num_items, config.seed)
-        return {"train": paper.examples_from_sequences(sequences)}
+        return {"train": builders.examples_from_sequences(sequences)}
 
     def _generate_examples(self, **kwargs):  # pragma: no cover - replaced in _split_generators
         raise NotImplementedError

@@ -15,9 +15,8 @@ of them: the rest of the row is padding 0, which never counts.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import uuid
 import zipfile
 
 import numpy as np
@@ -25,6 +24,7 @@ from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
+from bert4rec_jax.workdir import write_atomically
 
 PROTOCOLS = ("pop100", "uniform100", "full")
 SAMPLED_PROTOCOLS = ("pop100", "uniform100")
@@ -260,14 +260,8 @@ def load_candidates(
             return candidates.astype(np.int32)
         logging.warning("Candidate file %s does not match the corpus; drawing again.", path)
     candidates = draw_candidates(corpus, split, which, protocol, num_negatives, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Atomic: several processes (or runs) may write the same file; readers never see half of one.
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        with tmp.open("wb") as f:
-            np.savez(f, candidates=candidates, eval_users=split.eval_users)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    np.savez(buffer, candidates=candidates, eval_users=split.eval_users)
+    write_atomically(path, buffer.getvalue())
     return candidates

@@ -190,11 +190,6 @@ def build_inputs(
     return ids, lengths.astype(np.int32)
 
 
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1)."""
-    return 1 << max(0, n - 1).bit_length()
-
-
 def _padded_rows(
     items: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_width: int = 8
 ) -> np.ndarray:
@@ -204,7 +199,7 @@ def _padded_rows(
     handful of compiled shapes; `min_width` lets a caller fix one width for every batch.
     """
     lengths = ends - starts
-    width = max(min_width, _pow2(int(lengths.max(initial=0))))
+    width = max(min_width, sharding.pow2(int(lengths.max(initial=0))))
     cols = np.arange(width)
     index = np.minimum(starts[:, None] + cols[None, :], max(len(items) - 1, 0))
     return np.where(cols[None, :] < lengths[:, None], items[index], PAD_ID).astype(np.int32)
@@ -423,7 +418,9 @@ class Evaluator:
     def _history_width(self, which: str) -> int:
         """One padded history width for every batch when the longest history allows it."""
         starts = self.corpus.offsets[self.split.eval_users]
-        longest = _pow2(int((self.split.history_ends(self.corpus, which) - starts).max(initial=1)))
+        longest = sharding.pow2(
+            int((self.split.history_ends(self.corpus, which) - starts).max(initial=1))
+        )
         return longest if longest <= _SINGLE_HISTORY_WIDTH_MAX else 8
 
     def rank_targets(
