@@ -2,13 +2,13 @@
 top to bottom, and the README's quick start printing what the README shows."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from helpers import device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def run(module, *args, devices=1, **env):
     """`python -m <module> <args>` in a subprocess, on `devices` CPU devices; stdout is a pipe
     (not a terminal), as in CI and in `... > log`."""
-    environ = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    environ = device_env(devices)
     # Not the test session's settings: a user's shell sets none of them.
     for name in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL"):
         environ.pop(name, None)

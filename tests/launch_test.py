@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import free_port, xla_flags
 
 from bert4rec_jax import checkpointing, train_lib
 
@@ -336,7 +337,7 @@ class Cloud:
             os.environ,
             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             FAKE_GCLOUD_DIR=str(self.root),
-            XLA_FLAGS="--xla_force_host_platform_device_count=1",
+            XLA_FLAGS=xla_flags(1),
             JAX_PLATFORMS="cpu",
         )
 
@@ -402,9 +403,10 @@ def reference(tmp_path_factory):
     data, workdir = root / "data", root / "work"
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS=xla_flags(1),
         JAX_PLATFORMS="cpu",
         PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        PORT=str(free_port()),  # not the launcher's random pick: tests run side by side
     )
     out = subprocess.run(
         ["bash", "launch/local_multiprocess.sh", "2", *tiny_flags(data, workdir)],
@@ -594,7 +596,7 @@ def _slurm_env(num_tasks):
         "SLURM_NTASKS": str(num_tasks),
         "SLURM_JOB_NODELIST": "localhost",
         "SLURM_SUBMIT_DIR": REPO,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
         "JAX_PLATFORMS": "cpu",
     }
 
