@@ -42,11 +42,23 @@ CLOSED = "http://127.0.0.1:9"
         (["--config.num_train_step=10"], ["--config.num_train_step", '"num_train_steps"']),
         (["--config.dataset=file"], ["file.path is empty", "--config.file.path="]),
         (
+            ["--config.num_train_steps=ten"],
+            ["--config.num_train_steps=ten", "int()", "'ten'", "the field's type"],
+        ),
+        (["--no_such_flag=1"], ["'no_such_flag'", "--helpfull"]),
+        (
             ["--config.dataset=beauty", "--config.manual_dir="],
             ["cannot download", "beauty.txt", "--config.manual_dir="],
         ),
     ],
-    ids=["missing config file", "misspelt field", "missing file.path", "offline beauty"],
+    ids=[
+        "missing config file",
+        "misspelt field",
+        "missing file.path",
+        "value of the wrong type",
+        "unknown flag",
+        "offline beauty",
+    ],
 )
 def test_config_mistakes_are_told_in_two_lines_with_exit_status_2(tmp_path, flags, expected):
     args = ["--config=configs/tiny.py", f"--workdir={tmp_path / 'work'}"]
