@@ -153,30 +153,19 @@ def tiny_stopped_run(tmp_path_factory):
     return run
 
 
-# ---- Order and grouping under pytest-xdist --------------------------------------------------
+# ---- Order under pytest-xdist --------------------------------------------------------------
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by parametrized fixtures
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The `slow` tests first, and a module's tests that share a fixture of that module wider
-    than one test (a module- or session-scoped fixture defined in the test file) in one
-    `xdist_group`.
+    """The files that hold a `slow` test first, each file's tests in their order.
 
-    With `-n 2 --dist loadgroup` (the README's test command) pytest-xdist hands out tests, or
-    whole groups, in this order to whichever worker has little left: the long runs start first
-    and short tests fill the end, so the two workers finish close together. A group keeps such a
-    fixture (a module's trained run, its reference run) on one worker, built once; conftest's
-    own session fixtures are shared between workers by `_built_once` instead. Without xdist the
-    marks do nothing and only the order changes.
+    With `-n 2` pytest-xdist hands out whole files (`--dist=loadscope` in setup.cfg: a file's
+    module fixtures, such as a trained run or a reference run, are then built once, on one
+    worker) in this order (`--no-loadscope-reorder`) to whichever worker has little left: the
+    long runs start first and the many short files fill the end, so the two workers finish
+    close together. conftest's own session fixtures are shared between workers by
+    `_built_once`. Without xdist only the order changes.
     """
-    groups = {}  # item -> its group's name, for the items in one
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        fixtures = getattr(item, "_fixtureinfo", None)
-        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
-        if any(d[-1].scope != "function" and d[-1].baseid == module for d in definitions):
-            groups[item] = pathlib.Path(module).stem
-            item.add_marker(pytest.mark.xdist_group(groups[item]))
-    # A group with a slow test goes first whole: its fixture is set up once, also without xdist.
-    slow = {groups.get(i, i) for i in items if i.get_closest_marker("slow")}
-    items.sort(key=lambda item: groups.get(item, item) not in slow)  # stable: file order kept
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the file order stays
