@@ -69,7 +69,7 @@ def shared_data() -> pathlib.Path:
 # Training, even 6 steps of configs/tiny.py, is the expensive part of a test: these runs are
 # trained once per run of pytest, also under pytest-xdist (see `_built_once`), and shared. They are
 # read-only; a test that changes a workdir (damages it, resumes it, evaluates into it) works on its
-# own copy from helpers.copy_workdir. The helpers that import jax are imported inside the
+# own copy from helpers.copy_workdir. What imports jax (train_lib) is imported inside the
 # fixtures, so that jax is first imported after pytest_configure.
 
 
