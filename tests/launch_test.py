@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from helpers import free_port, xla_flags
 
+from benchmarks import crash_resume
 from bert4rec_jax import checkpointing, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -401,6 +402,9 @@ def reference(tmp_path_factory):
     SLURM tasks), shared by the tests that compare their final parameters with it."""
     root = tmp_path_factory.mktemp("reference")
     data, workdir = root / "data", root / "work"
+    # Prepared here: process 1 waits for process 0 at a barrier whose gloo set-up times out
+    # after 30 s, which preparing the corpus in process 0 can take on a loaded CPU.
+    crash_resume.prepare_data(data)
     env = dict(
         os.environ,
         XLA_FLAGS=xla_flags(1),

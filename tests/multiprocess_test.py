@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import free_port, xla_flags
 
+from benchmarks import crash_resume
 from bert4rec_jax import checkpointing, train_lib
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,9 @@ def _run(command, devices_per_process, **env):
 def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
     flags = ["--config=configs/tiny.py", f"--config.data_dir={tmp_path / 'data'}"]
     multi, single = tmp_path / "multi", tmp_path / "single"
+    # Prepared here: process 1 waits for process 0 at a barrier whose gloo set-up times out
+    # after 30 s, which preparing the corpus in process 0 can take on a loaded CPU.
+    crash_resume.prepare_data(tmp_path / "data")
     out = _run(
         ["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags],
         devices_per_process=2,
