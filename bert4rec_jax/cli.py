@@ -42,7 +42,9 @@ def run(main: Callable[[list[str]], None]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
-        app.run(main)
+        # FLAGS(argv) rather than absl's default parser, which tells a bad flag value itself
+        # (two lines, exit status 1): here it is told like every other mistake.
+        app.run(main, flags_parser=FLAGS)
     except Exception as e:
         message = explain(e, sys.argv[1:], parsed=FLAGS.is_parsed())
         if message is None or _wants_traceback():
@@ -84,6 +86,8 @@ def explain(error: BaseException, argv: list[str], parsed: bool) -> str | None:
     text = str(error.args[0]) if error.args else str(error)
     if isinstance(error, OSError) and any(s in text for s in _CONFIG_LOAD_FAILED):
         return _config_file_message(text, argv)
+    if isinstance(error, flags.Error):
+        return _flag_message(text)
     if not parsed:
         return _override_message(error, text, argv)
     if isinstance(error, ValueError | OSError | KeyError) or type(error).__name__.endswith(
@@ -105,6 +109,15 @@ def _config_file_message(text: str, argv: list[str]) -> str:
     # The file exists but failed to load: ml_collections's last line names the cause.
     cause = [line.strip() for line in text.splitlines() if line.strip()][-1]
     return f"--config={path}: cannot be loaded: {cause}"
+
+
+def _flag_message(text: str) -> str:
+    # absl's text: "flag --config.num_train_steps=ten: invalid literal for int() ...", or
+    # "Unknown command line flag 'foo'".
+    text = text.removeprefix("flag ")
+    if text.startswith("--config."):
+        return f"{text}; give a value of the field's type (configs/default.py shows each)"
+    return f"{text}; --helpfull lists the flags"
 
 
 def _override_message(error: BaseException, text: str, argv: list[str]) -> str:

@@ -2,13 +2,13 @@
 top to bottom, and the README's quick start printing what the README shows."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from helpers import device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def run(module, *args, devices=1, **env):
     """`python -m <module> <args>` in a subprocess, on `devices` CPU devices; stdout is a pipe
     (not a terminal), as in CI and in `... > log`."""
-    environ = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    environ = device_env(devices)
     # Not the test session's settings: a user's shell sets none of them.
     for name in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL"):
         environ.pop(name, None)
@@ -42,11 +42,23 @@ CLOSED = "http://127.0.0.1:9"
         (["--config.num_train_step=10"], ["--config.num_train_step", '"num_train_steps"']),
         (["--config.dataset=file"], ["file.path is empty", "--config.file.path="]),
         (
+            ["--config.num_train_steps=ten"],
+            ["--config.num_train_steps=ten", "int()", "'ten'", "the field's type"],
+        ),
+        (["--no_such_flag=1"], ["'no_such_flag'", "--helpfull"]),
+        (
             ["--config.dataset=beauty", "--config.manual_dir="],
             ["cannot download", "beauty.txt", "--config.manual_dir="],
         ),
     ],
-    ids=["missing config file", "misspelt field", "missing file.path", "offline beauty"],
+    ids=[
+        "missing config file",
+        "misspelt field",
+        "missing file.path",
+        "value of the wrong type",
+        "unknown flag",
+        "offline beauty",
+    ],
 )
 def test_config_mistakes_are_told_in_two_lines_with_exit_status_2(tmp_path, flags, expected):
     args = ["--config=configs/tiny.py", f"--workdir={tmp_path / 'work'}"]

@@ -1,22 +1,21 @@
 """Shared test set-up: 8 virtual CPU devices (set before jax is imported), one persistent JAX
-compilation cache for the session and every process it starts, and the real data."""
+compilation cache for the session and every process it starts, the real data, trained workdirs
+built once per run, and the order and grouping of tests for pytest-xdist (`-n 2`)."""
 
+import contextlib
+import json
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 
+from helpers import xla_flags  # imports no jax
+
 # Sharding tests need several devices; on CPU they are simulated. Must precede `import jax`.
-# LLVM's optimisation level 0 for the CPU code XLA emits: the test programs are tiny, so they
-# spend far longer being compiled than running, and many tests run models op by op, each op its
-# own compile (measured: 40 s of CPU instead of 69 s for features_test + models_test). XLA's own
-# passes (fusion, layout) still run; results can differ from the default level's in the last bit
-# (1 ulp after 3 train steps), which only matters across processes: tests that compare this
-# process with a subprocess (which sets its own XLA_FLAGS) compare with tolerances, and bitwise
-# comparisons stay within one process or between subprocesses.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+# Compiled at LLVM -O0 (helpers.xla_flags says why); every process a test starts gets the same
+# flags from helpers.device_env, so bitwise comparisons between processes hold.
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -38,7 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     is compiled once. The cache lives in pytest's cache directory (.pytest_cache/), so later runs
     start warm; entries are keyed by the program, the devices and the jax/jaxlib versions, so a
     stale entry is never used. JAX_COMPILATION_CACHE_DIR set beforehand wins (an empty string
-    turns the cache off)."""
+    turns the cache off). Under pytest-xdist this runs in the controller before it starts the
+    workers, which inherit the variable: one cache for them all. Several processes may write and
+    read one entry at once (JAX writes entries in place, unlocked); a read of an entry being
+    written fails its decompression, which JAX reports as a warning and answers by compiling."""
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
         cache = cache.mkdir("jax_compilation_cache") if cache else None
@@ -65,9 +67,51 @@ def shared_data() -> pathlib.Path:
 
 # ---- Shared trained workdirs ----------------------------------------------------------------
 # Training, even 6 steps of configs/tiny.py, is the expensive part of a test: these runs are
-# trained once per session and shared. They are read-only; a test that changes a workdir (damages
-# it, resumes it, evaluates into it) works on its own copy from helpers.copy_workdir. The helpers
-# are imported inside the fixtures, so that jax is first imported after pytest_configure.
+# trained once per run of pytest, also under pytest-xdist (see `_built_once`), and shared. They are
+# read-only; a test that changes a workdir (damages it, resumes it, evaluates into it) works on its
+# own copy from helpers.copy_workdir. What imports jax (train_lib) is imported inside the
+# fixtures, so that jax is first imported after pytest_configure.
+
+
+@contextlib.contextmanager
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str):
+    """Yields (directory, built): a directory that one process of this pytest run builds and all
+    read. Alone, it is a fresh temporary directory (built=False: build it). Under pytest-xdist,
+    every worker gets `<the run's temporary root>/<name>`: the first to ask builds it while
+    holding a file lock (built=False), and the others wait on the lock and then find it built
+    (built=True). pytest-xdist's documented way to share a session fixture between workers."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield tmp_path_factory.mktemp(name), False
+        return
+    from filelock import FileLock
+
+    directory = tmp_path_factory.getbasetemp().parent / name  # the workers' common parent
+    done = directory / ".built"
+    with FileLock(f"{directory}.lock"):
+        if done.exists():
+            yield directory, True
+            return
+        shutil.rmtree(directory, ignore_errors=True)  # a build that failed part way
+        directory.mkdir()
+        yield directory, False
+        done.touch()  # only once the build returned
+
+
+def _trained_once(tmp_path_factory, name, config_fn, **train_kwargs):
+    """helpers.TinyRun: config_fn(directory) trained in this process with
+    train_lib.train_and_evaluate(config, directory/work, **train_kwargs), once per run."""
+    from helpers import TinyRun
+
+    from bert4rec_jax import train_lib
+
+    with _built_once(tmp_path_factory, name) as (tmp, built):
+        config = config_fn(tmp)  # the same for every worker: it depends on the path alone
+        if not built:
+            results = train_lib.train_and_evaluate(config, str(tmp / "work"), **train_kwargs)
+            # Through JSON for every worker alike (floats stay exact; numpy scalars become float).
+            (tmp / "results.json").write_text(json.dumps(results, default=float))
+        results = json.loads((tmp / "results.json").read_text())
+    return TinyRun(config, tmp / "work", results)
 
 
 @pytest.fixture(scope="session")
@@ -77,23 +121,23 @@ def tiny_finished_run(tmp_path_factory):
     at 3 and 6 (so a `best` checkpoint), test results written. For export, evaluation on other
     device counts, and any test that needs a finished workdir."""
     import jax
-    from helpers import TinyRun, tiny_config
-
-    from bert4rec_jax import train_lib
+    from helpers import tiny_config
 
     assert jax.device_count() == 8
-    tmp = tmp_path_factory.mktemp("tiny_finished")
-    config = tiny_config(
-        tmp,
-        batch_size=24,
-        num_train_steps=6,
-        warmup_steps=2,
-        checkpoint_every_steps=3,
-        **{"eval.every_steps": 3, "eval.protocols": ("pop100", "full")},
-    )
-    results = train_lib.train_and_evaluate(config, str(tmp / "work"))
-    assert results  # a finished run reports test metrics
-    return TinyRun(config, tmp / "work", results)
+
+    def config(tmp):
+        return tiny_config(
+            tmp,
+            batch_size=24,
+            num_train_steps=6,
+            warmup_steps=2,
+            checkpoint_every_steps=3,
+            **{"eval.every_steps": 3, "eval.protocols": ("pop100", "full")},
+        )
+
+    run = _trained_once(tmp_path_factory, "tiny_finished", config)
+    assert run.results  # a finished run reports test metrics
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +146,26 @@ def tiny_stopped_run(tmp_path_factory):
     with checkpoints at 5 and 10 and no validation: a run to resume, damage or refuse. Resume it
     with its own `config` (its data directory is prepared and only read); `checkpointed_config`
     in helpers gives the same config for another data directory."""
-    from helpers import TinyRun, checkpointed_config
+    from helpers import checkpointed_config
 
-    from bert4rec_jax import train_lib
+    run = _trained_once(tmp_path_factory, "tiny_stopped", checkpointed_config, stop_at_step=10)
+    assert run.results == {}
+    return run
 
-    tmp = tmp_path_factory.mktemp("tiny_stopped")
-    config = checkpointed_config(tmp)
-    assert train_lib.train_and_evaluate(config, str(tmp / "work"), stop_at_step=10) == {}
-    return TinyRun(config, tmp / "work", {})
+
+# ---- Order under pytest-xdist --------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by parametrized fixtures
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files that hold a `slow` test first, each file's tests in their order.
+
+    With `-n 2` pytest-xdist hands out whole files (`--dist=loadscope` in setup.cfg: a file's
+    module fixtures, such as a trained run or a reference run, are then built once, on one
+    worker) in this order (`--no-loadscope-reorder`) to whichever worker has little left: the
+    long runs start first and the many short files fill the end, so the two workers finish
+    close together. conftest's own session fixtures are shared between workers by
+    `_built_once`. Without xdist only the order changes.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the file order stays

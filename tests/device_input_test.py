@@ -3,14 +3,13 @@ exact resume through the real train step) and of host batches prefetched to the 
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import random_corpus
+from helpers import device_env, free_port, random_corpus
 from scipy import stats
 
 from bert4rec_jax import input_pipeline, models, optimizer
@@ -423,10 +422,8 @@ np.save(sys.argv[3], rows, allow_pickle=True)
 
 @pytest.mark.slow
 def test_two_processes_draw_their_own_rows_of_the_same_global_batch(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        address = f"localhost:{sock.getsockname()[1]}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    address = f"localhost:{free_port()}"
+    env = device_env(2)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     children = [
         subprocess.Popen(

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -147,7 +148,9 @@ def tpu_vm(verb: str, name: str, args: list[str]) -> int:
 
 
 def free_slurm_job_id() -> int:
-    for offset in range(4096):
+    # In random order: from the first port on, two slices trained side by side (pytest -n 2)
+    # would both pick the lowest free one.
+    for offset in random.sample(range(4096), 4096):
         with socket.socket() as sock:
             try:
                 sock.bind(("", SLURM_PORT_BASE + offset))

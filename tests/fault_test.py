@@ -6,13 +6,12 @@ The kill-and-restart machinery is benchmarks/crash_resume.py's (which does the s
 """
 
 import json
-import os
-import pathlib
 import signal
 
 import jax
 import numpy as np
 import pytest
+from helpers import device_env
 
 from benchmarks import crash_resume
 from bert4rec_jax import checkpointing
@@ -25,10 +24,10 @@ STEPS, EVERY = 24, 2
 def test_sigkilled_run_resumes_to_the_same_bits(tmp_path):
     data_dir = tmp_path / "data"
     crash_resume.prepare_data(data_dir)  # once, so that every start reads the corpus cache
-    # The session's compilation cache (tests/conftest.py): the reference run and every restart
-    # read the programs the other tests compiled, instead of a cache of their own.
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")  # "" = turned off
-    env = crash_resume.subprocess_env(pathlib.Path(cache) if cache else None)
+    # The session's compilation cache (tests/conftest.py, in os.environ): the reference run and
+    # every restart read the programs the other tests compiled, instead of a cache of their own.
+    # All at the same XLA flags, so the bits compare.
+    env = device_env(1)
     overrides = {
         "num_train_steps": STEPS,
         "checkpoint_every_steps": EVERY,

@@ -1,9 +1,13 @@
-"""Helpers shared by test files (imported as `helpers`; pytest puts tests/ on the path)."""
+"""Helpers shared by test files (imported as `helpers`; pytest puts tests/ on the path).
+
+Imports no jax: conftest.py imports it before setting the environment jax reads on import.
+"""
 
 import dataclasses
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -12,6 +16,32 @@ import numpy as np
 
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences
 from configs import tiny
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for the test process and every process a test starts: `devices` simulated CPU
+    devices, and LLVM's optimisation level 0 for the CPU code XLA emits. The test programs are
+    tiny, so they spend far longer being compiled than running (measured: 40 s of CPU instead of
+    69 s for features_test + models_test; a tiny training's start, compiling init, step and
+    rankers, likewise). XLA's own passes (fusion, layout) still run. Results differ from the
+    default level's in the last bit (1 ulp after 3 train steps), so every process of a test that
+    compares bits across processes must get these same flags, which is why they come from here.
+    """
+    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+
+
+def device_env(devices: int, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a process a test starts: `base` (default os.environ, which holds the
+    session's compilation cache) with xla_flags(devices) and `extra`."""
+    return dict(os.environ if base is None else base, XLA_FLAGS=xla_flags(devices), **extra)
+
+
+def free_port() -> int:
+    """A localhost port nothing listens on now (bound, then released), for a coordinator: a
+    fixed port would clash when tests run side by side (pytest -n 2) or a port is taken."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def random_corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
@@ -68,11 +98,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_cli(module: str, *args: str, check: bool = True, timeout: float = 600):
     """Runs one of the package's command lines as a user would, on one CPU device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     out = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=env,
+        env=device_env(1),
         capture_output=True,
         text=True,
         timeout=timeout,

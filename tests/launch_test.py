@@ -23,7 +23,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import free_port, xla_flags
 
+from benchmarks import crash_resume
 from bert4rec_jax import checkpointing
 from bert4rec_jax import workdir as workdir_lib
 
@@ -337,7 +339,7 @@ class Cloud:
             os.environ,
             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             FAKE_GCLOUD_DIR=str(self.root),
-            XLA_FLAGS="--xla_force_host_platform_device_count=1",
+            XLA_FLAGS=xla_flags(1),
             JAX_PLATFORMS="cpu",
         )
 
@@ -401,11 +403,15 @@ def reference(tmp_path_factory):
     SLURM tasks), shared by the tests that compare their final parameters with it."""
     root = tmp_path_factory.mktemp("reference")
     data, workdir = root / "data", root / "work"
+    # Prepared here: process 1 waits for process 0 at a barrier whose gloo set-up times out
+    # after 30 s, which preparing the corpus in process 0 can take on a loaded CPU.
+    crash_resume.prepare_data(data)
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS=xla_flags(1),
         JAX_PLATFORMS="cpu",
         PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        PORT=str(free_port()),  # not the launcher's random pick: tests run side by side
     )
     out = subprocess.run(
         ["bash", "launch/local_multiprocess.sh", "2", *tiny_flags(data, workdir)],
@@ -595,7 +601,7 @@ def _slurm_env(num_tasks):
         "SLURM_NTASKS": str(num_tasks),
         "SLURM_JOB_NODELIST": "localhost",
         "SLURM_SUBMIT_DIR": REPO,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": xla_flags(1),
         "JAX_PLATFORMS": "cpu",
     }
 

@@ -6,14 +6,15 @@ must train the same model as one process of four devices.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from helpers import free_port, xla_flags
 
+from benchmarks import crash_resume
 from bert4rec_jax import checkpointing
 from bert4rec_jax import workdir as workdir_lib
 
@@ -22,16 +23,10 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _run(command, devices_per_process, **env):
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+        XLA_FLAGS=xla_flags(devices_per_process),
         # The launcher runs `python`: this interpreter's, whether or not its venv is active.
         PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
         **env,
@@ -44,10 +39,13 @@ def _run(command, devices_per_process, **env):
 def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
     flags = ["--config=configs/tiny.py", f"--config.data_dir={tmp_path / 'data'}"]
     multi, single = tmp_path / "multi", tmp_path / "single"
+    # Prepared here: process 1 waits for process 0 at a barrier whose gloo set-up times out
+    # after 30 s, which preparing the corpus in process 0 can take on a loaded CPU.
+    crash_resume.prepare_data(tmp_path / "data")
     out = _run(
         ["bash", "launch/local_multiprocess.sh", "2", f"--workdir={multi}", *flags],
         devices_per_process=2,
-        PORT=str(_free_port()),
+        PORT=str(free_port()),
     )
     assert "JAX process 1/2, 2 local / 4 global devices" in out.stderr
     _run(

@@ -5,12 +5,10 @@ The signal tests run real training processes and send them real signals.
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import checkpointed_config, copy_workdir, tiny_config
+from helpers import checkpointed_config, copy_workdir, device_env, free_port, tiny_config
 
 from benchmarks import crash_resume
 from bert4rec_jax import checkpointing, models, preemption, train_lib
@@ -44,7 +42,7 @@ def train_command(workdir, data_dir, *extra):
 
 
 def start(command, log: pathlib.Path, devices: int = 1, env=None) -> subprocess.Popen:
-    env = dict(env or os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = device_env(devices, base=env)
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
@@ -104,7 +102,7 @@ class ShortRun:
         self.root = root
         self.data = root / "data"
         crash_resume.prepare_data(self.data)  # once: no start prepares it while being stopped
-        self.env = crash_resume.subprocess_env(root / "jax_cache")
+        self.env = device_env(1)  # with the session's compilation cache, as every start
         self.workdir = root / "reference"
         self.run(self.workdir, root / "reference.log")
         self.results = json.loads((self.workdir / workdir_lib.RESULTS_FILE).read_text())
@@ -228,12 +226,6 @@ def assert_same_params(workdir_a, workdir_b):
     assert step_a == step_b
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

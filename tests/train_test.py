@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import copy_workdir, tiny_config
+from helpers import copy_workdir, device_env, tiny_config
 from helpers import run_cli as _run_cli
 
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
@@ -380,7 +380,7 @@ def test_training_without_tensorflow_from_a_prepared_corpus(tmp_path):
         f"sys.argv = {argv!r}\n"
         "runpy.run_module('bert4rec_jax.train', run_name='__main__', alter_sys=True)\n"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = device_env(1)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
