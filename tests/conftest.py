@@ -4,6 +4,7 @@ built once per run, and the order and grouping of tests for pytest-xdist (`-n 2`
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -56,6 +57,19 @@ def pytest_configure(config: pytest.Config) -> None:
         jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_absl_log_level():
+    """Each test sees the "absl" logger at a fresh process's level (NOTSET: the root's, which
+    caplog sets). A command run in-process by an earlier test on the same worker can leave it
+    higher (`benchmarks/crash_resume.py`'s main sets ERROR), which hid the INFO records that
+    caplog tests read whenever fault_test had run first on their worker."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.NOTSET)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

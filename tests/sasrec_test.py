@@ -24,6 +24,7 @@ from bert4rec_jax import (
 )
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
 from bert4rec_jax.evaluation.ranking import build_inputs
 
@@ -348,7 +349,7 @@ def test_a_workdir_refuses_another_kind_naming_the_field(tmp_path):
     (workdir / "checkpoints").mkdir(parents=True)
     old = tiny_config(tmp_path)
     del old.model["kind"]  # a run from before model.kind: BERT4Rec
-    checkpointing.save_config(workdir, old)
+    workdir_lib.save_config(workdir, old)
     checkpointing.check_compatible(workdir, tiny_config(tmp_path))  # bert4rec: the same model
     with pytest.raises(checkpointing.CheckpointError, match=re.escape("model.kind='sasrec'")):
         checkpointing.check_compatible(workdir, tiny_config(tmp_path, **{"model.kind": "sasrec"}))
