@@ -761,10 +761,15 @@ def _sampled_scores(
     h32 = h.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     negatives = negatives.astype(jnp.int32)
-    pos = jnp.einsum("bph,bph->bp", h32, table[labels]) + bias[labels]  # [B, P]
+    pos = _own_scores(h32, table, bias, labels)  # [B, P]
     neg = jnp.einsum("bph,nh->bpn", h32, table[negatives]) + bias[negatives]  # [B, P, N]
     hits = labels[..., None] == negatives  # [B, P, N]
     return pos, neg, hits
+
+
+def _own_scores(h32: jax.Array, table: jax.Array, bias: jax.Array, ids: jax.Array) -> jax.Array:
+    """[B, P] float32: each prediction's score of its own item, ids int32 [B, P]."""
+    return jnp.einsum("bph,bph->bp", h32, table[ids]) + bias[ids]
 
 
 def _sampled_correct(pos: jax.Array, neg: jax.Array, hits: jax.Array) -> jax.Array:
@@ -903,8 +908,8 @@ def bce_loss(
     h32 = h.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     negatives = negatives.astype(jnp.int32)
-    pos = jnp.einsum("bph,bph->bp", h32, table[labels]) + bias[labels]  # [B, P]
-    neg = jnp.einsum("bph,bph->bp", h32, table[negatives]) + bias[negatives]  # [B, P]
+    pos = _own_scores(h32, table, bias, labels)  # [B, P]
+    neg = _own_scores(h32, table, bias, negatives)  # [B, P]
     hit = negatives == labels  # [B, P]
     loss = jax.nn.softplus(-pos) + jnp.where(hit, 0.0, jax.nn.softplus(neg))
     return _sums(weights, loss, hit | (pos > neg))

@@ -317,6 +317,12 @@ class Recommender:
     def num_items(self) -> int:
         return int(self.manifest["num_items"])
 
+    def _look_up_sorted(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dense ids, found) [n] each for a 1-D numpy array of raw ids of the vocabulary's kind,
+        by binary search in the sorted raw ids; an unknown id's dense id is meaningless."""
+        at = np.minimum(np.searchsorted(self._sorted_raw, raw), len(self._sorted_raw) - 1)
+        return self._sorted_order[at], self._sorted_raw[at] == raw
+
     def _dense_ids(self, history: Any, where: str, strict: bool) -> tuple[np.ndarray, list[Any]]:
         """(dense ids int32 of the known items in order, the unknown raw ids)."""
         if isinstance(history, str | bytes) or not isinstance(history, collections.abc.Iterable):
@@ -330,11 +336,8 @@ class Recommender:
             and history.ndim == 1
             and history.dtype.kind in vocab_kind
         ):
-            # Vectorised: binary search in the sorted raw ids.
-            at = np.searchsorted(self._sorted_raw, history)
-            at = np.minimum(at, len(self._sorted_raw) - 1)
-            found = self._sorted_raw[at] == history
-            dense = self._sorted_order[at[found]].astype(np.int32)
+            dense, found = self._look_up_sorted(history)
+            dense = dense[found].astype(np.int32)
             unknown = history[~found].tolist()
         else:
             dense_list, unknown = [], []
@@ -446,10 +449,7 @@ class Recommender:
                 return None
             dense_all, found = looked_up  # [total] each
         else:
-            # The same binary search as `_dense_ids`, over the whole chunk at once.
-            at = np.minimum(np.searchsorted(self._sorted_raw, flat), len(self._sorted_raw) - 1)
-            found = self._sorted_raw[at] == flat  # [total]
-            dense_all = self._sorted_order[at]  # [total]
+            dense_all, found = self._look_up_sorted(flat)  # the whole chunk at once
         row_of = np.repeat(np.arange(len(histories)), lengths)  # [total]
         unknown = np.bincount(row_of[~found], minlength=len(histories)).astype(np.int64)
         known = lengths - unknown
