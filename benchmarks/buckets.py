@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from bert4rec_jax import input_pipeline, losses, sharding  # noqa: E402
+from bert4rec_jax import cloze, input_pipeline, losses, sharding  # noqa: E402
 from bert4rec_jax.datasets.corpus import leave_one_out  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def padding_table(instances: input_pipeline.TrainingInstances, g: int) -> None:
     windows = flat.instance_windows(indices, 0)
     lengths = flat.windows.lengths[windows].astype(np.int64)
     last = indices >= flat.num_masked_rows
-    slots = np.where(last, 1, input_pipeline.num_masked(lengths, config))
+    slots = np.where(last, 1, cloze.num_masked(lengths, config))
     spe = len(indices) // g
     rows = {"no buckets": (spe * g * config.max_len, spe * g * config.max_predictions)}
     buckets = instances.batch_buckets(0, g)

@@ -198,7 +198,7 @@ class Workload:
       split_mode: the config's split_mode.
       shape: the train step's shape.
       hidden_dropout: the config's model.hidden_dropout.
-      input: the fields of `input_pipeline.InputConfig` (`input_config()` builds it).
+      input: the fields of `cloze.InputConfig` (`input_config()` builds it).
     """
 
     users: int
@@ -211,10 +211,10 @@ class Workload:
     input: dict
 
     def input_config(self):
-        """The recipe's `input_pipeline.InputConfig` (TensorFlow is not imported for it)."""
-        from bert4rec_jax import input_pipeline
+        """The recipe's `cloze.InputConfig`."""
+        from bert4rec_jax import cloze
 
-        return input_pipeline.InputConfig(**self.input)
+        return cloze.InputConfig(**self.input)
 
 
 WORKLOADS = {

@@ -59,7 +59,7 @@ def _ml1m_like(seed: int = 0):
 
 
 def _workload(name: str, beauty_path: pathlib.Path):
-    from bert4rec_jax.input_pipeline import InputConfig
+    from bert4rec_jax.cloze import InputConfig
 
     if name == "beauty":
         config = InputConfig(

@@ -35,13 +35,13 @@ flags.mark_flags_as_required(["workdir", "config"])
 
 def popularity_level(config) -> float:
     """Entropy (nats) of epoch 0's weighted training labels: the context-free loss floor."""
-    from bert4rec_jax import experiment, input_pipeline
+    from bert4rec_jax import cloze, experiment, input_pipeline
     from bert4rec_jax.datasets.corpus import leave_one_out
 
     corpus = experiment.load_data(config)
     split = leave_one_out(corpus, config.split_mode)
     instances = input_pipeline.TrainingInstances(
-        corpus, split, input_pipeline.InputConfig.from_config(config)
+        corpus, split, cloze.InputConfig.from_config(config)
     )
     rows = instances.epoch_arrays(0)
     mass = np.bincount(rows["labels"].ravel(), weights=rows["weights"].ravel())

@@ -1,72 +1,9 @@
-"""The device input path: training batches drawn on the devices (`input.pipeline="device"`).
+"""The device input path (`input.pipeline="device"`): training batches drawn on the devices.
 
-The tf.data path (`input_pipeline`, the default) builds every batch on the host and copies it to
-the devices each step. Here the corpus's flat arrays go to every device once, replicated:
-`corpus.items` (int32, 4 bytes per interaction) and the training windows' starts and lengths
-(8 bytes per window). Each step's batch is then drawn on the devices with `jax.random`, beside the
-jitted train step (`DeviceInput.batch`) or inside it (`DeviceInput.jit_fused_step`); the host only
-dispatches. Keep "tf.data" for corpora that do not fit in device memory beside the model.
-
-The rules are the tf.data path's (see `input_pipeline`'s docstring); what differs is stated here.
-
-1. Windows: the same, from `input_pipeline.make_windows` (W windows).
-2. Instances: numbered as in a tf.data epoch. With C masked copies per window (`dupe_factor`, or 1
-   with `fresh_masks`) and L = 1 mask-last copy per window when `mask_last_copy` (else 0), there
-   are I = W * (C + L) instances; instance i < W * C is masked copy i // W of window i % W, and
-   instance W * C + w is the mask-last copy of window w. With `mask_last_share` > 0 there are
-   M mask-last instances instead of W (`InputConfig.num_mask_last`), I = W * C + M.
-3. Distribution: every row of every step draws its instance uniformly from [0, I), independently
-   of every other row and step (sampling with replacement; there are no epochs). So each row's
-   window is uniform over the W windows and it is a mask-last row with probability L / (C + L),
-   exactly the distribution of a row of a tf.data batch. The only difference: a tf.data epoch
-   takes each instance exactly once (without replacement), here an instance is seen Poisson(1)
-   times per I rows. With `mask_last_share` > 0 a row is mask-last with probability M / I, as
-   in a tf.data epoch, and its window is then drawn uniformly over the W windows from four more
-   words (tf.data's per-epoch rotation of mask-last windows has no meaning without epochs); its
-   'instance' is reported as W * C + window. (Uniform by rejection from four 32-bit words:
-   exact unless all four are rejected, probability below (I / 2^32)^4, e.g. 1e-11 for ML-20M's
-   ~3M instances.)
-4. Masks: k = min(P, max(1, round_half_away(n * mask_prob))) for a window of n items (a table
-   built by `input_pipeline.num_masked`), the k positions uniform without replacement among the n
-   real positions: the k largest of n random 31-bit keys (a tie, probability below n^2 / 2^32 per
-   row, goes to the lower position). Positions ascending, padded with 0. "mask" writes [MASK];
-   "bert" writes [MASK] with probability 0.8, a random item 0.1 (a 32-bit word modulo the item
-   count: uniform up to a relative bias below items / 2^32), the item itself 0.1. A mask-last
-   row masks only its last item, with [MASK], and its prediction weighs `mask_last_weight`.
-5. Fixed or fresh masks: with `fresh_masks` a masked row's mask comes from the row's own words,
-   so it is new at every draw. Without (the paper's `dupe_factor` fixed copies), the mask of
-   instance i (copy i // W of window i % W) comes from fold_in(fixed_key, i) alone, so every draw
-   of that instance carries the same mask: the fixed copies are emulated, with nothing stored
-   (the same distribution as tf.data's copies, not the same masks, which tf.data draws with numpy).
-6. Keys and processes: global row r of step s draws from fold_in(fold_in(rows_key, s), r), both
-   keys derived from `seed`. Each device draws only the rows it holds (`shard_map` over the
-   mesh's data axis), so each process draws only its own rows and the global batch depends on
-   (seed, step) alone: not on the number of devices or processes, nor on the batch size (row r
-   is the same in a larger batch), and a resumed run gets exactly the batches an uninterrupted
-   one would.
-
-7. Length buckets (`input.buckets`; see `input_pipeline`'s docstring for the shapes). There are
-   no epochs to regroup here, so the distribution of a row is kept instead: step s draws its
-   bucket k on the host from (seed, s) with probability W_k / W (W_k windows of bucket k), and
-   then every row of the step draws as above but with its window uniform over bucket k's W_k
-   windows (from four more words): a masked row takes copy v // W of it, v uniform in [0, I)
-   deciding as before whether the row is mask-last. A row is then instance i with probability
-   1 / I, as without buckets, and an instance carries the same fixed mask (its words depend on i
-   alone and are laid out for N positions and P slots whatever the bucket, so a bucketed row is
-   the unbucketed row of that instance cut to the bucket's shape). The host picks the step's
-   compiled program (one per bucket shape).
-
-8. Next-item rows (`model.kind="sasrec"`, `InputConfig.next_item`): a row draws its window
-   uniformly (from four words; within its step's bucket with buckets) and is built as the tf.data
-   path builds it: ids = the window but its last item, labels = the ids shifted left by one,
-   a prediction at every position, weight 0 on padding. No masks, so nothing else is drawn.
-
-Output: the tf.data path's dict as global arrays split over the data axis: 'ids' int32 [G, N],
-'positions' int32 [G, P], 'labels' int32 [G, P], 'weights' float32 [G, P]; with `with_users`
-(user features) also 'users' int32 [G], each row's user row (corpus user + 1).
-
-This module imports no TensorFlow (nor does anything it imports), so it runs on bare accelerator
-images.
+The corpus's flat arrays go to every device once, replicated, and each step's batch is drawn there
+with `jax.random` by the rules of `cloze`, beside the jitted train step or inside it; the host only
+dispatches. README "Input pipeline" compares it with tf.data; how it draws is written beside
+`_draw_rows`. Imports no TensorFlow, so it runs on bare accelerator images.
 """
 
 from __future__ import annotations
@@ -82,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from bert4rec_jax import input_pipeline
+from bert4rec_jax import cloze
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
 
@@ -105,7 +42,7 @@ _INT32_LIMIT = 2**31 - 1
 class _Spec:
     """Everything static about a draw; hashable, so equal sources share one compiled program."""
 
-    config: input_pipeline.InputConfig
+    config: cloze.InputConfig
     mesh: Mesh
     global_batch_size: int
     num_windows: int
@@ -144,7 +81,7 @@ class DeviceInput:
         self,
         corpus: Corpus,
         split: Split,
-        config: input_pipeline.InputConfig,
+        config: cloze.InputConfig,
         global_batch_size: int,
         mesh: Mesh,
         *,
@@ -166,7 +103,7 @@ class DeviceInput:
             has a training item; when the corpus is too large for int32 indices.
         """
         sharding_lib.check_batch_size("batch_size", global_batch_size, mesh)
-        windows = input_pipeline.make_windows(
+        windows = cloze.make_windows(
             corpus, split, config.window_len, config.sliding_step, config.min_window
         )
         if not len(windows):
@@ -199,10 +136,8 @@ class DeviceInput:
             "items": corpus.items.astype(np.int32),
             "starts": windows.starts.astype(np.int32),
             "lengths": windows.lengths.astype(np.int32),
-            # Row n: k for a window of n items, computed by the tf.data path's own function.
-            "num_masked": input_pipeline.num_masked(np.arange(config.max_len + 1), config).astype(
-                np.int32
-            ),
+            # Row n: k for a window of n items, the rule the tf.data path follows too.
+            "num_masked": cloze.num_masked(np.arange(config.max_len + 1), config).astype(np.int32),
         }
         if with_users:
             host["window_users"] = (windows.users + 1).astype(np.int32)  # [W] user rows
@@ -230,7 +165,11 @@ class DeviceInput:
 
     def bucket(self, step: int) -> int | None:
         """The bucket of a step's batch, drawn on the host from (seed, step); None without
-        buckets."""
+        buckets.
+
+        Bucket k has probability W_k / W (its windows among all), which keeps every row's
+        distribution that of an unbucketed row; the host picks the step's compiled program.
+        """
         if self._bucket_cdf is None:
             return None
         entropy = [self.config.seed, _INPUT_STREAM, _BUCKET_STREAM, int(step)]
@@ -329,7 +268,12 @@ def _jitted_draw(spec: _Spec) -> Callable[[dict[str, jax.Array], Any], Batch]:
 
 
 def _draw(spec: _Spec, arrays: dict[str, jax.Array], step) -> Batch:
-    """Every device draws the global rows it holds: [G / D] rows on each of D devices."""
+    """Every device draws the global rows it holds: [G / D] rows on each of D devices.
+
+    Global row r of step s draws from fold_in(fold_in(rows_key, s), r), keys derived from the
+    seed, so the global batch depends on (seed, step) alone: not on the device or process count,
+    nor on the batch size (row r is the same in a larger batch), and resuming is exact.
+    """
     local_rows = spec.global_batch_size // sharding_lib.data_parallelism(spec.mesh)
 
     def draw_shard(arrays, step):
@@ -373,6 +317,30 @@ def _draw_rows(
 ) -> Batch:
     """The rows numbered `rows` (int32 [R]) of step `step`'s global batch, with 'instance' [R].
 
+    The instances are numbered as in a tf.data epoch (`cloze.InputConfig.num_instances`: I of
+    them, W windows, C masked copies each). Every row draws its instance uniformly from [0, I),
+    independently of every other row and step (with replacement; there are no epochs), so its
+    window is uniform and it is mask-last with the tf.data epoch's probability; an instance is
+    seen Poisson(1) times per I rows instead of exactly once. With a `mask_last_share` a
+    mask-last row's window is drawn uniformly from four more words (tf.data's per-epoch rotation
+    has no meaning without epochs) and its instance reported as W * C + window. Uniform draws
+    are by rejection from four 32-bit words (`_uniform_below`).
+
+    Masks: k = `cloze.num_masked` of the window's n items, the k positions the k largest of n
+    random 31-bit keys (a tie, probability below n^2 / 2^32 per row, goes to the lower
+    position), ascending, padded with 0. "bert" writes [MASK] with probability 0.8, a random
+    item 0.1 (a 32-bit word modulo the item count: a relative bias below items / 2^32), the item
+    itself 0.1. A mask-last row masks its last item with [MASK], weighing `mask_last_weight`.
+    With `fresh_masks` a row's mask comes from its own words, new at every draw; without (the
+    paper's fixed copies) instance i's mask comes from fold_in(fixed_key, i) alone, so every
+    draw of it carries the same mask: the copies are emulated with nothing stored (the same
+    distribution as tf.data's copies, not the same masks).
+
+    With buckets (the step's bucket k drawn by `DeviceInput.bucket`) the window is uniform over
+    bucket k's W_k windows and a masked row takes copy v // W of it, v uniform in [0, I): each
+    instance stays equally likely and keeps its fixed mask, since its words are laid out for N
+    positions and P slots whatever the bucket (a bucketed row is the unbucketed row cut).
+
     Every random number of a row comes from at most two calls of the generator (each call site
     costs compile time): the row's words (its instance, and with fresh masks its mask), and with
     fixed masks the words of its instance's mask.
@@ -391,7 +359,6 @@ def _draw_rows(
     mask_words = n_words + (2 * p_words if bert else 0)
     step_key = jax.random.fold_in(_key(config.seed, _ROWS_STREAM), step)
     fixed_key = _key(config.seed, _FIXED_MASKS_STREAM)
-    offsets = jnp.arange(n_max, dtype=jnp.int32)
     slots = jnp.arange(p_max, dtype=jnp.int32)
 
     # With a mask-last share, a mask-last row's window is drawn from words of its own. The word
@@ -422,10 +389,8 @@ def _draw_rows(
         else:  # a fixed copy: its mask depends on the instance (copy, window) only
             words = jax.random.bits(jax.random.fold_in(fixed_key, instance), (mask_words,))
 
-        start = arrays["starts"][window]
         n = arrays["lengths"][window]
-        real = offsets < n  # [N]; items first, then padding
-        ids = jnp.where(real, arrays["items"][start + jnp.minimum(offsets, n - 1)], PAD_ID)
+        ids, real = cloze.window_items(arrays["items"], arrays["starts"][window], n, n_max, jnp)
 
         k = jnp.where(is_last, 1, arrays["num_masked"][n])
         used = slots < k  # [P]
@@ -473,11 +438,12 @@ def _draw_rows(
 def _draw_next_item_rows(
     spec: _Spec, arrays: dict[str, jax.Array], step: jax.Array, rows: jax.Array
 ) -> Batch:
-    """`_draw_rows` for next-item instances (module docstring, 8.); 'instance' is the window."""
+    """`_draw_rows` for next-item rows: a row draws its window uniformly (from four words; within
+    its step's bucket with buckets) and is built by `cloze.next_item_rows`. No masks, so nothing
+    else is drawn; 'instance' is the window."""
     config = spec.config
     n_max, _ = config.bucket_shape(spec.bucket)
     step_key = jax.random.fold_in(_key(config.seed, _ROWS_STREAM), step)
-    offsets = jnp.arange(n_max, dtype=jnp.int32)
 
     def row(r):
         words = jax.random.bits(jax.random.fold_in(step_key, r), (_INSTANCE_WORDS,))  # uint32
@@ -486,17 +452,9 @@ def _draw_next_item_rows(
             window = arrays["bucket_windows"][spec.bucket, local]
         else:
             window = _uniform_below(words, spec.num_windows)
-        start = arrays["starts"][window]
-        n = arrays["lengths"][window] - 1  # inputs: every item but the last
-        real = offsets < n  # [N]
-        gather = start + jnp.minimum(offsets, n - 1)  # [N]
-        out = {
-            "ids": jnp.where(real, arrays["items"][gather], PAD_ID),
-            "positions": offsets,
-            "labels": jnp.where(real, arrays["items"][gather + 1], PAD_ID),
-            "weights": real.astype(jnp.float32),
-            "instance": window,
-        }
+        lengths = arrays["lengths"][window]
+        out = cloze.next_item_rows(arrays["items"], arrays["starts"][window], lengths, n_max, jnp)
+        out["instance"] = window
         if spec.with_users:
             out["users"] = arrays["window_users"][window]
         return out

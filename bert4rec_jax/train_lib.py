@@ -20,6 +20,7 @@ from absl import logging
 
 from bert4rec_jax import (
     checkpointing,
+    cloze,
     device_input,
     evaluation,
     experiment,
@@ -51,7 +52,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     experiment.check_config(config)
     # Every process holds as many devices, so a multiple of the devices splits over processes.
     sharding_lib.check_batch_size("batch_size", config.batch_size, mesh)
-    input_pipeline.InputConfig.from_config(config)
+    cloze.InputConfig.from_config(config)
     losses.LossConfig.from_config(config)
     if config.num_train_steps <= 0:
         raise ValueError(f"num_train_steps={config.num_train_steps!r}: must be positive")
@@ -174,7 +175,7 @@ def train_and_evaluate(
             config.eval.every_steps,
             config.split_mode,
         )
-    input_config = input_pipeline.InputConfig.from_config(config)
+    input_config = cloze.InputConfig.from_config(config)
     workdir = workdir_lib.absolute(workdir)
 
     if start_afresh:
@@ -216,7 +217,7 @@ def train_and_evaluate(
                 "Training steps %d..%d, %d instances per epoch, %s input, %s on %d devices",
                 start,
                 total,
-                input_pipeline.num_instances(exp.corpus, exp.split, input_config),
+                cloze.num_instances(exp.corpus, exp.split, input_config),
                 input_config.pipeline,
                 jax.devices()[0].platform,
                 len(jax.devices()),
@@ -314,7 +315,7 @@ def _stopped_before_training() -> bool:
 
 def _step_fn(
     exp: experiment.Experiment,
-    input_config: input_pipeline.InputConfig,
+    input_config: cloze.InputConfig,
     config: ml_collections.ConfigDict,
     state: train_step_lib.TrainState,
     mesh: jax.sharding.Mesh,

@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     # mask_replacement, mask_last_*). Any loss.type works; "bce" is the original SASRec's.
     c.model.kind = "bert4rec"
 
-    # ---- Loss (bert4rec_jax/losses.py) -------------------------------------------------------
+    # ---- Loss (bert4rec_jax/losses/) ---------------------------------------------------------
     c.loss = ml_collections.ConfigDict()
     # "full": softmax over the [batch, predictions, items] logits; "chunked": the same loss,
     # streamed over item chunks (memory independent of the catalogue size); "sampled_softmax" or

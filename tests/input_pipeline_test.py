@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import random_corpus
 
-from bert4rec_jax import input_pipeline
+from bert4rec_jax import cloze, input_pipeline
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
 from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
 
@@ -83,9 +83,7 @@ def test_windows_small():
 
 
 def test_round_half_away_from_zero():
-    got = input_pipeline.round_half_away(
-        np.array([0.0, 0.5, 1.5, 2.5, 2.4999, 0.49999999999999994])
-    )
+    got = cloze.round_half_away(np.array([0.0, 0.5, 1.5, 2.5, 2.4999, 0.49999999999999994]))
     np.testing.assert_array_equal(got, [0, 1, 2, 3, 2, 0])
     config = InputConfig(max_len=50, mask_prob=0.5, max_predictions=4)
     np.testing.assert_array_equal(
@@ -283,7 +281,7 @@ def test_held_out_items_never_train(mode):
     rows = instances.epoch_arrays(0, with_users=True)
     place = np.empty(corpus.num_items + 2, dtype=np.int64)
     place[corpus.items] = np.arange(corpus.num_interactions)
-    users = np.broadcast_to(rows["users"][:, None], rows["ids"].shape)
+    users = np.broadcast_to(rows["users"][:, None] - 1, rows["ids"].shape)  # user rows -> users
     for key in ("ids", "labels"):
         items = rows[key]
         real = (items != 0) & (items != corpus.mask_id)

@@ -134,7 +134,7 @@ class EvalConfig:
             num_valid_users=int(e.num_valid_users),
             metric=str(e.metric),
             early_stopping_patience=int(e.early_stopping_patience),
-            # The training buckets (validated by input_pipeline.InputConfig); older configs
+            # The training buckets (validated by cloze.InputConfig); older configs
             # have none.
             buckets=tuple(int(b) for b in config.input.get("buckets", ())),
             append_mask=config.model.get("kind", "bert4rec") != "sasrec",
