@@ -170,16 +170,63 @@ def tiny_stopped_run(tmp_path_factory):
 # ---- Order under pytest-xdist --------------------------------------------------------------
 
 
-@pytest.hookimpl(trylast=True)  # after pytest's own reordering by parametrized fixtures
+# Rough seconds each file's tests take on the 2-core CPU (summed over the file, empty
+# compilation cache): (its tests not marked slow, its slow tests). Only the ranking matters; a
+# file missing here counts a second per test. Taken from clean-clone runs of `pytest -n 2`
+# (--durations); refresh them when a file's cost changes much.
+FILE_SECONDS = {
+    "preemption_test.py": (25, 160),
+    "launch_test.py": (10, 140),
+    "train_test.py": (20, 140),
+    "sasrec_test.py": (30, 100),
+    "serving_test.py": (0, 60),
+    "fault_test.py": (0, 55),
+    "cli_test.py": (15, 35),
+    "export_test.py": (12, 40),
+    "device_input_test.py": (20, 40),
+    "multiprocess_test.py": (0, 45),
+    "sharding_test.py": (8, 25),
+    "losses_test.py": (12, 20),
+    "custom_data_test.py": (5, 15),
+    "features_test.py": (25, 0),
+    "evaluation_test.py": (15, 0),
+    "models_test.py": (12, 0),
+    "input_pipeline_test.py": (10, 0),
+    "datasets_test.py": (8, 0),
+    "optimizer_test.py": (6, 0),
+    "interactions_test.py": (5, 0),
+    "corpus_test.py": (5, 0),
+    "readers_test.py": (3, 0),
+    "prepared_test.py": (2, 0),
+    "workdir_test.py": (1, 0),
+    "configs_test.py": (1, 0),
+}
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection and pytest's own reordering
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The files that hold a `slow` test first, each file's tests in their order.
+    """The selected files from the longest to the shortest (FILE_SECONDS), each file's tests in
+    their order.
 
     With `-n 2` pytest-xdist hands out whole files (`--dist=loadscope` in setup.cfg: a file's
     module fixtures, such as a trained run or a reference run, are then built once, on one
     worker) in this order (`--no-loadscope-reorder`) to whichever worker has little left: the
-    long runs start first and the many short files fill the end, so the two workers finish
-    close together. conftest's own session fixtures are shared between workers by
+    long files start first and the short ones fill the end, so the two workers finish close
+    together rather than one running a long file alone at the end. A file's cost counts only
+    the kinds of its tests that were selected, so `-m "not slow"` (the quick loop) is ordered by
+    its own long files. conftest's own session fixtures are shared between workers by
     `_built_once`. Without xdist only the order changes.
     """
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: the file order stays
+    kinds: dict[pathlib.Path, set[bool]] = {}
+    counts: dict[pathlib.Path, int] = {}
+    for item in items:
+        kinds.setdefault(item.path, set()).add(item.get_closest_marker("slow") is not None)
+        counts[item.path] = counts.get(item.path, 0) + 1
+
+    def cost(path: pathlib.Path) -> float:
+        if path.name not in FILE_SECONDS:
+            return counts[path]
+        fast, slow = FILE_SECONDS[path.name]
+        return (fast if False in kinds[path] else 0) + (slow if True in kinds[path] else 0)
+
+    items.sort(key=lambda item: -cost(item.path))  # stable: each file's tests keep their order
