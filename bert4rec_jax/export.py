@@ -1,48 +1,10 @@
-"""Checkpoint -> serving artifact: a jax.export function, a TF SavedModel, the item vocabulary.
+"""Checkpoint -> serving artifact: jax.export functions, a TF SavedModel, the item vocabulary.
 
     python -m bert4rec_jax.export --workdir=/tmp/bert4rec --output=/tmp/bert4rec_export
-    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
 
-The artifact (layout in `artifact.py`) serves two functions, each in two serialisations (jax.export
-and a TF SavedModel signature):
-
-    serve(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
-        -> (item_ids int32 [b, top_k], scores float32 [b, top_k])
-    encode(params, history int32 [b, s], users int32 [b]) -> user_vectors float32 [b, hidden + 1]
-
-`history` holds a user's WHOLE history as dense item ids (1..num_items), oldest first, padded at
-the end with 0; ids outside 1..num_items count as padding. Its length s is symbolic, like the
-batch size b: any s >= 1 runs without exporting again. The encoder reads the last max_len - 1
-known items, followed by [MASK] (as evaluation does, `evaluation.ranking.build_inputs`), and
-(a left-to-right model, `model.kind="sasrec"`, reads the last max_len known items and is scored
-at the last one, with no [MASK]), and
-every item of the history, however old, is excluded from the top-k of rows with `exclude_seen`
-(its score becomes -inf, so such items only appear, last, when fewer than top_k others exist).
-Padding and [MASK] are never returned. `users` holds user rows (row 0 = an unknown user; the
-artifact's users.npy maps raw user ids to rows): read only by models with `model.user_features`,
-ignored (pass zeros) otherwise. Raw ids (integers or strings) cannot enter XLA, so the raw <->
-dense mapping is the vocabularies' job, done by `recommend.Recommender` (or by the client).
-
-`encode`'s vector u and the item vectors [item_embeddings[i], output_bias[i]] (i = 1..num_items)
-give the model's score of item i as their dot product: the bias is folded in as a last coordinate
-of value 1, so maximum-inner-product search over the item vectors is exact top-k retrieval.
-
-Why a symbolic-length history rather than a separate seen-items input: one array carries
-everything the model needs, so a client cannot pass a window and a seen list that disagree, and
-it does not need to know max_len to cut the window itself.
-The window is min(s, max_len - 1) items wide (symbolic too): padding at the end changes no
-output of the encoder, so a batch of short histories padded to a short s costs what it is long
-(`recommend.Recommender` batches histories shortest first for this).
-
-The parameters are the function's first input, stored beside it (item_embeddings.npy,
-output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
-stays small (~50 KB) whatever the catalogue; a large item table (say 10M items x 64) never meets
-the 2 GB protobuf limit of a TF graph, where jax2tf would embed constants; XLA does not
-constant-fold megabytes of weights at load; and the SavedModel holds them as tf.Variables, as TF
-Serving expects. The manifest's checksums keep function and parameters together.
-
-Exports are topology-free: parameters are restored onto one device whatever mesh trained them, and
-the function is lowered for CPU, CUDA and TPU (`--platforms`) on whatever machine exports.
+The two functions (`serve`: whole histories -> top-k dense ids and scores; `encode`: -> user
+vectors for maximum-inner-product search) and their signatures are in the README's "Export and
+serve"; the directory's layout in `artifact.py`; raw ids are mapped by `recommend`.
 """
 
 from __future__ import annotations
@@ -63,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact, cli, models
+from bert4rec_jax import artifact, cli, models, scoring
 
 if TYPE_CHECKING:
     import ml_collections
@@ -93,58 +55,14 @@ def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
     return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None), model.tables)
 
 
-def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-    """Whole histories -> the encoder's input: the last max_len - 1 known items, then [MASK].
-
-    A left-to-right model (`model.kind="sasrec"`) gets the last max_len known items and no
-    [MASK]; its `mask_pos` is the window's last item (0 for a history with no known item).
-
-    Returns:
-      inputs(history int32 [b, s]) -> (ids int32 [b, min(s, max_len - 1) + 1], mask_pos int32
-      [b]); ids is the window oldest first, [MASK] right after its last item, padded at the end
-      with 0 (the layout of `build_inputs`); SASRec: [b, min(s, max_len)], no [MASK]. Unknown
-      entries (outside 1..num_items) anywhere in the history are skipped, not counted as items.
-      A short s gives a short window: padding at the end changes no output of the encoder
-      (padded keys get no attention weight and the positions are absolute), so a batch of short
-      histories costs what its length costs.
-    """
-    num_items = model.config.vocab_size - 2
-    mask_id = model.config.mask_id
-    max_width = model.config.history_length
-    append_mask = not model.config.causal
-
-    def inputs(history):
-        b, s = history.shape
-        # min(s, history_length), also when s is symbolic (then it is part of the exported shape).
-        width = jax.core.min_dim(s, max_width)
-        known = (history >= 1) & (history <= num_items)  # [b, s]
-        rank = jnp.cumsum(known, axis=1, dtype=jnp.int32)  # [b, s]: 1-based among known items
-        total = rank[:, -1:]  # [b, 1] known items in the history
-        start = jnp.maximum(total - width, 0)  # [b, 1] known items left of the window
-        pos = rank - 1 - start  # [b, s]: where each known item lands in the window
-        pos = jnp.where(known & (pos >= 0), pos, width)  # everything else to a spare column
-        rows = jnp.arange(b)[:, None]
-        window = jnp.zeros((b, width + 1), jnp.int32).at[rows, pos].set(history, mode="drop")
-        if not append_mask:  # the spare column dropped; scored at the window's last item
-            last = jnp.maximum(jnp.minimum(total[:, 0], width) - 1, 0)  # [b]
-            return window[:, :width].astype(jnp.int32), last.astype(jnp.int32)
-        columns = jnp.arange(width + 1)[None, :]  # [1, width + 1]
-        window = jnp.where(columns == width, models.PAD_ID, window)  # the spare column cleared
-        mask_pos = jnp.minimum(total[:, 0], width)  # [b]: right after the window's last item
-        ids = jnp.where(columns == mask_pos[:, None], mask_id, window)  # [b, width + 1]
-        return ids.astype(jnp.int32), mask_pos.astype(jnp.int32)
-
-    return inputs
-
-
 def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
     """encode(params, history [b, s], users [b]) -> float32 [b, hidden + 1]: [h, 1].
 
     With item vectors [E[i], bias[i]], u . item = h . E[i] + bias[i], the model's score.
     """
     # Only the [MASK] row is read, so the last block runs for that row alone.
-    fns = models.scoring_fns(model, last_block_at_mask=True)
-    inputs = model_inputs(model)
+    fns = scoring.scoring_fns(model, last_block_at_mask=True)
+    inputs = scoring.model_inputs(model)
     uses_users = bool(model.config.user_features)
 
     def encode(params, history, users):
@@ -162,14 +80,14 @@ def scores_fn(model: models.BERT4Rec) -> ServeFn:
     """The scores of every item for a batch of whole histories.
 
     Args:
-      model: the model (its `scoring_fns` do the work, as in evaluation).
+      model: the model (its `scoring.scoring_fns` do the work, as in evaluation).
 
     Returns:
       scores(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
       -> float32 [b, num_items], column j scoring dense item j + 1; -inf where exclude_seen and
       the item is anywhere in the history.
     """
-    fns = models.scoring_fns(model)
+    fns = scoring.scoring_fns(model)
     encode = user_vectors_fn(model)
     num_items = model.config.vocab_size - 2
 
@@ -208,7 +126,17 @@ def serving_fn(model: models.BERT4Rec, top_k: int) -> ServeFn:
 
 
 def input_specs(params: Any) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
-    """Abstract (params, history [b, s], users [b], exclude_seen [b]); b and s are symbolic."""
+    """Abstract (params, history [b, s], users [b], exclude_seen [b]); b and s are symbolic.
+
+    The history is the user's WHOLE history, of symbolic length: one array carries everything
+    the model needs, so a client cannot pass a window and a seen list that disagree, nor needs
+    max_len to cut the window. The parameters are the first input, not constants baked in: the
+    serialised module stays small (~50 KB) whatever the catalogue, a large item table never
+    meets the 2 GB protobuf limit of a TF graph (where jax2tf would embed constants), XLA does
+    not constant-fold megabytes of weights at load, and the SavedModel holds them as
+    tf.Variables, as TF Serving expects; the manifest's checksums keep function and parameters
+    together.
+    """
     b, s = jax.export.symbolic_shape("b, s")
     return (
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params),
@@ -470,7 +398,7 @@ def export_model(
             f"{output} exists and is not empty; pass overwrite=True to replace it"
         )
 
-    width = cfg.history_length
+    width = scoring.history_length(cfg.max_len, scoring.appends_mask(cfg.kind))
     tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -592,7 +520,9 @@ def export_workdir(
 
     workdir, config = workdir_lib.open_run(workdir, data_dir=data_dir, manual_dir=manual_dir)
     exp = experiment.Experiment.from_config(config)
-    # Rows a sharded run padded its item table with are dropped: the artifact is mesh-free.
+    # Exports are topology-free: the parameters come back onto one device whatever mesh trained
+    # them (rows a sharded run padded its item table with are dropped), and the functions are
+    # lowered for every platform in `platforms` on whatever machine exports.
     params, step = checkpointing.restore_params(
         workdir, checkpoint, vocab_size=exp.corpus.vocab_size
     )

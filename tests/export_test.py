@@ -14,7 +14,7 @@ from helpers import run_cli
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
 from bert4rec_jax.datasets import readers
-from bert4rec_jax.evaluation.ranking import build_inputs
+from bert4rec_jax.scoring import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ ranking.py     inputs, the jitted rankers on the mesh, `EvalConfig` and the `Eva
 
 from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
 from bert4rec_jax.evaluation.metrics import format_table, ranking_metrics
-from bert4rec_jax.evaluation.ranking import EvalConfig, Evaluator, popularity_fns
+from bert4rec_jax.evaluation.ranking import EvalConfig, Evaluator
 
 __all__ = [
     "PROTOCOLS",
@@ -19,6 +19,5 @@ __all__ = [
     "EvalConfig",
     "Evaluator",
     "format_table",
-    "popularity_fns",
     "ranking_metrics",
 ]
