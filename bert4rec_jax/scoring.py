@@ -50,13 +50,25 @@ def place_history(window: Any, lengths: Any, mask_id: int, append_mask: bool) ->
         window itself [B, W] (left to right).
       positions: int32 [B], the scored column: [MASK]'s, or the last item's (0 for an empty row).
     """
-    xp = window.__array_namespace__()  # numpy for evaluation, jax.numpy inside the export
+    xp = _array_module(window)  # numpy for evaluation, jax.numpy inside the export
     if not append_mask:
         return window.astype(xp.int32), xp.maximum(lengths - 1, 0).astype(xp.int32)
     padded = xp.concatenate([window, xp.zeros((window.shape[0], 1), window.dtype)], axis=1)
     columns = xp.arange(padded.shape[1])[None, :]  # [1, W + 1]
     ids = xp.where(columns == lengths[:, None], mask_id, padded)  # [B, W + 1]
     return ids.astype(xp.int32), lengths.astype(xp.int32)
+
+
+def _array_module(x: Any) -> Any:
+    """numpy for a numpy array, else jax.numpy (a jax array or tracer: jax is imported already).
+
+    Not `x.__array_namespace__()`: numpy 1.26, which setup.cfg allows, has no such method.
+    """
+    if isinstance(x, np.ndarray):
+        return np
+    import jax.numpy as jnp
+
+    return jnp
 
 
 def build_inputs(
