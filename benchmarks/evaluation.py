@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bert4rec_jax import evaluation, models, sharding  # noqa: E402
+from bert4rec_jax import evaluation, models, scoring, sharding  # noqa: E402
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out  # noqa: E402
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty.txt"
@@ -39,7 +39,7 @@ def read_beauty(path: pathlib.Path) -> Corpus:
     return corpus_from_sequences("beauty", users[offsets[:-1]], offsets, pairs[:, 1])
 
 
-def bert4rec_fns(corpus: Corpus, seed: int) -> tuple[models.ScoringFns, dict]:
+def bert4rec_fns(corpus: Corpus, seed: int) -> tuple[scoring.ScoringFns, dict]:
     """(scoring functions, params) of a randomly initialised paper-size Beauty BERT4Rec."""
     config = models.ModelConfig(
         vocab_size=corpus.vocab_size,
@@ -58,7 +58,7 @@ def bert4rec_fns(corpus: Corpus, seed: int) -> tuple[models.ScoringFns, dict]:
     model = models.BERT4Rec(config)
     ids = np.zeros((1, config.max_len), np.int32)
     params = model.init(jax.random.key(seed), ids, np.zeros((1, 1), np.int32), train=False)
-    return models.scoring_fns(model), params["params"]
+    return scoring.scoring_fns(model), params["params"]
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
     )
     models_to_time = {
         "bert4rec (random init)": bert4rec_fns(corpus, args.seed),
-        "popularity": evaluation.popularity_fns(corpus),
+        "popularity": scoring.popularity_fns(corpus),
     }
 
     with tempfile.TemporaryDirectory() as cache_dir:

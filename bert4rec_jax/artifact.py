@@ -1,22 +1,7 @@
 """The layout of an exported model directory, its manifest and its checksums.
 
-`export.py` writes such a directory and `recommend.py` reads it; this module is what both agree on,
-and it imports neither JAX nor TensorFlow, so reading an artifact costs nothing of either.
-
-    <dir>/
-      manifest.json          format, versions, creation time, shapes, top_k, and a sha256 per file
-      serving.jax            the serving function, serialised with jax.export (parameters are its
-                             first input, not constants inside it)
-      encode.jax             history -> user vector [hidden + 1], for nearest-neighbour retrieval
-      params.npz             the other parameters it takes (flattened names, "/"-separated)
-      item_embeddings.npy    float32 [vocab_size, hidden]: row i embeds dense id i (1..num_items);
-                             the parameter item_embedding, kept once, in a file any tool reads
-      output_bias.npy        float32 [vocab_size]; item i scores h . embedding[i] + bias[i]
-      vocabulary.npy         raw item ids by dense id: [0] stands for padding, [i] for item i
-      users.npy              models with user features only: raw user ids by user row ([0] = the
-                             unknown user); user_features.npz: the feature rows by user row
-      config.json            the training run's config
-      saved_model/           the same function as a TensorFlow SavedModel (optional)
+`export.py` writes such a directory and `recommend` reads it; this module is what both agree on.
+It imports neither JAX nor TensorFlow, so reading an artifact costs nothing of either.
 """
 
 from __future__ import annotations
@@ -26,23 +11,34 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from bert4rec_jax import scoring
 from bert4rec_jax.datasets import readers
 
 FORMAT = "bert4rec_jax.export"
 # Bumped whenever a reader of the previous format would misread the new one.
 FORMAT_VERSION = 2  # 2: whole-history input of symbolic length, users input, encode.jax
 
+# Format, versions, creation time, shapes, top_k, and a sha256 per file.
 MANIFEST = "manifest.json"
+# The serving function, serialised with jax.export (parameters are its first input, not
+# constants inside it).
 SERVING_FN = "serving.jax"
+# History -> user vector [hidden + 1], for nearest-neighbour retrieval.
 ENCODE_FN = "encode.jax"
+# Models with user features only: raw user ids by user row ([0] = the unknown user), and the
+# feature rows by user row.
 USERS = "users.npy"
 USER_FEATURES = "user_features.npz"
+# The other parameters the functions take (flattened names, "/"-separated).
 PARAMS = "params.npz"
+# Raw item ids by dense id: [0] stands for padding, [i] for item i.
 VOCABULARY = "vocabulary.npy"
+# float32 [vocab_size, hidden]: row i embeds dense id i; the parameter item_embedding, kept once,
+# in a file any tool reads. Item i scores h . embedding[i] + bias[i].
 ITEM_EMBEDDINGS = "item_embeddings.npy"
-OUTPUT_BIAS = "output_bias.npy"
-CONFIG = "config.json"
-SAVED_MODEL_DIR = "saved_model"
+OUTPUT_BIAS = "output_bias.npy"  # float32 [vocab_size]
+CONFIG = "config.json"  # the training run's config
+SAVED_MODEL_DIR = "saved_model"  # the same functions as a TensorFlow SavedModel (optional)
 # The files every artifact has; the SavedModel's are listed in the manifest when it was written.
 REQUIRED_FILES = (SERVING_FN, ENCODE_FN, PARAMS, VOCABULARY, ITEM_EMBEDDINGS, OUTPUT_BIAS, CONFIG)
 # What the jax.export function's params argument is read from.
@@ -163,11 +159,11 @@ def check_manifest(manifest: Mapping[str, Any]) -> None:
     if manifest.get("max_len") != model.get("max_len"):
         _fail("max_len", manifest.get("max_len"), model.get("max_len"), "model.max_len")
     # A left-to-right model (SASRec) appends no [MASK], so it reads one item more.
-    causal = model.get("kind", "bert4rec") == "sasrec"
-    history_length = model.get("max_len", 0) - (0 if causal else 1)
+    append_mask = scoring.appends_mask(model.get("kind", "bert4rec"))
+    history_length = scoring.history_length(model.get("max_len", 0), append_mask)
     if manifest.get("history_length") != history_length:
         _fail("history_length", manifest.get("history_length"), history_length,
-              "model.max_len" if causal else "model.max_len - 1")  # fmt: skip
+              "model.max_len - 1" if append_mask else "model.max_len")  # fmt: skip
     if manifest.get("hidden_size") != hidden:
         _fail("hidden_size", manifest.get("hidden_size"), hidden, "model.hidden_size")
     if not 1 <= top_k <= num_items:

@@ -29,8 +29,8 @@ _CONFIG_LOAD_FAILED = ("Failed loading config file", "Configuration is not avail
 
 def run(main: Callable[[list[str]], None]) -> None:
     """absl's app.run(main), with the user's mistakes told in a few lines (exit status 2)."""
-    # Defined here rather than on import: recommend.py is also a library, whose importers keep
-    # their own flags.
+    # Defined here rather than on import: the recommend package is also a library, whose
+    # importers keep their own flags.
     if "traceback" not in FLAGS:
         flags.DEFINE_bool(
             "traceback", False, "On a config, flag or data mistake, print the full traceback."

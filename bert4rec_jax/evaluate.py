@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from bert4rec_jax import checkpointing, evaluation, experiment, sharding
+    from bert4rec_jax import checkpointing, evaluation, experiment, scoring, sharding
     from bert4rec_jax import workdir as workdir_lib
     from bert4rec_jax.metric_writer import quiet_library_logs
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
         config.eval.protocols = tuple(FLAGS.protocol)
     exp = experiment.Experiment.from_config(config)
     if FLAGS.model == "popularity":
-        fns, params = evaluation.popularity_fns(exp.corpus)
+        fns, params = scoring.popularity_fns(exp.corpus)
         step = None
     else:
         fns = exp.scoring_fns

@@ -20,7 +20,7 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bert4rec_jax import models
+from bert4rec_jax import models, scoring
 from bert4rec_jax.datasets import prepared
 from bert4rec_jax.datasets.corpus import SPLIT_MODES, Corpus, Split, leave_one_out
 from bert4rec_jax.datasets.prepared import DATASETS
@@ -122,13 +122,13 @@ class Experiment:
         )
 
     @property
-    def scoring_fns(self) -> models.ScoringFns:
-        return models.scoring_fns(self.model)
+    def scoring_fns(self) -> scoring.ScoringFns:
+        return scoring.scoring_fns(self.model)
 
     def evaluator(
         self,
         mesh: jax.sharding.Mesh,
-        fns: models.ScoringFns | None = None,
+        fns: scoring.ScoringFns | None = None,
         eval_config: EvalConfig | None = None,
     ) -> Evaluator:
         """An evaluator of this corpus and split.

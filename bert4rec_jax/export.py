@@ -1,61 +1,21 @@
-"""Checkpoint -> serving artifact: a jax.export function, a TF SavedModel, the item vocabulary.
+"""Checkpoint -> artifact directory: the served functions (`serving.py`) written beside their
+parameters, the item vocabulary, the config and a checksummed manifest (`artifact.py`'s layout).
 
     python -m bert4rec_jax.export --workdir=/tmp/bert4rec --output=/tmp/bert4rec_export
-    python -m bert4rec_jax.recommend --model=/tmp/bert4rec_export --history=12,7,33 --k=10
 
-The artifact (layout in `artifact.py`) serves two functions, each in two serialisations (jax.export
-and a TF SavedModel signature):
-
-    serve(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
-        -> (item_ids int32 [b, top_k], scores float32 [b, top_k])
-    encode(params, history int32 [b, s], users int32 [b]) -> user_vectors float32 [b, hidden + 1]
-
-`history` holds a user's WHOLE history as dense item ids (1..num_items), oldest first, padded at
-the end with 0; ids outside 1..num_items count as padding. Its length s is symbolic, like the
-batch size b: any s >= 1 runs without exporting again. The encoder reads the last max_len - 1
-known items, followed by [MASK] (as evaluation does, `evaluation.ranking.build_inputs`), and
-(a left-to-right model, `model.kind="sasrec"`, reads the last max_len known items and is scored
-at the last one, with no [MASK]), and
-every item of the history, however old, is excluded from the top-k of rows with `exclude_seen`
-(its score becomes -inf, so such items only appear, last, when fewer than top_k others exist).
-Padding and [MASK] are never returned. `users` holds user rows (row 0 = an unknown user; the
-artifact's users.npy maps raw user ids to rows): read only by models with `model.user_features`,
-ignored (pass zeros) otherwise. Raw ids (integers or strings) cannot enter XLA, so the raw <->
-dense mapping is the vocabularies' job, done by `recommend.Recommender` (or by the client).
-
-`encode`'s vector u and the item vectors [item_embeddings[i], output_bias[i]] (i = 1..num_items)
-give the model's score of item i as their dot product: the bias is folded in as a last coordinate
-of value 1, so maximum-inner-product search over the item vectors is exact top-k retrieval.
-
-Why a symbolic-length history rather than a separate seen-items input: one array carries
-everything the model needs, so a client cannot pass a window and a seen list that disagree, and
-it does not need to know max_len to cut the window itself.
-The window is min(s, max_len - 1) items wide (symbolic too): padding at the end changes no
-output of the encoder, so a batch of short histories padded to a short s costs what it is long
-(`recommend.Recommender` batches histories shortest first for this).
-
-The parameters are the function's first input, stored beside it (item_embeddings.npy,
-output_bias.npy, params.npz for the rest), not baked into it as constants: the serialised module
-stays small (~50 KB) whatever the catalogue; a large item table (say 10M items x 64) never meets
-the 2 GB protobuf limit of a TF graph, where jax2tf would embed constants; XLA does not
-constant-fold megabytes of weights at load; and the SavedModel holds them as tf.Variables, as TF
-Serving expects. The manifest's checksums keep function and parameters together.
-
-Exports are topology-free: parameters are restored onto one device whatever mesh trained them, and
-the function is lowered for CPU, CUDA and TPU (`--platforms`) on whatever machine exports.
+Signatures are in the README's "Export and serve"; raw ids are mapped by `recommend`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import importlib.metadata
 import json
 import pathlib
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -63,265 +23,28 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from bert4rec_jax import artifact, cli, models
+from bert4rec_jax import artifact, cli, models, scoring
+from bert4rec_jax.serving import (
+    DEFAULT_PLATFORMS,
+    ENCODE_SIGNATURE,
+    EXCLUDE_SEEN,
+    HISTORY,
+    ITEM_IDS,
+    SCORES,
+    SIGNATURE,
+    USER_VECTORS,
+    USERS,
+    export_encode_fn,
+    export_serving_fn,
+    serving_model,
+    write_saved_model,
+)
 
 if TYPE_CHECKING:
     import ml_collections
 
 DEFAULT_TOP_K = 100
-DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-# Input and output names, in the jax.export function's argument order and in the SavedModel.
-HISTORY = "history"
-USERS = "users"
-EXCLUDE_SEEN = "exclude_seen"
-ITEM_IDS = "item_ids"
-SCORES = "scores"
-USER_VECTORS = "user_vectors"
-SIGNATURE = "serving_default"
-ENCODE_SIGNATURE = "encode"
-
-ServeFn = Callable[..., Any]
-
-
-def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
-    """The model as exported: XLA attention, which lowers on every platform.
-
-    A run may have trained with cuDNN attention (GPU only); every implementation computes the same
-    function, so the export uses the portable one.
-    """
-    return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None), model.tables)
-
-
-def model_inputs(model: models.BERT4Rec) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-    """Whole histories -> the encoder's input: the last max_len - 1 known items, then [MASK].
-
-    A left-to-right model (`model.kind="sasrec"`) gets the last max_len known items and no
-    [MASK]; its `mask_pos` is the window's last item (0 for a history with no known item).
-
-    Returns:
-      inputs(history int32 [b, s]) -> (ids int32 [b, min(s, max_len - 1) + 1], mask_pos int32
-      [b]); ids is the window oldest first, [MASK] right after its last item, padded at the end
-      with 0 (the layout of `build_inputs`); SASRec: [b, min(s, max_len)], no [MASK]. Unknown
-      entries (outside 1..num_items) anywhere in the history are skipped, not counted as items.
-      A short s gives a short window: padding at the end changes no output of the encoder
-      (padded keys get no attention weight and the positions are absolute), so a batch of short
-      histories costs what its length costs.
-    """
-    num_items = model.config.vocab_size - 2
-    mask_id = model.config.mask_id
-    max_width = model.config.history_length
-    append_mask = not model.config.causal
-
-    def inputs(history):
-        b, s = history.shape
-        # min(s, history_length), also when s is symbolic (then it is part of the exported shape).
-        width = jax.core.min_dim(s, max_width)
-        known = (history >= 1) & (history <= num_items)  # [b, s]
-        rank = jnp.cumsum(known, axis=1, dtype=jnp.int32)  # [b, s]: 1-based among known items
-        total = rank[:, -1:]  # [b, 1] known items in the history
-        start = jnp.maximum(total - width, 0)  # [b, 1] known items left of the window
-        pos = rank - 1 - start  # [b, s]: where each known item lands in the window
-        pos = jnp.where(known & (pos >= 0), pos, width)  # everything else to a spare column
-        rows = jnp.arange(b)[:, None]
-        window = jnp.zeros((b, width + 1), jnp.int32).at[rows, pos].set(history, mode="drop")
-        if not append_mask:  # the spare column dropped; scored at the window's last item
-            last = jnp.maximum(jnp.minimum(total[:, 0], width) - 1, 0)  # [b]
-            return window[:, :width].astype(jnp.int32), last.astype(jnp.int32)
-        columns = jnp.arange(width + 1)[None, :]  # [1, width + 1]
-        window = jnp.where(columns == width, models.PAD_ID, window)  # the spare column cleared
-        mask_pos = jnp.minimum(total[:, 0], width)  # [b]: right after the window's last item
-        ids = jnp.where(columns == mask_pos[:, None], mask_id, window)  # [b, width + 1]
-        return ids.astype(jnp.int32), mask_pos.astype(jnp.int32)
-
-    return inputs
-
-
-def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
-    """encode(params, history [b, s], users [b]) -> float32 [b, hidden + 1]: [h, 1].
-
-    With item vectors [E[i], bias[i]], u . item = h . E[i] + bias[i], the model's score.
-    """
-    # Only the [MASK] row is read, so the last block runs for that row alone.
-    fns = models.scoring_fns(model, last_block_at_mask=True)
-    inputs = model_inputs(model)
-    uses_users = bool(model.config.user_features)
-
-    def encode(params, history, users):
-        ids, mask_pos = inputs(history)
-        # Item features need nothing here: their tables are constants of the exported program;
-        # so are the user feature rows, indexed by `users` (row 0: the unknown user).
-        h = fns.encode(params, ids, mask_pos, users if uses_users else None)  # [b, H]
-        h = h.astype(jnp.float32)
-        return jnp.concatenate([h, jnp.ones((h.shape[0], 1), jnp.float32)], axis=1)
-
-    return encode
-
-
-def scores_fn(model: models.BERT4Rec) -> ServeFn:
-    """The scores of every item for a batch of whole histories.
-
-    Args:
-      model: the model (its `scoring_fns` do the work, as in evaluation).
-
-    Returns:
-      scores(params, history int32 [b, s], users int32 [b], exclude_seen bool [b])
-      -> float32 [b, num_items], column j scoring dense item j + 1; -inf where exclude_seen and
-      the item is anywhere in the history.
-    """
-    fns = models.scoring_fns(model)
-    encode = user_vectors_fn(model)
-    num_items = model.config.vocab_size - 2
-
-    def scores(params, history, users, exclude_seen):
-        b = history.shape[0]
-        u = encode(params, history, users)  # [b, H + 1]
-        items = jnp.arange(1, num_items + 1, dtype=jnp.int32)  # [V]: padding, [MASK] never scored
-        out = fns.score(params, u[:, :-1], items).astype(jnp.float32)  # [b, V]
-        known = (history >= 1) & (history <= num_items)
-        history = jnp.where(known, history, models.PAD_ID)
-        rows = jnp.arange(b)[:, None]  # [b, 1]
-        seen = jnp.zeros((b, num_items + 1), bool).at[rows, history].set(True)[:, 1:]  # [b, V]
-        return jnp.where(seen & exclude_seen[:, None], -jnp.inf, out)
-
-    return scores
-
-
-def serving_fn(model: models.BERT4Rec, top_k: int) -> ServeFn:
-    """The exported function: (params, history, users, exclude_seen) -> (item_ids, scores).
-
-    Args:
-      model: the model.
-      top_k: items returned per row, best first (ties: the lower dense id first).
-
-    Returns:
-      serve(params, history, users, exclude_seen) -> (int32 [b, top_k] dense ids,
-      float32 [b, top_k]).
-    """
-    scores = scores_fn(model)
-
-    def serve(params, history, users, exclude_seen):
-        top_scores, top_index = jax.lax.top_k(scores(params, history, users, exclude_seen), top_k)
-        return (top_index + 1).astype(jnp.int32), top_scores  # column j is dense id j + 1
-
-    return serve
-
-
-def input_specs(params: Any) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
-    """Abstract (params, history [b, s], users [b], exclude_seen [b]); b and s are symbolic."""
-    b, s = jax.export.symbolic_shape("b, s")
-    return (
-        jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params),
-        jax.ShapeDtypeStruct((b, s), jnp.int32),
-        jax.ShapeDtypeStruct((b,), jnp.int32),
-        jax.ShapeDtypeStruct((b,), jnp.bool_),
-    )
-
-
-def export_serving_fn(
-    model: models.BERT4Rec, params: Any, top_k: int, platforms: Sequence[str] = DEFAULT_PLATFORMS
-) -> jax.export.Exported:
-    """`serving_fn` exported with jax.export for a symbolic batch size and history length.
-
-    Args:
-      model: the model.
-      params: its parameters (or abstract ones: only shapes and dtypes are read).
-      top_k: items returned per row.
-      platforms: what to lower for; the artifact runs on any of them.
-
-    Returns:
-      The Exported function; `.serialize()` gives the bytes of serving.jax.
-    """
-    specs = input_specs(params)
-    return jax.export.export(jax.jit(serving_fn(model, top_k)), platforms=tuple(platforms))(*specs)
-
-
-def export_encode_fn(
-    model: models.BERT4Rec, params: Any, platforms: Sequence[str] = DEFAULT_PLATFORMS
-) -> jax.export.Exported:
-    """`user_vectors_fn` exported like `export_serving_fn`: the bytes of encode.jax."""
-    specs = input_specs(params)[:3]
-    return jax.export.export(jax.jit(user_vectors_fn(model)), platforms=tuple(platforms))(*specs)
-
-
-def write_saved_model(
-    model: models.BERT4Rec,
-    params: Any,
-    top_k: int,
-    directory: pathlib.Path,
-    platforms: Sequence[str] = DEFAULT_PLATFORMS,
-) -> None:
-    """Writes both functions as a TensorFlow SavedModel (TF is imported here only).
-
-    Signatures (shapes in the module docstring; b and s are None):
-      `serving_default`: history, users, exclude_seen -> {item_ids, scores};
-      `encode`: history, users -> {user_vectors}.
-    The parameters are tf.Variables.
-
-    The model and the exclusion run in jax2tf's XlaCallModule; the top-k runs as TF's own TopKV2:
-    jax lowers `lax.top_k` to a StableHLO composite that TensorFlow releases built against an
-    older StableHLO cannot read (TF 2.21 with jax 0.10), while a sort in its place costs 20x the
-    time on CPU. Both keep the lower index first on ties, so both artifacts agree.
-
-    Args:
-      model: the model.
-      params: its parameters.
-      top_k: items returned per row.
-      directory: the SavedModel directory to write.
-      platforms: what the XlaCallModule is lowered for.
-    """
-    import tensorflow as tf
-    from jax.experimental import jax2tf
-
-    scores = scores_fn(model)
-    encode = user_vectors_fn(model)
-
-    def scores_of_flat(flat, history, users, exclude_seen):
-        return scores(artifact.unflatten_params(flat), history, users, exclude_seen)
-
-    def encode_of_flat(flat, history, users):
-        return encode(artifact.unflatten_params(flat), history, users)
-
-    # native_serialization is the only mode left (the flag is deprecated since jax 0.4.31).
-    convert = functools.partial(
-        jax2tf.convert, with_gradient=False, native_serialization_platforms=tuple(platforms)
-    )
-    scores_tf = convert(scores_of_flat, polymorphic_shapes=[None, "(b, s)", "(b,)", "(b,)"])
-    encode_tf = convert(encode_of_flat, polymorphic_shapes=[None, "(b, s)", "(b,)"])
-    history_spec = tf.TensorSpec([None, None], tf.int32, name=HISTORY)
-    users_spec = tf.TensorSpec([None], tf.int32, name=USERS)
-
-    class Serving(tf.Module):
-        def __init__(self):
-            super().__init__(name="bert4rec")
-            self.params = {
-                name: tf.Variable(value, trainable=False, name=name.replace("/", "."))
-                for name, value in artifact.flatten_params(params).items()
-            }
-
-        @tf.function(
-            input_signature=[
-                history_spec,
-                users_spec,
-                tf.TensorSpec([None], tf.bool, name=EXCLUDE_SEEN),
-            ],
-            autograph=False,
-        )
-        def serve(self, history, users, exclude_seen):
-            all_scores = scores_tf(self.params, history, users, exclude_seen)  # [b, V]
-            top_scores, top_index = tf.math.top_k(all_scores, k=top_k)  # [b, k]
-            return {ITEM_IDS: top_index + 1, SCORES: top_scores}
-
-        @tf.function(input_signature=[history_spec, users_spec], autograph=False)
-        def encode(self, history, users):
-            return {USER_VECTORS: encode_tf(self.params, history, users)}
-
-    module = Serving()
-    tf.saved_model.save(
-        module,
-        str(directory),
-        signatures={SIGNATURE: module.serve, ENCODE_SIGNATURE: module.encode},
-    )
 
 
 def _versions(saved_model: bool) -> dict[str, str]:
@@ -470,7 +193,7 @@ def export_model(
             f"{output} exists and is not empty; pass overwrite=True to replace it"
         )
 
-    width = cfg.history_length
+    width = scoring.history_length(cfg.max_len, scoring.appends_mask(cfg.kind))
     tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -592,7 +315,9 @@ def export_workdir(
 
     workdir, config = workdir_lib.open_run(workdir, data_dir=data_dir, manual_dir=manual_dir)
     exp = experiment.Experiment.from_config(config)
-    # Rows a sharded run padded its item table with are dropped: the artifact is mesh-free.
+    # Exports are topology-free: the parameters come back onto one device whatever mesh trained
+    # them (rows a sharded run padded its item table with are dropped), and the functions are
+    # lowered for every platform in `platforms` on whatever machine exports.
     params, step = checkpointing.restore_params(
         workdir, checkpoint, vocab_size=exp.corpus.vocab_size
     )

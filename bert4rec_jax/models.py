@@ -1,48 +1,17 @@
-"""BERT4Rec (Sun et al., CIKM 2019) in Flax linen: a bidirectional Transformer over item sequences.
+"""BERT4Rec (Sun et al., CIKM 2019) in Flax linen: a bidirectional Transformer over item sequences;
+SASRec (`model.kind="sasrec"`, Kang & McAuley, ICDM 2018) is the same network with causal attention.
 
-Faithful to the original TensorFlow code (FeiSun/BERT4Rec, itself Google's BERT `modeling.py` and
-`run_pretraining.py`): learned absolute positions, post-LayerNorm blocks, exact (erf) GELU,
-truncated-normal initialisation, and an output head applied only at the masked positions whose
-logits use the item embedding table (tied weights) plus a per-item output bias.
-
-Two departures, neither of which changes the function the model can represent:
-  * The original adds a learned "token type" embedding, always of type 0. A constant vector added
-    at every position is absorbed by the position embeddings, so it is left out.
-  * Masked attention logits are set to a large negative number (as `jax.nn.dot_product_attention`
-    does) rather than having -10000 added; both give padding keys zero weight.
-
-Ids: 0 is padding, 1..num_items are items, num_items + 1 is [MASK]; `vocab_size = num_items + 2`.
-
-`model.kind="sasrec"` (Kang & McAuley, ICDM 2018) is the same network, parameters and tied head
-with causal attention: position t attends to positions <= t only, it is trained to predict the
-next item at every position (`input_pipeline`), and it scores a history from its last item's
-position, with no [MASK] (its [MASK] row is simply never used).
-
-Parameters (the `params` collection):
-  item_embedding       [vocab_size, hidden]  also the output layer (tied)
-  position_embedding   [max_len, hidden]
-  embedding_layer_norm {scale, bias}
-  layers_{i}           {attention: {query, key, value, output: {kernel, bias}},
-                        attention_layer_norm, intermediate, output, output_layer_norm}
-  head_transform       {kernel, bias}        dense + GELU before the output layer
-  head_layer_norm      {scale, bias}
-  output_bias          [vocab_size]
-
-Side features (the paper's future work; off by default, and then none of this exists):
-  item_feature_{name}  [categories, hidden]  with `item_features`: an item's input is its id
-                        embedding plus, per feature, the mean embedding of its category ids
-  user_feature_{name}  [categories, hidden]  with `user_features`: the user's vector is the sum
-                        over features of the mean embedding of its category ids
-  user_token           [hidden]              `user_features="prefix"` only (see `encode`)
-The category-id lookup tables themselves (item or user row -> ids) are data, not parameters:
-`FeatureTables`, given when the model is built, closed over as constants.
+As the original TensorFlow code (FeiSun/BERT4Rec, after Google's BERT): learned absolute positions,
+post-LayerNorm blocks, exact GELU, truncated-normal init, and an output head at the masked
+positions only, tied to the item embeddings plus an output bias. Ids: 0 is padding, 1..num_items
+are items, num_items + 1 is [MASK]. `BERT4Rec`'s docstring lists the parameters and the departures.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -147,12 +116,6 @@ class ModelConfig:
     def causal(self) -> bool:
         """Left-to-right attention (SASRec): position t reads positions <= t only."""
         return self.kind == "sasrec"
-
-    @property
-    def history_length(self) -> int:
-        """The most history items a scoring input holds: max_len - 1 and [MASK] (BERT4Rec), or
-        max_len, scored at the last one (SASRec)."""
-        return self.max_len if self.causal else self.max_len - 1
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
@@ -374,6 +337,29 @@ class BERT4Rec(nn.Module):
 
     Methods usable with `apply(..., method=...)`: `encode`, `predict_hidden`, `item_scores`,
     `__call__`. Dropout needs an rng named "dropout" when train=True.
+
+    Parameters (the `params` collection):
+      item_embedding       [vocab_size, hidden]  also the output layer (tied)
+      position_embedding   [max_len, hidden]
+      embedding_layer_norm {scale, bias}
+      layers_{i}           {attention: {query, key, value, output: {kernel, bias}},
+                            attention_layer_norm, intermediate, output, output_layer_norm}
+      head_transform       {kernel, bias}        dense + GELU before the output layer
+      head_layer_norm      {scale, bias}
+      output_bias          [vocab_size]
+    Side features (off by default, and then none of these exist; the category-id tables are
+    data, `FeatureTables`, closed over as constants):
+      item_feature_{name}  [categories, hidden]  an item's input adds the mean embedding of its
+                            category ids
+      user_feature_{name}  [categories, hidden]  the user's vector: the sum over features of
+                            the mean embedding of its category ids
+      user_token           [hidden]              `user_features="prefix"` only (see `encode`)
+
+    Two departures from the original, neither of which changes the function the model can
+    represent: its "token type" embedding (always type 0, a constant vector that the position
+    embeddings absorb) is left out, and masked attention logits are set to a large negative
+    number (as `jax.nn.dot_product_attention` does) rather than having -10000 added; both give
+    padding keys zero weight.
 
     `users` (int [B], user rows: corpus user u is u + 1, 0 = unknown) is read only with
     `config.user_features`; None there means every row is an unknown user.
@@ -605,45 +591,3 @@ def _mean_embedding(table: jax.Array, ids: jax.Array) -> jax.Array:
     present = (ids != 0).astype(jnp.float32)[..., None]  # [..., w, 1]
     emb = jnp.take(table, ids, axis=0) * present  # [..., w, H]
     return emb.sum(axis=-2) / jnp.maximum(present.sum(axis=-2), 1.0)
-
-
-class ScoringFns(NamedTuple):
-    """How a model scores items for one user, split in two so candidates can vary per protocol.
-
-    encode: (params, ids [B, N] int32, mask_pos [B] int32[, users [B] int32]) -> h [B, H], the
-      head features at the scoring position `mask_pos`: the [MASK] appended after the history
-      (BERT4Rec) or the history's last item (SASRec; `ModelConfig.history_length`); `users`
-      (user rows, 0 = unknown) is passed, and then required, only when `uses_users`.
-    score: (params, h [B, H], item_ids [C] or [B, C] int32) -> float32 scores [B, C].
-    uses_users: the encoder reads each row's user (`model.user_features`).
-    """
-
-    encode: Callable[..., jax.Array]
-    score: Callable[[Any, jax.Array, jax.Array], jax.Array]
-    uses_users: bool = False
-
-
-def scoring_fns(model: BERT4Rec, *, last_block_at_mask: bool = False) -> ScoringFns:
-    """The model's `ScoringFns` (no dropout): what evaluation, export and serving call.
-
-    `last_block_at_mask` computes the last block for the [MASK] row only (`predict_hidden`'s
-    `last_block_at_positions`): the same scores up to float rounding, for nearly one block less
-    work. Export uses it; evaluation keeps the full encoder, so its metrics stay bit for bit.
-    """
-
-    def encode(params, ids, mask_pos, users=None):  # [B, N], [B], [B] -> [B, H]
-        h = model.apply(
-            {"params": params},
-            ids,
-            mask_pos[:, None],
-            train=False,
-            users=users,
-            last_block_at_positions=last_block_at_mask,
-            method=BERT4Rec.predict_hidden,
-        )
-        return h[:, 0]
-
-    def score(params, h, item_ids):  # [B, H], [C] or [B, C] -> [B, C]
-        return model.apply({"params": params}, h, item_ids, method=BERT4Rec.item_scores)
-
-    return ScoringFns(encode, score, uses_users=bool(model.config.user_features))

@@ -1,29 +1,11 @@
 """Stopping on SIGTERM or SIGINT, from the start of the command to its exit, always with exit 0.
 
-Schedulers (TPU and cloud VMs being preempted, SLURM's `scancel` and time limits, Kubernetes)
-send SIGTERM and give the job a grace period; Ctrl-C sends SIGINT. `train.py` calls `install()`
-first thing, before JAX is imported, so that from then on either signal only records a request;
-the run acts on it at the next point where stopping is safe:
-
-  before the loop    (imports, data, restore)  it returns with nothing trained: a rerun starts or
-                     resumes as if this start had not happened;
-  in the loop        after the step in progress, with a checkpoint; a rerun resumes there;
-  after the loop     the last checkpoint's save is finished, then it stops before restoring the
-                     best parameters and testing them; a rerun (which trains nothing) does that;
-  during the test    the evaluation in progress finishes and its results are written.
-
-With several processes the processes must agree on the step at which they all stop and save, or
-their collective saves would never meet. JAX's own preemption service does that: started by
-`jax.distributed.initialize`, it takes over SIGTERM in every process, tells the others, and
-`multihost_utils.reached_preemption_sync_point(step)` becomes true at one common step. SIGINT is
-turned into the SIGTERM that service listens to. Outside the loop there is no common step to
-agree on, so a multi-process run stops only in the loop; before it, the first step's sync point
-stops it, and after it the run finishes.
-
-Test hook: `BERT4REC_SIGTERM_AT=<phase>` makes the process send itself SIGTERM when it reaches
-that phase (`at(phase)`), so that tests can stop a run at an exact point: `startup`, `data`,
-`compile` (just before the first step compiles), `step_<n>`, `final_save` (the last step's
-checkpoint is being written), `best_restore`, `test_eval`.
+Schedulers (preempted TPU and cloud VMs, SLURM's `scancel` and time limits, Kubernetes) send
+SIGTERM with a grace period; Ctrl-C sends SIGINT. `train.py` calls `install()` first thing, before
+JAX is imported, so that either signal only records a request, acted on at the next safe point:
+before the loop, nothing trained (a rerun starts as if this start had not happened); in the loop,
+after the step in progress, with a checkpoint; after the loop, once the last save finishes, before
+the best parameters are restored and tested; during the test, once its results are written.
 """
 
 from __future__ import annotations
@@ -112,7 +94,13 @@ class StopRequests:
 def coordinate() -> None:
     """Hands stop requests to JAX's preemption service; call after jax.distributed.initialize.
 
-    The service has replaced the SIGTERM handler by then; SIGINT is passed on to it.
+    Several processes must agree on the step at which they all stop and save, or their
+    collective saves would never meet. JAX's preemption service, started by
+    `jax.distributed.initialize`, takes over SIGTERM in every process, tells the others, and
+    `multihost_utils.reached_preemption_sync_point(step)` becomes true at one common step; SIGINT
+    is passed on to it as SIGTERM. Outside the loop there is no common step to agree on, so a
+    multi-process run stops only in the loop: before it, at the first step's sync point; after
+    it, the run finishes.
     """
     global _coordinated, _service
     import jax
@@ -164,6 +152,12 @@ def requested(step: int) -> bool:
 
 
 def at(phase: str) -> None:
-    """Marks a phase of the run; the test hook (see the module doc) signals here when asked."""
+    """Marks a phase of the run: `startup`, `data`, `compile` (just before the first step
+    compiles), `step_<n>`, `final_save` (the last step's checkpoint is being written),
+    `best_restore`, `test_eval`.
+
+    Test hook: with `BERT4REC_SIGTERM_AT=<phase>` the process sends itself SIGTERM when it
+    reaches that phase, so that tests can stop a run at an exact point.
+    """
     if os.environ.get(TEST_HOOK_ENV) == phase:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from bert4rec_jax import evaluation as ev
-from bert4rec_jax import sharding
+from bert4rec_jax import scoring, sharding
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
 from bert4rec_jax.evaluation import candidates as cand
 from bert4rec_jax.evaluation import ranking
-from bert4rec_jax.models import ScoringFns
+from bert4rec_jax.scoring import ScoringFns
 
 
 def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
@@ -40,7 +40,7 @@ def random_corpus(
 
 def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
     """An Evaluator on all 8 test devices; `config` holds EvalConfig fields."""
-    fns = fns or ev.popularity_fns(corpus)[0]
+    fns = fns or scoring.popularity_fns(corpus)[0]
     return ev.Evaluator(
         corpus, split, ev.EvalConfig(**config), fns, mesh=sharding.make_mesh(), cache_dir=cache_dir
     )
@@ -86,8 +86,8 @@ def test_inputs_valid_and_test_truncation():
     corpus = make_corpus([list(range(1, 11)), [11, 12, 13], [14, 15, 16, 17]])
     split = leave_one_out(corpus)
     max_len = 5
-    valid_ids, valid_pos = ranking.build_inputs(corpus, split, "valid", max_len)
-    test_ids, test_pos = ranking.build_inputs(corpus, split, "test", max_len)
+    valid_ids, valid_pos = scoring.build_inputs(corpus, split, "valid", max_len)
+    test_ids, test_pos = scoring.build_inputs(corpus, split, "test", max_len)
     mask = corpus.mask_id
     # User 0: 1..10; valid target 9, test target 10; the last max_len - 1 = 4 items are kept.
     np.testing.assert_array_equal(valid_ids[0], [5, 6, 7, 8, mask])
@@ -108,8 +108,8 @@ def test_inputs_valid_and_test_truncation():
 def test_inputs_paper_mode_same_histories():
     corpus = make_corpus([list(range(1, 11)), [11, 12, 13]])
     for which in ev.SPLITS:
-        a = ranking.build_inputs(corpus, leave_one_out(corpus, "standard"), which, 6)
-        b = ranking.build_inputs(corpus, leave_one_out(corpus, "paper"), which, 6)
+        a = scoring.build_inputs(corpus, leave_one_out(corpus, "standard"), which, 6)
+        b = scoring.build_inputs(corpus, leave_one_out(corpus, "paper"), which, 6)
         np.testing.assert_array_equal(a[0], b[0])
 
 
@@ -240,7 +240,7 @@ def test_users_with_few_items_left_get_all_of_them_then_padding():
     assert (candidates[0, 3:] == 0).all()  # padding at the end of the row
     assert len(set(candidates[1, 1:])) == 4 and not {9, 10, 1} & set(candidates[1, 1:])
     # Padding never counts: a constant model ranks user 0's target behind its 2 real negatives.
-    popularity, params = ev.popularity_fns(corpus)
+    popularity, params = scoring.popularity_fns(corpus)
     constant = lambda p, h, item_ids: jnp.zeros((h.shape[0], item_ids.shape[-1]), jnp.float32)
     evaluator = make_evaluator(
         corpus, split, ScoringFns(popularity.encode, constant), max_len=4, protocols=("pop100",),
@@ -278,7 +278,7 @@ def integer_model(num_items: int, seed: int):
 
 def brute_force_ranks(corpus, split, which, max_len, fns, params, exclude):
     """The pessimistic rank of every target over the catalogue, in numpy, one user at a time."""
-    ids, mask_pos = ranking.build_inputs(corpus, split, which, max_len)
+    ids, mask_pos = scoring.build_inputs(corpus, split, which, max_len)
     h = np.asarray(fns.encode(params, jnp.asarray(ids), jnp.asarray(mask_pos)))
     all_items = np.arange(1, corpus.num_items + 1)
     scores = np.asarray(fns.score(params, jnp.asarray(h), jnp.asarray(all_items)))  # [E, V]
@@ -309,7 +309,7 @@ def test_full_ranking_equals_brute_force(exclude, width_cap, monkeypatch):
     mesh = sharding.make_mesh()
     assert sharding.data_parallelism(mesh) == 8
     rows = np.arange(len(split.eval_users))
-    for fns, params in (integer_model(corpus.num_items, seed=6), ev.popularity_fns(corpus)):
+    for fns, params in (integer_model(corpus.num_items, seed=6), scoring.popularity_fns(corpus)):
         evaluator = make_evaluator(
             corpus, split, fns, max_len=12, protocols=("full",), batch_size=16, item_chunk=10,
             exclude_history=exclude,
@@ -415,7 +415,7 @@ def test_num_users_sample_is_fixed_and_nan_is_loud():
     corpus = consecutive_corpus(seed=1)
     split = leave_one_out(corpus)
     settings = dict(max_len=6, protocols=("uniform100",), num_negatives=10, batch_size=8)
-    popularity, params = ev.popularity_fns(corpus)
+    popularity, params = scoring.popularity_fns(corpus)
     evaluator = make_evaluator(corpus, split, popularity, **settings)
     sample = evaluator.user_sample(10)
     assert len(sample) == 10 and len(set(sample)) == 10
@@ -459,7 +459,7 @@ def test_bucketed_inputs_give_the_ranks_of_full_width_inputs(monkeypatch):
         jnp.zeros((1, 1), jnp.int32),
         train=False,
     )["params"]
-    fns = models.scoring_fns(model)
+    fns = scoring.scoring_fns(model)
     widths = []
     encode = fns.encode
 

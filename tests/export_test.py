@@ -14,7 +14,7 @@ from helpers import run_cli
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
 from bert4rec_jax.datasets import readers
-from bert4rec_jax.evaluation.ranking import build_inputs
+from bert4rec_jax.scoring import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -390,8 +390,8 @@ def test_numpy_histories_are_mapped_like_lists(random_export):
     object_arrays = [np.asarray(h, object) for h in with_none]
     objects = rec.encode(object_arrays)
     # The vectorised path is taken for typed arrays, and for object arrays of strings.
-    assert rec._encode_arrays(arrays, strict=False) is not None
-    vectorised = rec._encode_arrays(object_arrays, strict=False) is not None
+    assert rec.ids.map_arrays(arrays, strict=False) is not None
+    vectorised = rec.ids.map_arrays(object_arrays, strict=False) is not None
     assert vectorised == (vocabulary.dtype.kind == "U")
     want = rec.encode(with_none)
     assert objects.errors == want.errors

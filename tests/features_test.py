@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert4rec_jax import device_input, input_pipeline, models, sharding
+from bert4rec_jax import device_input, input_pipeline, models, scoring, sharding
 from bert4rec_jax import evaluation as ev
 from bert4rec_jax.datasets import features, prepared, readers
 from bert4rec_jax.datasets.corpus import corpus_from_sequences, leave_one_out
@@ -239,7 +239,7 @@ def test_evaluator_passes_each_users_row():
         del params
         return h[:, item_ids] if item_ids.ndim == 1 else jnp.take_along_axis(h, item_ids, axis=1)
 
-    fns = models.ScoringFns(encode, score, uses_users=True)
+    fns = scoring.ScoringFns(encode, score, uses_users=True)
     config = ev.EvalConfig(max_len=8, protocols=("full",), batch_size=16, exclude_history=False)
     evaluator = ev.Evaluator(corpus, split, config, fns, mesh=sharding.make_mesh())
     rows = np.arange(len(split.eval_users))

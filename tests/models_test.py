@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert4rec_jax import models
+from bert4rec_jax import models, scoring
 from configs import default as default_config
 
 NUM_ITEMS = 10
@@ -260,7 +260,7 @@ def test_last_block_at_positions_equals_gathering_the_full_output(layers, impl):
     np.testing.assert_allclose(hidden(True), hidden(False), rtol=1e-5, atol=1e-5)
     # What export calls: the [MASK] row only, through `scoring_fns`.
     mask_pos = POSITIONS[:, 0]
-    full, fast = models.scoring_fns(model), models.scoring_fns(model, last_block_at_mask=True)
+    full, fast = scoring.scoring_fns(model), scoring.scoring_fns(model, last_block_at_mask=True)
     params = variables["params"]
     h = fast.encode(params, IDS, mask_pos)
     np.testing.assert_allclose(h, full.encode(params, IDS, mask_pos), rtol=1e-5, atol=1e-5)

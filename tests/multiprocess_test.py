@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import free_port, xla_flags
 
-from benchmarks import crash_resume
 from bert4rec_jax import checkpointing
+from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow

@@ -20,13 +20,14 @@ from bert4rec_jax import (
     models,
     optimizer,
     recommend,
+    scoring,
     train_lib,
 )
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.datasets.corpus import leave_one_out
-from bert4rec_jax.evaluation.ranking import build_inputs
+from bert4rec_jax.scoring import build_inputs
 
 NUM_ITEMS = 40
 MAX_LEN = 12
@@ -291,7 +292,7 @@ def test_export_inputs_equal_evaluation_inputs():
         items = corpus.items[corpus.offsets[user] : ends[row]]
         history[row, : len(items)] = items
     history[0, 10] = corpus.num_items + 5  # an unknown id in the padding: still padding
-    ids, last = jax.jit(export.model_inputs(model))(history)
+    ids, last = jax.jit(scoring.model_inputs(model))(history)
     np.testing.assert_array_equal(np.asarray(last), want_last)
     np.testing.assert_array_equal(np.asarray(ids), want_ids)
 
@@ -318,7 +319,7 @@ def test_exported_sasrec_scores_equal_in_process_scores_and_the_saved_model(tmp_
     for row, user in enumerate(split.eval_users):
         items = corpus.items[corpus.offsets[user] : ends[row]]
         history[row, : len(items)] = items
-    fns = models.scoring_fns(model)
+    fns = scoring.scoring_fns(model)
     h = jax.jit(fns.encode)(params, ids, last)
     want = np.asarray(
         jax.jit(fns.score)(params, h, np.arange(1, NUM_ITEMS + 1, dtype=np.int32))

@@ -1,21 +1,8 @@
 """TFDS builder for your own interaction file: `config.dataset = "file"`.
 
-`custom_interactions` reads one CSV, TSV, Parquet or paper-format file as `interactions`
-describes (a column map, ordering by timestamp, filters) and writes one TFDS example per user,
-like every other builder of the project. Its configs are made on the fly by `file_config`, named
-`<file stem>-<key>`, where the key covers the file's whole content and every reading option
-(`file_options.source_key`): an edited file, or other options, is a new config and is prepared
-anew; the same content under the same options reuses the prepared records.
-
-Schema: as every builder's (`builders.sequence_info`), `{"user_id": int64, "items":
-Tensor(shape=(None,), int64)}`, items oldest first, but here both hold indices into the
-vocabularies of raw ids that `RawIds` saves beside the records (`raw_ids.npz` in the data
-directory, as `builder.info.metadata["user_ids"]` and `["item_ids"]`). Integer indices rather than
-string features because ids may be strings: a string feature would repeat an item's id at each of
-its interactions (20M strings for an ML-20M-sized file, ~10x the bytes of the int64 indices) and
-the read-back would decode them one Python object each, whereas indices keep the records and the
-read-back exactly as fast as the built-in data sets'. TFDS's own `ClassLabel` does the same
-(integers in the records, the names beside them).
+`custom_interactions` reads one CSV, TSV, Parquet or paper-format file as `interactions` describes
+and writes one TFDS example per user, like every builder of the project; its configs are made on
+the fly (`file_config`), keyed by the file's content and reading options.
 """
 
 from __future__ import annotations
@@ -37,6 +24,13 @@ RAW_IDS_FILE = "raw_ids.npz"
 
 class RawIds(tfds.core.Metadata):
     """The sorted vocabularies of raw user and item ids, saved as one `.npz` beside the records.
+
+    The records' `user_id` and `items` (`builders.sequence_info`'s schema) hold indices into
+    these vocabularies rather than the raw ids, because ids may be strings: a string feature
+    would repeat an item's id at each of its interactions (20M strings for an ML-20M-sized file,
+    ~10x the bytes of the int64 indices) and the read-back would decode them one Python object
+    each, whereas indices keep the records and the read-back as fast as the built-in data sets'.
+    TFDS's own `ClassLabel` does the same (integers in the records, the names beside them).
 
     Keys: "user_ids" and "item_ids", numpy arrays of int64 or str objects; saved without pickle,
     strings as offsets + UTF-8 bytes (`corpus.pack_raw_ids`; older unicode arrays still load).
@@ -84,6 +78,10 @@ class FileConfig(tfds.core.BuilderConfig):
 def file_config(options: file_options.FileOptions) -> FileConfig:
     """The builder config of a file and its options (hashes the file's content).
 
+    The key covers the file's whole content and every reading option, so an edited file, or
+    other options, is a new config and is prepared anew; the same content under the same
+    options reuses the prepared records.
+
     Args:
       options: the checked options.
 
@@ -100,7 +98,7 @@ def file_config(options: file_options.FileOptions) -> FileConfig:
 
 
 class CustomInteractions(tfds.core.GeneratorBasedBuilder):
-    """Your own interaction file as user sequences (see the module docstring)."""
+    """Your own interaction file as user sequences, one example per user."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

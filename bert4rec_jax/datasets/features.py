@@ -1,26 +1,8 @@
 """Categorical side features of items and users: parsing, alignment with the corpus, storage.
 
-One representation covers single-valued features (a movie's release-year bucket, a user's gender)
-and multi-valued ones (a movie's genres): per feature, an int32 array [rows, width] of category ids,
-1..C, padded with 0 = none. A single-valued feature has width 1; a multi-valued one the largest
-number of values any row has. A row of zeros has no value of that feature (an unknown item or
-user, padding, [MASK]). The model embeds every id and pools each feature's non-zero ids, so the
-same code serves both kinds (`models.BERT4Rec`).
-
-`Features` (a dict name -> array) live on the corpus aligned with its dense ids:
-  * items: [num_items + 2, width], row i = dense item i; rows 0 (padding) and num_items + 1
-    ([MASK]) are zero;
-  * users: [num_users + 1, width], row u + 1 = corpus user u; row 0 is the unknown user (zero),
-    which is what a batch's `users` entry holds for a user without features.
-
-Sources keyed by raw ids (`RawFeatures`) are aligned to a corpus with `align_items` /
-`align_users`; raw ids the corpus lacks are ignored, corpus ids the source lacks get zeros.
-
-Sources here:
-  * MovieLens-100K `u.item` (genres; release-year bucket) and `u.user` (age bucket, gender,
-    occupation): `read_movielens_100k_features`.
-  * Your own item-features CSV (`file.item_features_path`): `read_item_features_csv`.
-
+Sources: MovieLens-100K's `u.item` / `u.user` (`read_movielens_100k_items` / `_users`) and your
+own item-features CSV (`read_item_features_csv`), keyed by raw ids (`RawFeatures`) and aligned
+with the corpus's dense ids by `align_items` / `align_users` (the layout is `Features`'s).
 Numpy and the standard library only: the corpus cache is read without TensorFlow.
 """
 
@@ -36,6 +18,14 @@ from etils import epath
 
 from bert4rec_jax.datasets import readers
 
+# Per feature name, int32 [rows, width] category ids 1..C, padded with 0 = none: width 1 for a
+# single-valued feature (a user's gender), the most values any row has for a multi-valued one (a
+# movie's genres); a row of zeros has no value (an unknown item or user, padding, [MASK]). The
+# model embeds every id and pools each feature's non-zero ids, so one code path serves both.
+# Aligned with the corpus: items [num_items + 2, width], row i = dense item i (rows 0 and
+# num_items + 1, padding and [MASK], are zero); users [num_users + 1, width], row u + 1 = corpus
+# user u, row 0 the unknown user (zero). Raw ids the corpus lacks are ignored, corpus ids the
+# source lacks get zeros.
 Features = dict[str, np.ndarray]
 
 # u.genre's order: the 19 flags of u.item, columns 6..24. Category id = flag index + 1.

@@ -1,48 +1,9 @@
 """Reads your own interaction log (CSV, TSV, Parquet or the paper's format) into sequences.
 
-One row per interaction; a column map (`file_options.FileOptions`) names the user, item and
-optional timestamp columns, every other column is ignored. The result is `EncodedSequences`: each
-user's items in order, as indices into two sorted vocabularies of raw ids, so that string ids are
-stored once each and not once per interaction.
-
-Ids: a column whose values are all non-negative decimal integers without leading zeros (up to 18
-digits) holds integer ids; any other column holds string ids (surrounding whitespace is
-stripped, so "7" and " 7" are one id; "007" and "7" are two), of at most
-`corpus.MAX_RAW_ID_BYTES` (64 KiB) of UTF-8 each: a longer one is refused, naming its line.
-Parquet integer columns are integer ids, Parquet string columns string ids. An empty or missing
-id is an error, as is a negative integer id (-1 stands for padding in `Corpus.raw_item_ids`).
-
-Timestamps: integers or floats (e.g. unix seconds), ISO-8601 strings ("2015-03-31",
-"2015-03-31T06:40:02", with or without a zone such as "Z" or "+02:00", but the same kind in the
-whole column), or Parquet timestamp/date columns. Only their order matters.
-
-Order: each user's interactions are sorted by timestamp, ties kept in file order (a stable sort).
-Without a timestamp column the file order is the order.
-
-Exact duplicates: rows with the same user, item and timestamp (the columns read) are counted in
-the loading summary, and a warning names their count and the first one's line; they usually come
-from a log exported or concatenated twice, and they double sequences and let users pass
-`min_user_interactions`. `drop_duplicates` keeps the first of each. Without a timestamp column a
-duplicate cannot be told from a repeated interaction, so none is counted.
-
-Filters, applied in this order, once each (not repeated until nothing changes):
-  0. `drop_duplicates` (see above);
-  1. `drop_repeats`: an interaction with the same item as the user's previous one (after
-     ordering) is dropped, so "A A B A" becomes "A B A";
-  2. `min_item_interactions`: items with fewer interactions than this (counted after step 1)
-     are dropped from every sequence;
-  3. `min_user_interactions`: users with fewer interactions than this (counted after steps 1
-     and 2) are dropped. Every kept user therefore has at least this many interactions; an
-     item may end up with fewer than `min_item_interactions` once short users are gone.
-
-Speed: CSV/TSV are read by pyarrow's multi-threaded reader with the id columns dictionary-encoded
-as they are parsed; Parquet by `pyarrow.parquet` (string ids read as dictionaries); the paper's
-format by `readers.read_int_table`. The ordering is one stable sort (pyarrow's) of all rows.
-
-Errors raise `readers.DataFormatError` naming the file, the line (CSV/TSV/paper; physical lines,
-blank lines included; a quoted value that spans lines shifts the count) or the row group
-(Parquet) and the column. Configuration mistakes (an unknown format, a column that is not in
-`columns`) raise `ValueError` naming the `file.*` field.
+One row per interaction; `file_options.FileOptions` names the user, item and optional timestamp
+columns. The result, `EncodedSequences`, holds each user's items in order as indices into two
+sorted vocabularies of raw ids, so a string id is stored once, not once per interaction. The
+rules (ids, timestamps, order, duplicates, filters, errors) are in `read_sequences`.
 """
 
 from __future__ import annotations
@@ -106,7 +67,38 @@ class _Columns:
 
 
 def read_sequences(options: FileOptions) -> EncodedSequences:
-    """Reads, orders and filters an interaction file (see the module docstring).
+    """Reads, orders and filters an interaction file.
+
+    Ids: a column whose values are all non-negative decimal integers without leading zeros (up
+    to 18 digits) holds integer ids; any other column holds string ids (surrounding whitespace
+    is stripped, so "7" and " 7" are one id; "007" and "7" are two), of at most
+    `corpus.MAX_RAW_ID_BYTES` (64 KiB) of UTF-8 each: a longer one is refused, naming its line.
+    Parquet integer columns are integer ids, Parquet string columns string ids. An empty or
+    missing id is an error, as is a negative integer id (-1 stands for padding in
+    `Corpus.raw_item_ids`). (`_encode_ids`.)
+
+    Timestamps: integers or floats (e.g. unix seconds), ISO-8601 strings ("2015-03-31",
+    "2015-03-31T06:40:02", with or without a zone such as "Z" or "+02:00", but the same kind in
+    the whole column), or Parquet timestamp/date columns; only their order matters
+    (`_timestamps`). Each user's interactions are sorted by timestamp, ties kept in file order
+    (one stable sort, pyarrow's); without a timestamp column the file order is the order.
+
+    Exact duplicates: rows with the same user, item and timestamp are counted in the loading
+    summary, and a warning names their count and the first one's line; they usually come from a
+    log exported or concatenated twice, and they double sequences and let users pass
+    `min_user_interactions`. Without a timestamp column a duplicate cannot be told from a
+    repeated interaction, so none is counted (`_duplicates`).
+
+    Filters, in this order, once each (not repeated until nothing changes): `drop_duplicates`
+    keeps the first of each; `drop_repeats` drops an interaction with the same item as the
+    user's previous one ("A A B A" -> "A B A"); `min_item_interactions` drops items with fewer
+    interactions (counted after the step before) from every sequence; `min_user_interactions`
+    drops users with fewer (counted after both), so every kept user has at least this many, while
+    an item may end up with fewer than `min_item_interactions` once short users are gone.
+
+    Reading: CSV/TSV by pyarrow's multi-threaded reader, the id columns dictionary-encoded as
+    they are parsed; Parquet by `pyarrow.parquet` (string ids read as dictionaries); the paper's
+    format by `readers.read_int_table`.
 
     Args:
       options: the file and how to read it.
@@ -116,7 +108,11 @@ def read_sequences(options: FileOptions) -> EncodedSequences:
 
     Raises:
       readers.DataFormatError: a missing, empty or malformed file, a missing column, an
-        unparsable id or timestamp, or no user left after filtering.
+        unparsable id or timestamp, or no user left after filtering; naming the file, the line
+        (CSV/TSV/paper: physical lines, blank lines included; a quoted value that spans lines
+        shifts the count) or the row group (Parquet) and the column.
+      ValueError: a configuration mistake (an unknown format, a column that is not in
+        `columns`), naming the `file.*` field.
     """
     path = epath.Path(options.path)
     name = options.path
@@ -618,7 +614,7 @@ def _sorted_order(users: np.ndarray, timestamps: np.ndarray | None) -> np.ndarra
 
 def _duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
     """bool [rows]: the rows (ordered by user and time, ties in file order) that repeat an
-    earlier row's user, item and timestamp. None without timestamps (see the module doc)."""
+    earlier row's user, item and timestamp. None without timestamps (see `read_sequences`)."""
     duplicate = np.zeros(len(users), dtype=bool)
     if timestamps is None or len(users) < 2:
         return duplicate

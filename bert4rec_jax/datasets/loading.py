@@ -1,30 +1,7 @@
-"""`load_corpus`: a data set's name in, a `Corpus` out, prepared once and cached.
+"""`load_corpus`: a data set's name in, a `Corpus` out, prepared once through TFDS and cached.
 
-Every data set, your own file included, takes one path. The first load runs its TFDS builder
-(`download_and_prepare`: download, or read the manual copy or your file, parse, write TFDS records
-under `<data_dir>/<builder>/<config>/<version>`), reads the records back into flat numpy arrays
-and builds the `Corpus` (`corpus_from_sequences`). The corpus is then cached as one `.npz` (dense
-item ids plus the raw-id mappings) at `corpus_cache_path(...)`, i.e.
-`<data_dir>/bert4rec_corpus/<dataset>/<builder>-<config>-<version>-c<format>.npz`; later loads
-read only that file. A cache hit is logged ("Corpus cache hit ...") and can be checked beforehand
-with `corpus_cache_path(...).exists()`.
-
-What a source file holds is part of the key: a manual copy is prepared under the config
-`<name>-manual-<key>` and your own file under `<stem>-<key>`, where the key hashes the file's
-whole content (`readers.content_fingerprint`; plus the reading options for your own file). A
-replaced or edited file is therefore noticed and prepared anew, on every host that sees the same
-bytes; the price is one read of the file per load (~0.7 s per 500 MB), also on a cache hit.
-Downloads are verified by checksum, so they keep the plain config name.
-
-Paths (`data_dir`, `manual_dir`, `file.path`) go through `etils.epath`, so they may be `gs://...`
-(TFDS and Orbax use the same library). The cache's temporary-name-then-rename is atomic only on a
-local file system; on object stores the rename is a copy, still never visible half-written under
-the final name.
-
-Failures leave nothing half-written: the cache file is written under a temporary name and renamed
-into place; TFDS prepares into an `.incomplete` directory that it renames only on success;
-downloads go to a private directory under `<data_dir>/downloads/` that is removed afterwards; and
-directories this call created are removed again when it fails.
+Every data set, your own file included, takes this one path; the cache's key, layout and failure
+rules are in `load_corpus`'s docstring (the README's "Data sets" says what a user sees).
 """
 
 from __future__ import annotations
@@ -300,6 +277,26 @@ def load_corpus(
     file: Mapping[str, Any] | None = None,
 ) -> corpus_lib.Corpus:
     """Loads a data set as a `Corpus`, preparing it through TFDS on first use and caching it.
+
+    The first load runs the data set's TFDS builder (`download_and_prepare`: download, or read
+    the manual copy or your file, parse, write TFDS records under
+    `<data_dir>/<builder>/<config>/<version>`), reads the records back into flat numpy arrays and
+    builds the `Corpus` (`corpus_from_sequences`), then caches it as one `.npz` (dense item ids
+    plus the raw-id mappings) at `corpus_cache_path(...)`; later loads read only that file (a
+    hit is logged, "Corpus cache hit ...").
+
+    What a source file holds is part of the key: a manual copy is prepared under the config
+    `<name>-manual-<key>` and your own file under `<stem>-<key>`, the key hashing the file's
+    whole content (`readers.content_fingerprint`; plus the reading options for your own file),
+    so a replaced or edited file is prepared anew on every host that sees the same bytes, for
+    one read of the file per load (~0.7 s per 500 MB), also on a cache hit. Downloads are
+    verified by checksum, so they keep the plain config name. Paths go through `etils.epath`
+    (`gs://...` works; there the cache's rename is a copy, still never visible half-written).
+
+    Failures leave nothing half-written: the cache file is written under a temporary name and
+    renamed into place; TFDS prepares into an `.incomplete` directory that it renames only on
+    success; downloads go to a private directory under `<data_dir>/downloads/`, removed
+    afterwards; directories this call created are removed again when it fails.
 
     Args:
       dataset: one of `DATASETS`: "synthetic"; the paper's files "beauty", "steam", "ml-1m",

@@ -1,35 +1,5 @@
-"""TFDS builder for MovieLens 100K / 1M / 20M turned into sequences from the raw ratings.
-
-`movielens_sequences` (configs `100k`, `1m`, `20m`; `load_corpus` calls them `ml-100k-raw`,
-`ml-1m-raw`, `ml-20m-raw`) reads the GroupLens release's ratings file (`ml-100k/u.data`, tab
-separated; `ml-1m/ratings.dat`, `::` separated; `ml-20m/ratings.csv`, with a header) and builds
-the paper's sequences: every rating is an interaction, each user's ratings are sorted by
-(timestamp, raw item id) (the item id breaks ties between ratings with the same timestamp, a fixed
-rule so the result never depends on the file's line order), and users with fewer than 5 ratings
-are dropped (`readers.MIN_USER_INTERACTIONS`). Item ids are remapped later, by
-`corpus_from_sequences`.
-
-Where the release comes from:
-
-* Offline: if the manual directory exists and is not empty, it must hold either the zip
-  (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded. As for the
-  paper's files, `load_corpus` prepares a manual copy under a config named after its content
-  (`builders.manual_config`), so a replaced copy is noticed.
-* Online: `<base>/ml-100k.zip`, where `<base>` is the environment variable
-  `BERT4REC_MOVIELENS_BASE_URL` if set, else `DEFAULT_BASE_URL`. The download is checked
-  against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's format)
-  whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is raised. An
-  unreachable server fails at once with `readers.SourceUnavailableError` (see
-  `builders.download_and_verify`).
-
-Example schema: as every builder of the project (`builders.sequence_info`), one example per user
-`{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
-
-Side features (1.1.0): for 100K, the movies' genres and release-year buckets (`u.item`) and the
-users' age bucket, gender and occupation (`u.user`), read from the same release as the ratings
-(`features.read_movielens_100k_items` / `_users`), are saved beside the records by raw id
-(`SideFeatures`, `features.npz`); `load_corpus` aligns them with the corpus's dense ids. 1M and
-20M carry none yet (their `movies.dat` / `users.dat` have other layouts).
+"""TFDS builder for MovieLens 100K / 1M / 20M turned into sequences from the raw ratings
+(`ml-100k-raw`, ...): the rules and where the release comes from are in `MovielensSequences`.
 """
 
 from __future__ import annotations
@@ -118,7 +88,39 @@ def verify_release(path: os.PathLike, url_info, name: str) -> None:
 
 
 class MovielensSequences(tfds.core.GeneratorBasedBuilder):
-    """MovieLens ratings as time-ordered user sequences (see the module docstring)."""
+    """MovieLens ratings as time-ordered user sequences.
+
+    `movielens_sequences` (configs `100k`, `1m`, `20m`; `load_corpus` calls them `ml-100k-raw`,
+    `ml-1m-raw`, `ml-20m-raw`) reads the GroupLens release's ratings file (`ml-100k/u.data`, tab
+    separated; `ml-1m/ratings.dat`, `::` separated; `ml-20m/ratings.csv`, with a header) and builds
+    the paper's sequences: every rating is an interaction, each user's ratings are sorted by
+    (timestamp, raw item id) (the item id breaks ties between ratings with the same timestamp,
+    a fixed rule so the result never depends on the file's line order), and users with fewer
+    than 5 ratings are dropped (`readers.MIN_USER_INTERACTIONS`). Item ids are remapped later, by
+    `corpus_from_sequences`.
+
+    Where the release comes from:
+
+    * Offline: if the manual directory exists and is not empty, it must hold either the zip
+      (`ml-100k.zip`) or the extracted folder (`ml-100k/u.data`); nothing is downloaded. As for the
+      paper's files, `load_corpus` prepares a manual copy under a config named after its content
+      (`builders.manual_config`), so a replaced copy is noticed.
+    * Online: `<base>/ml-100k.zip`, where `<base>` is the environment variable
+      `BERT4REC_MOVIELENS_BASE_URL` if set, else `DEFAULT_BASE_URL`. The download is checked
+      against the size and sha256 in this package's `checksums.tsv` (the GroupLens URLs, TFDS's
+      format) whatever the base URL; on a mismatch it is deleted and `readers.ChecksumError` is
+      raised. An unreachable server fails at once with `readers.SourceUnavailableError` (see
+      `builders.download_and_verify`).
+
+    Example schema: as every builder of the project (`builders.sequence_info`), one example per user
+    `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
+
+    Side features (1.1.0): for 100K, the movies' genres and release-year buckets (`u.item`) and the
+    users' age bucket, gender and occupation (`u.user`), read from the same release as the ratings
+    (`features.read_movielens_100k_items` / `_users`), are saved beside the records by raw id
+    (`SideFeatures`, `features.npz`); `load_corpus` aligns them with the corpus's dense ids. 1M and
+    20M carry none yet (their `movies.dat` / `users.dat` have other layouts).
+    """
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {

@@ -1,29 +1,5 @@
-"""TFDS builder for the BERT4Rec paper's four preprocessed data sets.
-
-The paper's authors published their preprocessed files in their repository: `beauty.txt`,
-`steam.txt`, `ml-1m.txt` and `ml-20m.zip` (a zip holding one text file of the same format), one
-`<user> <item>` pair per line, each user's lines contiguous and oldest first. This builder
-(`bert4rec_paper`, configs `beauty`, `steam`, `ml-1m`, `ml-20m`) turns one of them into one TFDS
-example per user.
-
-Where the file comes from:
-
-* Offline: if the manual directory (`tfds.download.DownloadConfig(manual_dir=...)`) exists and
-  is not empty, the file is read from there (`<manual_dir>/beauty.txt` etc.; for ML-20m either
-  `ml-20m.zip` or its extracted `ml-20m.txt`) and nothing is downloaded. A manual copy whose git
-  blob id differs from the official file's is used with a warning, so that edited or trimmed
-  copies still work. `load_corpus` prepares a manual copy under its own config
-  (`beauty-manual-<content key>`, see `manual_config`), so that a replaced copy is prepared anew.
-* Online: the file is downloaded from `<base>/<file>`, where `<base>` is the environment variable
-  `BERT4REC_PAPER_BASE_URL` if set (a mirror, or a local server in tests), else
-  `DEFAULT_BASE_URL`. The download is verified by its git blob id (sha1 of b"blob <size>\\0" +
-  content, the id GitHub shows; TFDS's own registry wants a sha256, which the authors never
-  published). On a mismatch the downloaded file is deleted and `readers.ChecksumError` names the
-  file, the expected and the actual id. When the source cannot be reached at all (no network),
-  `readers.SourceUnavailableError` says so within seconds, with the way to work offline, instead
-  of TFDS retrying for minutes (`download_and_verify`).
-
-Examples follow the schema every builder of the project shares (`builders.sequence_info`).
+"""TFDS builder for the BERT4Rec paper's four preprocessed data sets (beauty, steam, ml-1m,
+ml-20m): one example per user; where the file comes from is in `Bert4recPaper`'s docstring.
 """
 
 from __future__ import annotations
@@ -63,7 +39,34 @@ class PaperConfig(tfds.core.BuilderConfig):
 
 
 class Bert4recPaper(tfds.core.GeneratorBasedBuilder):
-    """The BERT4Rec paper's preprocessed data sets (see the module docstring)."""
+    """The BERT4Rec paper's preprocessed data sets, one TFDS example per user.
+
+    The paper's authors published their preprocessed files in their repository: `beauty.txt`,
+    `steam.txt`, `ml-1m.txt` and `ml-20m.zip` (a zip holding one text file of the same format), one
+    `<user> <item>` pair per line, each user's lines contiguous and oldest first. This builder
+    (`bert4rec_paper`, configs `beauty`, `steam`, `ml-1m`, `ml-20m`) turns one of them into one TFDS
+    example per user.
+
+    Where the file comes from:
+
+    * Offline: if the manual directory (`tfds.download.DownloadConfig(manual_dir=...)`) exists and
+      is not empty, the file is read from there (`<manual_dir>/beauty.txt` etc.; for ML-20m either
+      `ml-20m.zip` or its extracted `ml-20m.txt`) and nothing is downloaded. A manual copy whose git
+      blob id differs from the official file's is used with a warning, so that edited or trimmed
+      copies still work. `load_corpus` prepares a manual copy under its own config
+      (`beauty-manual-<content key>`, see `manual_config`), so that a replaced copy is prepared
+      anew.
+    * Online: the file is downloaded from `<base>/<file>`, where `<base>` is the environment
+      variable `BERT4REC_PAPER_BASE_URL` if set (a mirror, or a local server in tests), else
+      `DEFAULT_BASE_URL`. The download is verified by its git blob id (sha1 of b"blob <size>\\0" +
+      content, the id GitHub shows; TFDS's own registry wants a sha256, which the authors never
+      published). On a mismatch the downloaded file is deleted and `readers.ChecksumError` names the
+      file, the expected and the actual id. When the source cannot be reached at all (no network),
+      `readers.SourceUnavailableError` says so within seconds, with the way to work offline, instead
+      of TFDS retrying for minutes (`download_and_verify`).
+
+    Examples follow the schema every builder of the project shares (`builders.sequence_info`).
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

@@ -1,27 +1,10 @@
-"""Parsers for the raw interaction files, vectorised and strict.
+"""Parsers for the raw interaction files, vectorised and strict, and the files' checksums.
 
-Two source formats reach the project:
-
-* the BERT4Rec paper's preprocessed files (`beauty.txt`, `ml-1m.txt`, `steam.txt`, the text file
-  inside `ml-20m.zip`): one `<user> <item>` pair per line, a user's lines contiguous and oldest
-  first; the line order is the only time signal;
-* MovieLens ratings (`ml-100k/u.data`, `ml-1m/ratings.dat`, `ml-20m/ratings.csv`): one rating per
-  line with a timestamp, in no particular order.
-
-Both are parsed the same way: the file is streamed in blocks of whole lines, each block is checked
-byte by byte with numpy (allowed characters, columns per line, id lengths) and then converted with
-`np.fromstring` in C. No Python loop runs per line, so 20M interactions parse in seconds, and the
-memory held is the output arrays plus one block. Every problem raises `DataFormatError` naming the
-file, the 1-based line and what is wrong, e.g. `beauty.txt:17: expected 2 columns, found 3`.
-A UTF-8 byte order mark at the start of a file and blank (empty or whitespace-only) lines are
-tolerated: editors and spreadsheet exports add them, and they carry no interaction.
-
-Paths go through `etils.epath`, so `gs://...` (and every file system TFDS reads) works as well as
-local files.
-
-Checksums: `git_blob_id` (the id GitHub shows for a file, used for the paper's files),
-`sha256_file` (used for MovieLens zips) and `content_fingerprint` (the cache key of a source file),
-all streamed.
+Two source formats: the paper's preprocessed files (`<user> <item>` per line, a user's lines
+contiguous and oldest first: `read_paper_file`) and MovieLens ratings (one rating per line with a
+timestamp, in no order: `read_movielens_ratings`); both parse through `read_int_table`. Every
+problem raises `DataFormatError` naming the file and the line, e.g. `beauty.txt:17: expected 2
+columns, found 3`. Paths go through `etils.epath`, so `gs://...` works as well as local files.
 """
 
 from __future__ import annotations
@@ -250,8 +233,12 @@ def read_int_table(
 ) -> np.ndarray:
     """Reads a text table of non-negative integers, validating every line.
 
-    A UTF-8 byte order mark at the start and blank lines anywhere are skipped; line numbers in
-    errors still count every physical line.
+    The file is streamed in blocks of whole lines; each block is checked byte by byte with numpy
+    (allowed characters, columns per line, id lengths) and then converted with `np.fromstring`
+    in C. No Python loop runs per line, so 20M interactions parse in seconds, and the memory
+    held is the output arrays plus one block. A UTF-8 byte order mark at the start and blank
+    lines anywhere are skipped (editors and spreadsheet exports add them, and they carry no
+    interaction); line numbers in errors still count every physical line.
 
     Args:
       source: a path (local or any `etils.epath` file system) or a binary file object (e.g. a

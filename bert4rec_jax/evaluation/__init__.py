@@ -2,7 +2,7 @@
 
 candidates.py  the sampled protocols' negatives: drawing, and a cache on disk
 metrics.py     ranks -> HR@k, NDCG@k, MRR, and the results table
-ranking.py     inputs, the jitted rankers on the mesh, `EvalConfig` and the `Evaluator`
+ranking.py     the jitted rankers on the mesh, `EvalConfig` and the `Evaluator` (inputs: `scoring`)
 
   evaluator = Evaluator(corpus, split, EvalConfig.from_config(config), fns, mesh=mesh)
   results = evaluator.evaluate(params, "valid")
@@ -10,7 +10,7 @@ ranking.py     inputs, the jitted rankers on the mesh, `EvalConfig` and the `Eva
 
 from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
 from bert4rec_jax.evaluation.metrics import format_table, ranking_metrics
-from bert4rec_jax.evaluation.ranking import EvalConfig, Evaluator, popularity_fns
+from bert4rec_jax.evaluation.ranking import EvalConfig, Evaluator
 
 __all__ = [
     "PROTOCOLS",
@@ -19,6 +19,5 @@ __all__ = [
     "EvalConfig",
     "Evaluator",
     "format_table",
-    "popularity_fns",
     "ranking_metrics",
 ]

@@ -1,34 +1,9 @@
-"""Ranking on the mesh: each evaluated user's input, the target's rank among its candidates.
+"""Ranking on the mesh: each evaluated user's target ranked among its candidates, per protocol.
 
-Every evaluated user (see `corpus.leave_one_out`) is scored once per held-out item, `which` =
-"valid" (the second to last item) or "test" (the last):
-
-* Input: the user's history (valid: the training items; test: training + validation items),
-  truncated to its last `max_len - 1` items, then [MASK]; padding 0 after it (the original code pads
-  at the end too). The model's hidden state at the [MASK] position scores the candidates.
-  A left-to-right model (`model.kind="sasrec"`) reads the last `max_len` items, no [MASK], and
-  is scored from its hidden state at the last item.
-* Candidates (see `candidates.py` for the sampled ones), target in column 0:
-  - "pop100", "uniform100": the target and its sampled negatives.
-  - "full": every item of the catalogue; with `exclude_history` the user's input history (all of
-    it, not only the last max_len - 1 items) is dropped, the target always kept. Padding (0) and
-    [MASK] (V + 1) are never candidates. Scored on device in item chunks, never materialising a
-    users x items matrix larger than one [batch, item_chunk] block.
-* Metrics over the target's 0-based rank, averaged over users (`metrics.ranking_metrics`).
-
-Tie rule (pessimistic): the target's rank is the number of candidates scoring strictly higher than
-the target PLUS the number of OTHER candidates scoring exactly the same. A target tied with a
-negative therefore never ranks above it: a model that gives every item the same score gets
-HR@k = 0 for every k <= the number of negatives, and MRR = 1 / number of candidates.
-
-NaN scores never flatter a model: a NaN target score raises `FloatingPointError`, and a candidate
-scoring NaN counts as ranked above the target.
-
-The model's scoring functions are handed to the `Evaluator` when it is built (`ScoringFns`), so this
-module knows nothing of the model:
-`encode(params, ids [B, N] int32, mask_pos [B] int32) -> h [B, H]` (plus `users [B] int32`, user
-rows = corpus user + 1, when `ScoringFns.uses_users`) and
-`score(params, h [B, H], item_ids [C] or [B, C] int32) -> scores [B, C]`.
+Every evaluated user is scored once per held-out item ("valid", "test") from the input
+`scoring.build_inputs` places; the candidates are sampled (`candidates.py`, target in column 0)
+or the whole catalogue ("full", scored in item chunks). The protocols are in the README's
+"Evaluation"; the tie and NaN rules in `Ranker`'s comment.
 """
 
 from __future__ import annotations
@@ -48,13 +23,18 @@ from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
 from bert4rec_jax.evaluation import candidates as candidates_lib
 from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
 from bert4rec_jax.evaluation.metrics import ranking_metrics
-from bert4rec_jax.models import ScoringFns
+from bert4rec_jax.scoring import ScoringFns, build_inputs, padded_rows
 
 # Full ranking pads every batch's histories to one width (one compilation) when the longest
 # evaluated history fits in this many items; longer ones (ML-1m, ML-20m) pad per batch to a power
 # of two, to keep the per-chunk exclusion work proportional to the batch's own histories.
 _SINGLE_HISTORY_WIDTH_MAX = 1024
 # A ranker: (params, h [B, H], per-user arrays {name: [B, ...]}) -> (ranks [B] int32, nan [B] bool).
+# Ties are pessimistic: the target's 0-based rank counts the candidates scoring strictly higher
+# PLUS the OTHER candidates scoring exactly the same, so a model that scores every item alike gets
+# HR@k = 0 for every k <= the number of negatives and MRR = 1 / candidates. A NaN never flatters a
+# model: a NaN target raises FloatingPointError (`Evaluator.rank_targets`), a NaN candidate counts
+# above the target.
 Ranker = Callable[[Any, jax.Array, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
 
 
@@ -63,9 +43,8 @@ class EvalConfig:
     """What evaluation reads, taken from the ConfigDict once (`model.max_len` and `eval.*`).
 
     Attributes:
-      max_len: the model's input length (inputs: the last max_len - 1 items + [MASK]).
-      append_mask: False for a left-to-right model (`model.kind="sasrec"`): inputs are the
-        last max_len items, scored at the last one.
+      max_len: the model's input length (inputs: the last max_len - 1 items + [MASK], or
+        max_len items for a left-to-right model: `scoring.build_inputs`).
       protocols: any of "pop100", "uniform100", "full".
       num_negatives: negatives per user of the sampled protocols.
       ks: cut-offs of HR@k and NDCG@k.
@@ -96,7 +75,6 @@ class EvalConfig:
     metric: str = "pop100/ndcg@10"
     early_stopping_patience: int = 0
     buckets: tuple[int, ...] = ()
-    append_mask: bool = True
 
     def __post_init__(self):
         # Field names are the config's, so a bad command-line override is easy to find.
@@ -137,7 +115,6 @@ class EvalConfig:
             # The training buckets (validated by cloze.InputConfig); older configs
             # have none.
             buckets=tuple(int(b) for b in config.input.get("buckets", ())),
-            append_mask=config.model.get("kind", "bert4rec") != "sasrec",
         )
 
     def input_width(self, length: int) -> int:
@@ -151,45 +128,6 @@ class EvalConfig:
         return tuple(f"{p}/{m}" for p in self.protocols for m in per_protocol)
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-
-def build_inputs(
-    corpus: Corpus, split: Split, which: str, max_len: int, append_mask: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Builds every evaluated user's model input for one split.
-
-    Args:
-      corpus: the corpus.
-      split: its leave-one-out split.
-      which: "valid" or "test".
-      max_len: positions of the model's input; the history keeps its last `max_len - 1` items
-        (`max_len` without `append_mask`).
-      append_mask: append [MASK] after the history and score there (BERT4Rec); False: score at
-        the history's last item (SASRec).
-
-    Returns:
-      ids: int32 [num_eval, max_len]; history items oldest first, then [MASK] (with
-        `append_mask`), then padding 0.
-      mask_pos: int32 [num_eval]; the scoring column of each row: [MASK]'s, or the last item's.
-    """
-    if max_len < 1 + append_mask:
-        raise ValueError(f"max_len={max_len}: need at least one history item and [MASK]")
-    ends = split.history_ends(corpus, which)  # [E]
-    width = max_len - 1 if append_mask else max_len
-    starts = np.maximum(corpus.offsets[split.eval_users], ends - width)  # [E]
-    lengths = ends - starts  # [E], in 1..width
-    cols = np.arange(max_len)  # [N]
-    index = np.minimum(starts[:, None] + cols[None, :], len(corpus.items) - 1)  # [E, N]
-    ids = np.where(cols[None, :] < lengths[:, None], corpus.items[index], PAD_ID).astype(np.int32)
-    if not append_mask:
-        return ids, (lengths - 1).astype(np.int32)
-    ids[np.arange(len(ids)), lengths] = corpus.mask_id
-    return ids, lengths.astype(np.int32)
-
-
 def _padded_rows(
     items: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_width: int = 8
 ) -> np.ndarray:
@@ -198,11 +136,8 @@ def _padded_rows(
     Widths are rounded up to powers of two so that batches of different history lengths reuse a
     handful of compiled shapes; `min_width` lets a caller fix one width for every batch.
     """
-    lengths = ends - starts
-    width = max(min_width, sharding.pow2(int(lengths.max(initial=0))))
-    cols = np.arange(width)
-    index = np.minimum(starts[:, None] + cols[None, :], max(len(items) - 1, 0))
-    return np.where(cols[None, :] < lengths[:, None], items[index], PAD_ID).astype(np.int32)
+    width = max(min_width, sharding.pow2(int((ends - starts).max(initial=0))))
+    return padded_rows(items, starts, ends, width)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +166,9 @@ def full_ranker(
     score_fn: Callable[..., jax.Array], num_items: int, item_chunk: int, exclude_history: bool
 ) -> Ranker:
     """Ranks arrays["targets"] [B] among every item, minus arrays["history"] [B, W] if excluded.
+
+    The excluded history is all of it, not only the input window; the target is always kept;
+    padding (0) and [MASK] (V + 1) are never candidates.
 
     One jitted computation: a fori_loop over item chunks keeps, per user, the count of items
     scoring >= the target (pessimistic ties), so no [B, num_items] matrix ever exists.
@@ -328,6 +266,7 @@ class Evaluator:
             return lambda params, h, arrays: ranker(model_rows(params), h, arrays)
 
         self._uses_users = fns.uses_users
+        self._append_mask = fns.append_mask  # where the model reads a history
         self._encode = jax.jit(
             encode,
             in_shardings=(params_layout, data, data) + ((data,) if fns.uses_users else ()),
@@ -351,7 +290,7 @@ class Evaluator:
         """(ids int32 [num_eval, max_len], mask_pos int32 [num_eval]) of one held-out item."""
         if which not in self._inputs:
             self._inputs[which] = build_inputs(
-                self.corpus, self.split, which, self.config.max_len, self.config.append_mask
+                self.corpus, self.split, which, self.config.max_len, self._append_mask
             )
         return self._inputs[which]
 
@@ -516,31 +455,3 @@ class Evaluator:
                 results[f"{protocol}/{name}"] = value
         results["num_users"] = float(len(rows))
         return results
-
-
-def popularity_fns(corpus: Corpus) -> tuple[ScoringFns, dict[str, jax.Array]]:
-    """A trivial baseline that scores every item by its popularity, whoever the user is.
-
-    The counts are `corpus.popularity` (over the full sequences, held-out items included, as the
-    original's negative sampler), so this baseline peeks slightly at the targets: it is a floor that
-    a trained model should clear, not a fair competitor.
-
-    Args:
-      corpus: the corpus.
-
-    Returns:
-      (scoring functions, their params) for an `Evaluator`.
-    """
-    counts = np.zeros(corpus.vocab_size, np.float32)  # [V + 2]; padding and [MASK] score 0
-    counts[: corpus.num_items + 1] = corpus.popularity
-    params = {"popularity": jnp.asarray(counts)}
-
-    def encode(params, ids, mask_pos):
-        del params, mask_pos
-        return jnp.zeros((ids.shape[0], 1), jnp.float32)  # [B, 1]; only the batch size matters
-
-    def score(params, h, item_ids):
-        scores = params["popularity"][item_ids]  # [C] or [B, C]
-        return jnp.broadcast_to(scores, (h.shape[0], scores.shape[-1]))
-
-    return ScoringFns(encode, score), params

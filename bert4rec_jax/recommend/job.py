@@ -1,0 +1,187 @@
+"""Jobs over many users: chunks served while the next is read, counts, and a progress bar."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+from bert4rec_jax.recommend.files import OutputWriter, Record
+from bert4rec_jax.recommend.ids import EncodedHistories
+from bert4rec_jax.recommend.recommender import Recommender
+
+# Users read, encoded and written together by the file-to-file jobs (memory per chunk, not per job).
+DEFAULT_CHUNK_USERS = 4096
+
+
+class Progress:
+    """A progress bar on stderr: a redrawn line on a terminal, plain lines every 10 s otherwise
+    (a log file gets no carriage returns or escape codes)."""
+
+    def __init__(self, total: int | None, unit: str, stream: TextIO | None = None):
+        self.total = total
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, users: int, final: bool = False) -> None:
+        """Shows `done` of `total` input units read and `users` users served so far."""
+        now = time.monotonic()
+        if not final and now - self._last < (0.5 if self.tty else 10.0):
+            return
+        if not final and not self.tty and self.total and done >= self.total:
+            return  # the final line follows at once; a log gets it only once
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        text = f"{users:,} users, {users / elapsed:,.0f}/s"
+        if self.total:
+            fraction = min(done / self.total, 1.0)
+            eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+            bar = "#" * int(30 * fraction)
+            eta_text = "" if final or eta != eta else f" ETA {_clock(eta)}"
+            text = (
+                f"[{bar:<30}] {fraction:4.0%} {done:,}/{self.total:,} {self.unit}, {text}, "
+                f"{_clock(elapsed)}{eta_text}"
+            )
+        else:
+            text = f"{done:,} {self.unit}, {text}, {_clock(elapsed)}"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@dataclasses.dataclass
+class JobSummary:
+    """Counts of a job over many users."""
+
+    users: int = 0
+    served: int = 0
+    unknown_ids: int = 0
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        failed = sum(self.errors.values())
+        why = ", ".join(f"{n:,} {error}" for error, n in sorted(self.errors.items()))
+        return (
+            f"{self.users:,} users: {self.served:,} served, {failed:,} without recommendations"
+            + (f" ({why})" if why else "")
+            + f"; {self.unknown_ids:,} unknown item ids skipped; "
+            f"{self.users / max(self.seconds, 1e-9):,.0f} users/s"
+        )
+
+
+def recommend_all(
+    recommender: Recommender,
+    records: Iterable[tuple[Record, int]],
+    writer: OutputWriter,
+    k: int,
+    *,
+    exclude_seen: bool = True,
+    strict: bool = False,
+    chunk_users: int = DEFAULT_CHUNK_USERS,
+    progress: Progress | None = None,
+) -> JobSummary:
+    """Serves a stream of users chunk by chunk, writing each chunk before reading the next.
+
+    Args:
+      recommender: the model.
+      records: ((raw user id, history, label), input units read so far) per user.
+      writer: where the rows go, one per user in order.
+      k: items per user.
+      exclude_seen: never return an item of the history.
+      strict: stop at the first unknown id or empty history (raising, naming it).
+      chunk_users: users per chunk: memory holds one chunk.
+      progress: shown after each chunk.
+
+    Returns:
+      The job's counts.
+    """
+    recommender.check_k(k)
+    summary = JobSummary()
+    start = time.monotonic()
+    chunk: list[Record] = []
+    done = 0
+    # A chunk whose batches run while the next chunk is read and mapped and this one's rows
+    # are written: the model (on jax's threads) and that Python work overlap, and the model
+    # does not wait between chunks. The results are `recommend`'s, chunk by chunk.
+    in_flight: tuple[list[Any], EncodedHistories, list[Any], int] | None = None
+
+    def begin(chunk: list[Record], done: int) -> tuple[list[Any], EncodedHistories, list, int]:
+        users = [r[0] for r in chunk]
+        encoded = recommender.encode(
+            [r[1] for r in chunk], users=users, strict=strict, labels=[r[2] for r in chunk]
+        )
+        return users, encoded, recommender.start(encoded, exclude_seen), done
+
+    def finish(flight: tuple[list[Any], EncodedHistories, list, int]) -> None:
+        users, encoded, pending, done = flight
+        result = recommender.collect(encoded, pending, k)
+        writer.write(users, result)
+        summary.users += len(users)
+        summary.served += len(users) - result.num_failed
+        summary.unknown_ids += result.num_unknown
+        summary.errors.update(e for e in result.errors if e is not None)
+        if progress is not None:
+            progress.update(done, summary.users)
+
+    def advance(chunk: list[Record], done: int) -> None:
+        nonlocal in_flight
+        started = begin(chunk, done)
+        flight, in_flight = in_flight, None
+        if flight is not None:
+            finish(flight)
+        in_flight = started
+
+    try:
+        for record, done in records:
+            chunk.append(record)
+            if len(chunk) >= chunk_users:
+                advance(chunk, done)
+                chunk = []
+        if chunk:
+            advance(chunk, done)
+    except Exception:
+        # A bad line or (strict) a bad user: the users before it are written, as when
+        # chunks ran one after the other.
+        flight, in_flight = in_flight, None
+        if flight is not None:
+            finish(flight)
+        raise
+    if in_flight is not None:
+        finish(in_flight)
+    summary.seconds = time.monotonic() - start
+    if progress is not None:
+        progress.update(done, summary.users, final=True)
+    return summary
+
+
+def workdir_users(
+    workdir: str, data_dir: str | None = None
+) -> tuple[Iterator[tuple[Record, int]], int]:
+    """Every user of a training run's corpus, whole sequences as raw ids: (records, users)."""
+    from bert4rec_jax import experiment  # the data sets: only here
+    from bert4rec_jax import workdir as workdir_lib
+
+    _, config = workdir_lib.open_run(workdir, data_dir=data_dir)
+    corpus = experiment.Experiment.from_config(config).corpus
+
+    def records() -> Iterator[tuple[Record, int]]:
+        raw_items = corpus.raw_item_ids
+        for u in range(corpus.num_users):
+            user = corpus.raw_user_ids[u].item()
+            yield (user, raw_items[corpus.sequence(u)], f"{workdir} user {user!r}"), u + 1
+
+    return records(), corpus.num_users
