@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
     # softmax only; its logQ correction removes the proposal's bias).
     c.loss.proposal = "uniform"
     c.loss.gbce_t = 0.75  # gBCE calibration t in [0, 1]: 0 = plain BCE, 1 = fully calibrated
+    # gbce: start at the best constant score log(beta / N) (losses.gbce_shift); without it gbce
+    # stays at the popularity ranking on ML-100K (issue 21).
+    c.loss.gbce_shift = False
 
     # ---- Input pipeline (cloze masking) -----------------------------------------------------
     c.input = ml_collections.ConfigDict()

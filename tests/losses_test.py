@@ -281,6 +281,37 @@ def test_gbce_matches_numpy():
     assert out["correct_sum"] > 0
 
 
+def test_gbce_shift_starts_at_the_best_constant_score():
+    # Issue 21: unshifted gBCE over 256 negatives first has to push every score from 0 down to
+    # about log(beta / N), and on ML-100K SASRec never got past that constant solution. The shift
+    # is that constant: at all-zero scores the shifted loss has no gradient on a common offset,
+    # the unshifted one a large one, and a constant shift changes no ranking.
+    rng = np.random.default_rng(7)
+    h = jnp.zeros((B, P, H))  # every score 0, as at initialisation
+    table, bias = rng.normal(size=(300, H)).astype(np.float32), np.zeros(300, np.float32)
+    labels = rng.integers(1, 11, size=(B, P)).astype(np.int32)
+    weights = np.ones((B, P), np.float32)
+    negatives = np.arange(11, 11 + 256)  # no accidental hits
+    beta = losses.gbce_beta(0.75, len(negatives), num_items=2000)
+    shift = losses.gbce_shift(beta, len(negatives))
+    np.testing.assert_allclose(shift, np.log(beta / 256), rtol=1e-12)
+
+    def loss_at(offset, s):
+        out = losses.gbce_loss(
+            h, table, bias + offset, labels, weights, negatives, beta=beta, shift=s
+        )
+        return out["loss_sum"] / out["weight_sum"]
+
+    shifted = jax.grad(loss_at)(0.0, shift)
+    unshifted = jax.grad(loss_at)(0.0, 0.0)
+    assert abs(shifted) < 1e-6
+    assert unshifted > 0.4  # (N/2 - beta/2) / (N + 1): every score wants to go down
+    config = default_config.get_config()
+    assert losses.LossConfig.from_config(config).gbce_shift is False  # today's loss by default
+    config.loss.gbce_shift = True
+    assert losses.LossConfig.from_config(config).gbce_shift is True
+
+
 def test_draws_follow_the_proposal():
     vocab = 12
     counts = np.zeros(vocab - 1, np.int64)  # Corpus.popularity layout: [0] = padding

@@ -26,6 +26,7 @@ from bert4rec_jax.losses.sampled import (
     draw_negatives,
     gbce_beta,
     gbce_loss,
+    gbce_shift,
     sampled_softmax_cross_entropy,
     uniform_items,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "full_logits",
     "gbce_beta",
     "gbce_loss",
+    "gbce_shift",
     "loss_sums",
     "masked_cross_entropy",
     "prepare_item_counts",
@@ -136,4 +138,5 @@ def cloze_loss(
             h, table, bias, labels, weights, negatives, neg_log_q, label_log_q
         )
     beta = gbce_beta(loss_config.gbce_t, loss_config.num_negatives, num_items=vocab_size - 2)
-    return gbce_loss(h, table, bias, labels, weights, negatives, beta=beta)
+    shift = gbce_shift(beta, loss_config.num_negatives) if loss_config.gbce_shift else 0.0
+    return gbce_loss(h, table, bias, labels, weights, negatives, beta=beta, shift=shift)

@@ -45,6 +45,9 @@ class LossConfig:
       proposal: the distribution negatives are drawn from: "uniform" over the items, or
         "popularity" (proportional to the item counts the step is given).
       gbce_t: gBCE's calibration parameter t in [0, 1]; 0 = plain BCE, 1 = fully calibrated.
+      gbce_shift: gbce adds `sampled.gbce_shift` = log(beta / N) to every score inside the loss,
+        so training starts at the best constant scores instead of having to learn them (without
+        it gbce stays at the popularity ranking on ML-100K). False keeps the unshifted loss.
     """
 
     type: str = "auto"
@@ -53,6 +56,7 @@ class LossConfig:
     num_negatives: int = 1024
     proposal: str = "uniform"
     gbce_t: float = 0.75
+    gbce_shift: bool = False
 
     def __post_init__(self):
         def bad(field: str, why: str) -> ValueError:
@@ -88,6 +92,7 @@ class LossConfig:
             num_negatives=int(loss.num_negatives),
             proposal=str(loss.proposal),
             gbce_t=float(loss.gbce_t),
+            gbce_shift=bool(loss.get("gbce_shift", False)),
         )
 
     def resolve(self, vocab_size: int) -> str:
