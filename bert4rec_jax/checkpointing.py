@@ -233,12 +233,28 @@ def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
     return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
 
 
+class _Manager(ocp.CheckpointManager):
+    """A CheckpointManager that leaves JAX's preemption sync point to the training loop alone.
+
+    `reached_preemption_sync_point(step)` is true only at the step equal to one more than the
+    step of the last call made before the SIGTERM arrived, in whichever thread. Orbax calls it
+    too, and from its `save_finalize` thread with the step of the checkpoint it is finishing,
+    already behind the loop's: a SIGTERM arriving after such a call sets the sync point at a
+    step the loop has passed, and the run never stops. The loop (`preemption.requested`) asks
+    at every step and saves on preemption itself, so Orbax needs no answer.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 class Checkpointer:
     """The two checkpoint managers of a workdir. Every process must call every method."""
 
     def __init__(self, workdir: epath.PathLike, *, keep: int, use_async: bool = True):
         self._workdir = workdir_lib.absolute(workdir)
-        self._latest = ocp.CheckpointManager(
+        self._latest = _Manager(
             self._workdir / workdir_lib.CHECKPOINTS_DIR,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
@@ -251,7 +267,7 @@ class Checkpointer:
                 "loop": ocp.JsonCheckpointHandler(),
             },
         )
-        self._best = ocp.CheckpointManager(
+        self._best = _Manager(
             self._workdir / workdir_lib.BEST_DIR,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1,

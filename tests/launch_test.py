@@ -583,6 +583,10 @@ def test_ctrl_c_saves_a_checkpoint_and_deletes_the_slice(cloud, tmp_path):
     assert cloud.state()["nodes"] == {}
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() > 10
     assert not (workdir / workdir_lib.RESULTS_FILE).exists()
+    # ...and it stopped by itself at a step, not by the slice's deletion after the launcher's
+    # grace period (the periodic checkpoints alone would pass the checks above).
+    log = (cloud.root / "nodes" / "pod-1" / "worker0" / "bert4rec_train.log").read_text()
+    assert re.search(r"Stopping at step \d+ on SIGTERM", log), log[-4000:]
 
 
 def _slurm_env(num_tasks):
