@@ -60,6 +60,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
             "--config.loss.type=gbce",
             "--config.loss.num_negatives=256",
             "--config.loss.gbce_t=0.75",
+            "--config.loss.gbce_shift=True",  # unshifted, it stays at the best constant score
             "--config.num_train_steps=600",
         ],
     ),
