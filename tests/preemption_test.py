@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -23,22 +22,6 @@ from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def train_command(workdir, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "bert4rec_jax.train",
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        "--config.num_train_steps=60",
-        "--config.log_every_steps=1",
-        "--config.checkpoint_every_steps=0",  # only the stop and the end save
-        "--config.eval.every_steps=0",
-        *extra,
-    ]
 
 
 def start(command, log: pathlib.Path, devices: int = 1, env=None) -> subprocess.Popen:
@@ -240,6 +223,15 @@ def assert_same_params(workdir_a, workdir_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# Runs until stopped, logging every step; only the stop and the end save.
+TWO_PROCESS_RUN = {
+    "num_train_steps": 100000,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 0,
+    "eval.every_steps": 0,
+}
+
+
 @pytest.mark.slow
 def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path):
     data, workdir = tmp_path / "data", tmp_path / "work"
@@ -251,10 +243,10 @@ def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path):
             f"--coordinator_address=localhost:{port}",
             "--num_processes=2",
             f"--process_id={i}",
-            "--config.num_train_steps=100000",
         ]
+        command = crash_resume.train_command(workdir, data, TWO_PROCESS_RUN) + distributed
         logs.append(tmp_path / f"process{i}.log")
-        procs.append(start(train_command(workdir, data, *distributed), logs[-1]))
+        procs.append(start(command, logs[-1]))
     try:
         for proc, log in zip(procs, logs, strict=True):
             wait_for(log, r"step 3/100000 ", proc)
