@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bert4rec_jax import scoring
-from bert4rec_jax.datasets import readers
+from bert4rec_jax.datasets import hashes
 
 FORMAT = "bert4rec_jax.export"
 # Bumped whenever a reader of the previous format would misread the new one.
@@ -55,7 +55,7 @@ def file_entries(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         name = path.relative_to(directory).as_posix()
         if name != MANIFEST:
-            entries[name] = {"sha256": readers.sha256_file(path), "bytes": path.stat().st_size}
+            entries[name] = {"sha256": hashes.sha256_file(path), "bytes": path.stat().st_size}
     return entries
 
 
@@ -119,7 +119,7 @@ def read_verified_manifest(directory: pathlib.Path) -> dict[str, Any]:
                 f"{file} has {size} bytes, the manifest says {entry.get('bytes')}: the file was "
                 "changed or damaged after export"
             )
-        if readers.sha256_file(file) != entry.get("sha256"):
+        if hashes.sha256_file(file) != entry.get("sha256"):
             raise ArtifactError(
                 f"{file} does not match its sha256 in {path}: the file was changed or damaged "
                 "after export"

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from bert4rec_jax.datasets import (
     DATASETS,
     corpus_cache_path,
+    hashes,
     load_corpus,
     loading,
     movielens,
@@ -252,7 +253,7 @@ def test_movielens_download_verifies_sha256(tmp_path, shared_data, monkeypatch):
         url = f"{movielens.DEFAULT_BASE_URL}/ml-100k.zip"
         info = tfds.download.checksums.UrlInfo(
             size=archive.stat().st_size,
-            checksum=readers.sha256_file(archive),
+            checksum=hashes.sha256_file(archive),
             filename="ml-100k.zip",
         )
         monkeypatch.setattr(movielens.MovielensSequences, "url_infos", {url: info})

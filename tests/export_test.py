@@ -13,7 +13,7 @@ import pytest
 from helpers import run_cli
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
-from bert4rec_jax.datasets import readers
+from bert4rec_jax.datasets import hashes
 from bert4rec_jax.scoring import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_manifest_lists_every_file_with_its_checksum(random_export):
     on_disk = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {artifact.MANIFEST}
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == readers.sha256_file(output / name)
+        assert entry["sha256"] == hashes.sha256_file(output / name)
     assert manifest["top_k"] == NUM_ITEMS and manifest["history_length"] == MAX_LEN - 1
     assert manifest["versions"]["jax"] == jax.__version__
     np.testing.assert_array_equal(np.load(output / artifact.VOCABULARY), vocabulary)

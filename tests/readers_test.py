@@ -5,7 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from bert4rec_jax.datasets import readers, synthetic
+from bert4rec_jax.datasets import hashes, readers, synthetic
 
 BEAUTY_BLOB_ID = "16718a33ebdb33504f257421b18ae8bf3ddfe327"
 
@@ -197,7 +197,7 @@ def test_real_movielens_100k(shared_data):
 
 
 def test_real_beauty_and_its_blob_id(shared_data):
-    assert readers.git_blob_id(shared_data / "beauty.txt") == BEAUTY_BLOB_ID
+    assert hashes.git_blob_id(shared_data / "beauty.txt") == BEAUTY_BLOB_ID
     seqs = readers.read_paper_file(shared_data / "beauty.txt")
     assert (seqs.num_users, len(seqs.raw_items)) == (40_226, 353_962)
     assert len(np.unique(seqs.raw_items)) == 54_542
@@ -207,9 +207,9 @@ def test_real_beauty_and_its_blob_id(shared_data):
 def test_checksums(tmp_path):
     path = _write(tmp_path, "x", b"hello\n")
     # `git hash-object` of "hello\n" and `sha256sum`.
-    assert readers.git_blob_id(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert hashes.git_blob_id(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
     assert (
-        readers.sha256_file(path)
+        hashes.sha256_file(path)
         == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
     )
 

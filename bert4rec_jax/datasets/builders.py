@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import readers
+from bert4rec_jax.datasets import hashes, readers
 
 # Seconds to wait for a source's server to answer the reachability check (not the download).
 PROBE_TIMEOUT_S = 10
@@ -93,7 +93,7 @@ def manual_config(
       A copy of `config` with the new name.
     """
     source = epath.Path(source)
-    text = f"{source.name}:{readers.content_fingerprint(source)}"
+    text = f"{source.name}:{hashes.content_fingerprint(source)}"
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
     return dataclasses.replace(config, name=f"{config.name}-manual-{key}")
 
@@ -194,7 +194,7 @@ def download_and_verify(
 
 def verify_blob_id(path: os.PathLike, expected: str, name: str) -> None:
     """Raises `readers.ChecksumError` unless the file's git blob id is `expected`."""
-    actual = readers.git_blob_id(path)
+    actual = hashes.git_blob_id(path)
     if actual != expected:
         raise readers.ChecksumError(name, "git blob id", expected, actual)
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from bert4rec_jax.datasets import readers
+from bert4rec_jax.datasets import hashes, readers
 
 FORMATS = ("csv", "tsv", "parquet", "paper")
 _EXTENSIONS = {
@@ -200,9 +200,9 @@ class FileOptions:
 def source_key(options: FileOptions) -> str:
     """16 hex digits identifying what `read_sequences` would produce: content + options.
 
-    The file's content is hashed whole (`readers.content_fingerprint`), so an edited file gets
+    The file's content is hashed whole (`hashes.content_fingerprint`), so an edited file gets
     a new key; its path and modification time are not part of it.
     """
-    content = readers.content_fingerprint(options.path)
+    content = hashes.content_fingerprint(options.path)
     text = json.dumps({"content": content, **options.key()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -287,7 +287,7 @@ def load_corpus(
 
     What a source file holds is part of the key: a manual copy is prepared under the config
     `<name>-manual-<key>` and your own file under `<stem>-<key>`, the key hashing the file's
-    whole content (`readers.content_fingerprint`; plus the reading options for your own file),
+    whole content (`hashes.content_fingerprint`; plus the reading options for your own file),
     so a replaced or edited file is prepared anew on every host that sees the same bytes, for
     one read of the file per load (~0.7 s per 500 MB), also on a cache hit. Downloads are
     verified by checksum, so they keep the plain config name. Paths go through `etils.epath`

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from bert4rec_jax.datasets import builders, features, readers
+from bert4rec_jax.datasets import builders, features, hashes, readers
 
 BASE_URL_ENV = "BERT4REC_MOVIELENS_BASE_URL"
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -82,7 +82,7 @@ def verify_release(path: os.PathLike, url_info, name: str) -> None:
     size = epath.Path(path).stat().length
     if size != int(url_info.size):
         raise readers.ChecksumError(name, "size", f"{int(url_info.size)} bytes", f"{size} bytes")
-    actual = readers.sha256_file(path)
+    actual = hashes.sha256_file(path)
     if actual != url_info.checksum:
         raise readers.ChecksumError(name, "sha256", url_info.checksum, actual)
 

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from bert4rec_jax.datasets import builders, readers
+from bert4rec_jax.datasets import builders, hashes, readers
 
 BASE_URL_ENV = "BERT4REC_PAPER_BASE_URL"
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/FeiSun/BERT4Rec/master/data"
@@ -122,7 +122,7 @@ class Bert4recPaper(tfds.core.GeneratorBasedBuilder):
         if manual_dir is not None:
             path = self.manual_source(config, manual_dir)
             if path.name == config.filename:
-                actual = readers.git_blob_id(path)
+                actual = hashes.git_blob_id(path)
                 if actual != config.blob_id:
                     logging.warning(
                         "%s is not the official %s (git blob id %s, official %s); using it anyway",

@@ -1,4 +1,4 @@
-"""Parsers for the raw interaction files, vectorised and strict, and the files' checksums.
+"""Parsers for the raw interaction files, vectorised and strict.
 
 Two source formats: the paper's preprocessed files (`<user> <item>` per line, a user's lines
 contiguous and oldest first: `read_paper_file`) and MovieLens ratings (one rating per line with a
@@ -10,7 +10,6 @@ columns, found 3`. Paths go through `etils.epath`, so `gs://...` works as well a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import zipfile
@@ -485,41 +484,3 @@ def read_movielens_ratings(path: str | os.PathLike, variant: str) -> Sequences:
 def _is_zip(path: epath.Path) -> bool:
     with path.open("rb") as f:
         return zipfile.is_zipfile(f)
-
-
-def _hash_file(path: epath.PathLike, digest, prefix: bytes = b"") -> str:
-    digest.update(prefix)
-    with epath.Path(path).open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def git_blob_id(path: epath.PathLike) -> str:
-    """The git blob id of a file: sha1 of b"blob <size>\\0" + content (what GitHub shows)."""
-    size = epath.Path(path).stat().length
-    return _hash_file(path, hashlib.sha1(), f"blob {size}\0".encode())
-
-
-def sha256_file(path: epath.PathLike) -> str:
-    """The sha256 of a file, as hex."""
-    return _hash_file(path, hashlib.sha256())
-
-
-def content_fingerprint(path: epath.PathLike) -> str:
-    """A short key that changes whenever a file's content does: its size and content hash.
-
-    The whole content is hashed (sha256; ~0.7 s per 500 MB on one core, streamed), not only its
-    first and last blocks: an edit in the middle that keeps the size (one digit changed) must be
-    noticed too. The modification time is deliberately left out: identical copies of a file (on
-    each host of a multi-process job, or copied without preserving times) then share one
-    prepared data set, and touching a file does not trigger a rebuild.
-
-    Args:
-      path: the file (local or any `etils.epath` file system).
-
-    Returns:
-      "<size>-<first 16 hex digits of the sha256 of the content>".
-    """
-    size = epath.Path(path).stat().length
-    return f"{size}-{sha256_file(path)[:16]}"
