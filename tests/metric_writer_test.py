@@ -67,8 +67,9 @@ def test_event_files_read_back_through_tensorflow_and_tensorboard(tmp_path):
     ]
 
 
-def test_a_trained_workdir_has_the_metrics_of_metrics_jsonl_as_event_files(tiny_finished_run):
-    workdir = tiny_finished_run.workdir
+def test_a_trained_workdir_has_the_metrics_of_metrics_jsonl_as_event_files(tiny_stopped_run):
+    # The quick loop's trained workdir (conftest): 10 steps, train metrics logged every 5.
+    workdir = tiny_stopped_run.workdir
     [events] = (workdir / workdir_lib.TENSORBOARD_DIR).iterdir()
     scalars, _ = read_events(events)
     rows = [
