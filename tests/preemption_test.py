@@ -130,6 +130,10 @@ def short_run(short_runs) -> ShortRun:
 # start would: those two stops run first in the same workdir as the `compile` case, and the
 # stopped starts after them take the place of their reruns (each case's assertions still hold for
 # each phase; two whole runs fewer).
+# Likewise after the end: the rerun of a run stopped after its final save trains nothing and goes
+# on to restore the best parameters and to test them, as a run that trained does; so that rerun
+# is the one stopped at `best_restore`, and its rerun the one stopped at `test_eval`, which
+# finishes (two whole trainings fewer than a fresh run for each).
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "phases, said, pipeline",
@@ -146,28 +150,38 @@ def short_run(short_runs) -> ShortRun:
         # The default input pipeline: a stop while tf.data's threads are producing batches, and
         # a rerun whose pipeline resumes at the step after the checkpoint.
         (("step_2",), ("Stopping at step 3 on SIGTERM",), "tf.data"),
-        (("final_save",), ("after step 6's checkpoint; rerun the same command to test",), "device"),
-        (("best_restore",), ("before the test evaluation; rerun the same command",), "device"),
-        (("test_eval",), ("SIGTERM came during the test evaluation; finished it first",), "device"),
+        (
+            ("final_save", "best_restore", "test_eval"),
+            (
+                "after step 6's checkpoint; rerun the same command to test",
+                "before the test evaluation; rerun the same command",
+                "SIGTERM came during the test evaluation; finished it first",
+            ),
+            "device",
+        ),
     ],
-    ids=["startup, data, compile", "step_2, tf.data", "final_save", "best_restore", "test_eval"],
+    ids=["startup, data, compile", "step_2, tf.data", "final_save, best_restore, test_eval"],
 )
 def test_sigterm_at_any_phase_exits_0_and_a_rerun_ends_with_the_same_results(
     short_runs, tmp_path, phases, said, pipeline
 ):
     short_run = short_runs(pipeline)
     workdir = tmp_path / "work"
+    printed = []
     for phase, expected in zip(phases, said, strict=True):
-        printed = short_run.run(workdir, tmp_path / f"stopped_{phase}.log", phase=phase)
-        assert expected in printed
-        assert f"{pipeline} input" in printed or phase in ("startup", "data")
+        printed.append(short_run.run(workdir, tmp_path / f"stopped_{phase}.log", phase=phase))
+        assert expected in printed[-1]
         if phase in ("startup", "data"):
             assert not workdir.exists()  # nothing written: the next start is a fresh one
         if phase != "test_eval":
             assert not (workdir / workdir_lib.RESULTS_FILE).exists()
     if phases[-1] != "test_eval":
-        short_run.run(workdir, tmp_path / "rerun.log")
+        printed.append(short_run.run(workdir, tmp_path / "rerun.log"))
     assert json.loads((workdir / workdir_lib.RESULTS_FILE).read_text()) == short_run.results
+    # The case trained with the pipeline it names.
+    assert any(f", {pipeline} input, " in text for text in printed)
+    if phases[0] == "final_save":  # the reruns trained nothing
+        assert all("Nothing to train" in text for text in printed[1:])
 
 
 @pytest.mark.slow
