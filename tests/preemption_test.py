@@ -83,7 +83,8 @@ class ShortRun:
 
     `pipeline` is the input pipeline of every start. "device" imports no TensorFlow, ~5 s of CPU
     less per start; the tests below use it unless they name tf.data (the default), which
-    fault_test's SIGKILLed starts, the step_2 SIGTERM case and cli_test's quick start run.
+    fault_test's SIGKILLed starts, the step_2 SIGTERM case below, multiprocess_test's two
+    processes and cli_test's quick start run.
     """
 
     def __init__(self, root: pathlib.Path, pipeline: str = "device"):
