@@ -384,11 +384,17 @@ FAST = ["--retry_wait=0", "--poll_interval=0.1"]
 
 
 def tiny_flags(data_dir, workdir, *extra):
-    """A short real training run that checkpoints on the way (also the reference's flags)."""
+    """A short real training run that checkpoints on the way (also the reference's flags).
+
+    Batches drawn on the devices: these processes then import no TensorFlow (~5 s of CPU each,
+    and the launchers start dozens). What is tested here is the launchers; the tf.data pipeline
+    runs in processes of multiprocess_test (two processes), fault_test, preemption_test and
+    cli_test."""
     return [
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
         f"--config.data_dir={data_dir}",
+        "--config.input.pipeline=device",
         "--config.num_train_steps=60",
         "--config.checkpoint_every_steps=10",
         "--config.eval.every_steps=0",
@@ -558,7 +564,10 @@ def test_ctrl_c_saves_a_checkpoint_and_deletes_the_slice(cloud, tmp_path):
     workdir = tmp_path / "work"
     cloud.script(workers=1)
     long_run = tiny_flags(tmp_path / "data", workdir, "--config.num_train_steps=100000")
-    proc = cloud.start(*SLICE, "--until_done", "--delete", *FAST, "--", *long_run)
+    # The session's compilation cache, not a cold one in the workdir: this test is about the
+    # stop, and test_until_done_... checks the workdir's cache.
+    cache = f"--compilation_cache={os.environ['JAX_COMPILATION_CACHE_DIR']}"
+    proc = cloud.start(*SLICE, "--until_done", "--delete", cache, *FAST, "--", *long_run)
     try:
         deadline = time.monotonic() + 600
         # Any checkpoint from step 10 on: with a warm compilation cache the run can be past step

@@ -79,10 +79,17 @@ SHORT_RUN = {
 
 
 class ShortRun:
-    """The uninterrupted short run every stopped run is compared with, and how to start one."""
+    """The uninterrupted short run every stopped run is compared with, and how to start one.
 
-    def __init__(self, root: pathlib.Path):
+    `pipeline` is the input pipeline of every start. "device" imports no TensorFlow, ~5 s of CPU
+    less per start; the tests below use it unless they name tf.data (the default), which
+    fault_test's SIGKILLed starts, the step_2 SIGTERM case below, multiprocess_test's two
+    processes and cli_test's quick start run.
+    """
+
+    def __init__(self, root: pathlib.Path, pipeline: str = "device"):
         self.root = root
+        self.pipeline = pipeline
         self.data = root / "data"
         crash_resume.prepare_data(self.data)  # once: no start prepares it while being stopped
         self.env = device_env(1)  # with the session's compilation cache, as every start
@@ -91,7 +98,8 @@ class ShortRun:
         self.results = json.loads((self.workdir / workdir_lib.RESULTS_FILE).read_text())
 
     def command(self, workdir, **overrides):
-        return crash_resume.train_command(workdir, self.data, {**SHORT_RUN, **overrides})
+        overrides = {**SHORT_RUN, "input.pipeline": self.pipeline, **overrides}
+        return crash_resume.train_command(workdir, self.data, overrides)
 
     def run(self, workdir, log, phase: str | None = None, **overrides) -> str:
         """Runs to its exit (which must be 0), SIGTERMed at `phase` (preemption.py's test hook)."""
@@ -102,17 +110,34 @@ class ShortRun:
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory) -> ShortRun:
-    return ShortRun(tmp_path_factory.mktemp("short_run"))
+def short_runs(tmp_path_factory):
+    """short_runs(pipeline): the module's ShortRun of that input pipeline, made on first use."""
+    runs = {}
+
+    def get(pipeline: str) -> ShortRun:
+        if pipeline not in runs:
+            runs[pipeline] = ShortRun(tmp_path_factory.mktemp(f"short_run_{pipeline}"), pipeline)
+        return runs[pipeline]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def short_run(short_runs) -> ShortRun:
+    return short_runs("device")
 
 
 # A stop at `startup` or `data` writes nothing, so the start after it begins exactly as a fresh
 # start would: those two stops run first in the same workdir as the `compile` case, and the
 # stopped starts after them take the place of their reruns (each case's assertions still hold for
 # each phase; two whole runs fewer).
+# Likewise after the end: the rerun of a run stopped after its final save trains nothing and goes
+# on to restore the best parameters and to test them, as a run that trained does; so that rerun
+# is the one stopped at `best_restore`, and its rerun the one stopped at `test_eval`, which
+# finishes (two whole trainings fewer than a fresh run for each).
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "phases, said",
+    "phases, said, pipeline",
     [
         (
             ("startup", "data", "compile"),
@@ -121,28 +146,43 @@ def short_run(tmp_path_factory) -> ShortRun:
                 "before training began",
                 "Stopping at step 1 on SIGTERM",
             ),
+            "device",
         ),
-        (("step_2",), ("Stopping at step 3 on SIGTERM",)),
-        (("final_save",), ("after step 6's checkpoint; rerun the same command to test",)),
-        (("best_restore",), ("before the test evaluation; rerun the same command",)),
-        (("test_eval",), ("SIGTERM came during the test evaluation; finished it first",)),
+        # The default input pipeline: a stop while tf.data's threads are producing batches, and
+        # a rerun whose pipeline resumes at the step after the checkpoint.
+        (("step_2",), ("Stopping at step 3 on SIGTERM",), "tf.data"),
+        (
+            ("final_save", "best_restore", "test_eval"),
+            (
+                "after step 6's checkpoint; rerun the same command to test",
+                "before the test evaluation; rerun the same command",
+                "SIGTERM came during the test evaluation; finished it first",
+            ),
+            "device",
+        ),
     ],
-    ids=["startup, data, compile", "step_2", "final_save", "best_restore", "test_eval"],
+    ids=["startup, data, compile", "step_2, tf.data", "final_save, best_restore, test_eval"],
 )
 def test_sigterm_at_any_phase_exits_0_and_a_rerun_ends_with_the_same_results(
-    short_run, tmp_path, phases, said
+    short_runs, tmp_path, phases, said, pipeline
 ):
+    short_run = short_runs(pipeline)
     workdir = tmp_path / "work"
+    printed = []
     for phase, expected in zip(phases, said, strict=True):
-        printed = short_run.run(workdir, tmp_path / f"stopped_{phase}.log", phase=phase)
-        assert expected in printed
+        printed.append(short_run.run(workdir, tmp_path / f"stopped_{phase}.log", phase=phase))
+        assert expected in printed[-1]
         if phase in ("startup", "data"):
             assert not workdir.exists()  # nothing written: the next start is a fresh one
         if phase != "test_eval":
             assert not (workdir / workdir_lib.RESULTS_FILE).exists()
     if phases[-1] != "test_eval":
-        short_run.run(workdir, tmp_path / "rerun.log")
+        printed.append(short_run.run(workdir, tmp_path / "rerun.log"))
     assert json.loads((workdir / workdir_lib.RESULTS_FILE).read_text()) == short_run.results
+    # The case trained with the pipeline it names.
+    assert any(f", {pipeline} input, " in text for text in printed)
+    if phases[0] == "final_save":  # the reruns trained nothing
+        assert all("Nothing to train" in text for text in printed[1:])
 
 
 @pytest.mark.slow
@@ -225,6 +265,7 @@ def assert_same_params(workdir_a, workdir_b):
 
 # Runs until stopped, logging every step; only the stop and the end save.
 TWO_PROCESS_RUN = {
+    "input.pipeline": "device",  # no TensorFlow to import (ShortRun says why)
     "num_train_steps": 100000,
     "log_every_steps": 1,
     "checkpoint_every_steps": 0,
