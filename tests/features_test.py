@@ -9,6 +9,7 @@ import pytest
 
 from bert4rec_jax import device_input, input_pipeline, models, scoring, sharding
 from bert4rec_jax import evaluation as ev
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import features, prepared, readers
 from bert4rec_jax.datasets.corpus import corpus_from_sequences, leave_one_out
 from configs import default as default_config
@@ -124,6 +125,7 @@ def config_with_small_model(**model):
     c = default_config.get_config()
     c.model.update(max_len=6, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16)
     c.model.update(model)
+    c.input.max_predictions = 6  # the input section must fit the small model (parsed whole)
     return c
 
 
@@ -146,7 +148,8 @@ def init(model):
 
 
 def test_switches_off_reproduce_the_paper_model():
-    plain = models.BERT4Rec(models.ModelConfig.from_config(config_with_small_model(), VOCAB))
+    small = RunConfig.from_config_dict(config_with_small_model()).model
+    plain = models.BERT4Rec(dataclasses.replace(small, vocab_size=VOCAB))
     # Features present in the data but both switches off: the paper's model, bit for bit.
     off = models.build_model(config_with_small_model(), VOCAB, ITEMS, USERS)
     assert off.config == plain.config
@@ -190,7 +193,7 @@ def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
         models.build_model(config_with_small_model(item_features=True), VOCAB, {}, USERS)
     with pytest.raises(ValueError, match=r"model\.user_features"):
-        models.ModelConfig.from_config(config_with_small_model(user_features="after"), VOCAB)
+        RunConfig.from_config_dict(config_with_small_model(user_features="after"))
 
 
 # ---- Pipelines and evaluation pass each row's user ------------------------------------------
