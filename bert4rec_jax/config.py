@@ -25,6 +25,30 @@ from bert4rec_jax.datasets.corpus import SPLIT_MODES
 from bert4rec_jax.datasets.prepared import DATASETS
 from bert4rec_jax.evaluation import EvalConfig
 
+# Model fields that change neither the parameters' shapes nor what they mean, each with why: a
+# resumed run may change these. Every other field of `models.ModelConfig` is a shape field, so a
+# new parameter switch is compared on resume without anyone having to list it here.
+NOT_SHAPE_MODEL_FIELDS = {
+    "vocab_size": "not a config field: fixed by the data set's fields, compared below",
+    "hidden_dropout": "a training-time rate; no parameter depends on it",
+    "attention_dropout": "a training-time rate; no parameter depends on it",
+    "layer_norm_eps": "a numerical constant of LayerNorm; its parameters keep their shapes",
+    "init_std": "only draws the initial parameters, which a resumed run restores",
+    "dtype": "the compute dtype; parameters are always float32",
+    "attention_impl": "another kernel for the same attention",
+}
+# Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
+# that agrees on all of them (`RunConfig.shape_fields`). The data set's own group of fields
+# (`synthetic.*` or `file.*`, see DATASET_GROUPS) counts too: with "dataset" it fixes the item
+# vocabulary.
+SHAPE_FIELDS = ("dataset",) + tuple(
+    f"model.{f.name}"
+    for f in dataclasses.fields(models.ModelConfig)
+    if f.name not in NOT_SHAPE_MODEL_FIELDS
+)
+# The data sets whose vocabulary depends on a group of fields of their own (named alike).
+DATASET_GROUPS = ("synthetic", "file")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -160,6 +184,19 @@ class RunConfig:
         """Whether training validates: only the standard split keeps a validation item apart."""
         return self.train.eval_every_steps > 0 and self.data.split_mode == "standard"
 
+    def shape_fields(self, dataset: str | None = None) -> dict[str, Any]:
+        """{dotted name: value} of `SHAPE_FIELDS`, and the leaves of `dataset`'s group of fields
+        (`DATASET_GROUPS`; default: this run's data set's) when it has one."""
+        fields = {"dataset": self.data.dataset}
+        fields.update(
+            {name: getattr(self.model, name[len("model.") :]) for name in SHAPE_FIELDS[1:]}
+        )
+        dataset = self.data.dataset if dataset is None else dataset
+        if dataset in DATASET_GROUPS:
+            group = getattr(self.data, dataset)
+            fields.update(sorted(_leaves(dataset, None if group is None else dict(group)).items()))
+        return fields
+
     def check(self, mesh: jax.sharding.Mesh) -> None:
         """The rules across sections that training adds: the batches against the mesh, and the
         validation metric against the evaluation's protocols and cut-offs. (Evaluation alone
@@ -177,6 +214,16 @@ class RunConfig:
                 f"protocol in eval.protocols={self.eval.protocols} and a cut-off in "
                 f"eval.ks={self.eval.ks}"
             )
+
+
+def _leaves(name: str, value: Any) -> dict[str, Any]:
+    """{dotted name: value} of a field, a group of fields (dict) flattened to its leaves."""
+    if not isinstance(value, Mapping):
+        return {name: value}
+    out = {}
+    for key, inner in value.items():
+        out.update(_leaves(f"{name}.{key}", inner))
+    return out
 
 
 def _data(config: ml_collections.ConfigDict) -> DataConfig:

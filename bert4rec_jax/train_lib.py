@@ -145,7 +145,7 @@ def train_and_evaluate(
 
     if start_afresh:
         checkpointing.set_aside_run(workdir)
-    checkpointing.check_compatible(workdir, config)
+    workdir_lib.check_compatible(workdir, run)
     preemption.at("data")
     exp = experiment.Experiment.from_run(run)
     logging.info("%s", exp.describe())

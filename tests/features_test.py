@@ -151,7 +151,9 @@ def test_switches_off_reproduce_the_paper_model():
     small = RunConfig.from_config_dict(config_with_small_model()).model
     plain = models.BERT4Rec(dataclasses.replace(small, vocab_size=VOCAB))
     # Features present in the data but both switches off: the paper's model, bit for bit.
-    off = models.build_model(config_with_small_model(), VOCAB, ITEMS, USERS)
+    off = models.build_model(
+        RunConfig.from_config_dict(config_with_small_model()).model, VOCAB, ITEMS, USERS
+    )
     assert off.config == plain.config
     p_plain, p_off = init(plain), init(off)
     assert jax.tree.structure(p_plain) == jax.tree.structure(p_off)
@@ -162,7 +164,12 @@ def test_switches_off_reproduce_the_paper_model():
 @pytest.mark.parametrize("placement", ["", "add", "mask", "prefix"])
 def test_feature_embeddings_get_gradients(placement):
     model = models.build_model(
-        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        RunConfig.from_config_dict(
+            config_with_small_model(item_features=True, user_features=placement)
+        ).model,
+        VOCAB,
+        ITEMS,
+        USERS,
     )
     params = init(model)
     assert params["item_feature_genre"].shape == (4, 8)  # ids 0..3
@@ -177,7 +184,12 @@ def test_feature_embeddings_get_gradients(placement):
 
 
 def test_unknown_user_is_row_zero_and_changes_only_user_rows():
-    model = models.build_model(config_with_small_model(user_features="add"), VOCAB, None, USERS)
+    model = models.build_model(
+        RunConfig.from_config_dict(config_with_small_model(user_features="add")).model,
+        VOCAB,
+        None,
+        USERS,
+    )
     params = init(model)
 
     def logits(users):  # [B, P, V]
@@ -191,7 +203,12 @@ def test_unknown_user_is_row_zero_and_changes_only_user_rows():
 
 def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
-        models.build_model(config_with_small_model(item_features=True), VOCAB, {}, USERS)
+        models.build_model(
+            RunConfig.from_config_dict(config_with_small_model(item_features=True)).model,
+            VOCAB,
+            {},
+            USERS,
+        )
     with pytest.raises(ValueError, match=r"model\.user_features"):
         RunConfig.from_config_dict(config_with_small_model(user_features="after"))
 
@@ -257,7 +274,12 @@ def test_evaluator_passes_each_users_row():
 def test_last_block_at_positions_with_user_features(placement):
     # "prefix" shifts every item one token right inside the encoder; the positions must follow.
     model = models.build_model(
-        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        RunConfig.from_config_dict(
+            config_with_small_model(item_features=True, user_features=placement)
+        ).model,
+        VOCAB,
+        ITEMS,
+        USERS,
     )
     params = init(model)
 

@@ -352,9 +352,11 @@ def test_a_workdir_refuses_another_kind_naming_the_field(tmp_path):
     old = tiny_config(tmp_path)
     del old.model["kind"]  # a run from before model.kind: BERT4Rec
     workdir_lib.save_config(workdir, old)
-    checkpointing.check_compatible(workdir, tiny_config(tmp_path))  # bert4rec: the same model
+    # bert4rec: the same model
+    workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(tiny_config(tmp_path)))
     with pytest.raises(checkpointing.CheckpointError, match=re.escape("model.kind='sasrec'")):
-        checkpointing.check_compatible(workdir, tiny_config(tmp_path, **{"model.kind": "sasrec"}))
+        sasrec = tiny_config(tmp_path, **{"model.kind": "sasrec"})
+        workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(sasrec))
 
 
 def _digest(array) -> str:
