@@ -8,8 +8,8 @@ Training, evaluation, export and the benchmarks all start from a config (a file,
     evaluator = exp.evaluator(mesh)              # the model's scoring functions, jitted once
     results = evaluator.evaluate(params, "test")
 
-Only what these commands share lives here; what is particular to training (batch size against the
-mesh, the schedule, the loop) stays in `train_lib`.
+Only what these commands share lives here; what is particular to training (the schedule, the
+loop) stays in `train_lib`.
 """
 
 from __future__ import annotations

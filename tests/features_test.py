@@ -129,6 +129,11 @@ def config_with_small_model(**model):
     return c
 
 
+def small_model(**model) -> models.ModelConfig:
+    """The model section of `config_with_small_model(**model)`."""
+    return RunConfig.from_config_dict(config_with_small_model(**model)).model
+
+
 def loss(model, params, users=None):
     """The masked-item cross-entropy summed over the batch (with dropout, as in training)."""
     logits = model.apply(
@@ -148,12 +153,10 @@ def init(model):
 
 
 def test_switches_off_reproduce_the_paper_model():
-    small = RunConfig.from_config_dict(config_with_small_model()).model
+    small = small_model()
     plain = models.BERT4Rec(dataclasses.replace(small, vocab_size=VOCAB))
     # Features present in the data but both switches off: the paper's model, bit for bit.
-    off = models.build_model(
-        RunConfig.from_config_dict(config_with_small_model()).model, VOCAB, ITEMS, USERS
-    )
+    off = models.build_model(small_model(), VOCAB, ITEMS, USERS)
     assert off.config == plain.config
     p_plain, p_off = init(plain), init(off)
     assert jax.tree.structure(p_plain) == jax.tree.structure(p_off)
@@ -164,9 +167,7 @@ def test_switches_off_reproduce_the_paper_model():
 @pytest.mark.parametrize("placement", ["", "add", "mask", "prefix"])
 def test_feature_embeddings_get_gradients(placement):
     model = models.build_model(
-        RunConfig.from_config_dict(
-            config_with_small_model(item_features=True, user_features=placement)
-        ).model,
+        small_model(item_features=True, user_features=placement),
         VOCAB,
         ITEMS,
         USERS,
@@ -185,7 +186,7 @@ def test_feature_embeddings_get_gradients(placement):
 
 def test_unknown_user_is_row_zero_and_changes_only_user_rows():
     model = models.build_model(
-        RunConfig.from_config_dict(config_with_small_model(user_features="add")).model,
+        small_model(user_features="add"),
         VOCAB,
         None,
         USERS,
@@ -204,7 +205,7 @@ def test_unknown_user_is_row_zero_and_changes_only_user_rows():
 def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
         models.build_model(
-            RunConfig.from_config_dict(config_with_small_model(item_features=True)).model,
+            small_model(item_features=True),
             VOCAB,
             {},
             USERS,
@@ -274,9 +275,7 @@ def test_evaluator_passes_each_users_row():
 def test_last_block_at_positions_with_user_features(placement):
     # "prefix" shifts every item one token right inside the encoder; the positions must follow.
     model = models.build_model(
-        RunConfig.from_config_dict(
-            config_with_small_model(item_features=True, user_features=placement)
-        ).model,
+        small_model(item_features=True, user_features=placement),
         VOCAB,
         ITEMS,
         USERS,
