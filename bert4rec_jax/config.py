@@ -41,11 +41,10 @@ NOT_SHAPE_MODEL_FIELDS = {
 # that agrees on all of them (`RunConfig.shape_fields`). The data set's own group of fields
 # (`synthetic.*` or `file.*`, see DATASET_GROUPS) counts too: with "dataset" it fixes the item
 # vocabulary.
-SHAPE_FIELDS = ("dataset",) + tuple(
-    f"model.{f.name}"
-    for f in dataclasses.fields(models.ModelConfig)
-    if f.name not in NOT_SHAPE_MODEL_FIELDS
+MODEL_SHAPE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(models.ModelConfig) if f.name not in NOT_SHAPE_MODEL_FIELDS
 )
+SHAPE_FIELDS = ("dataset",) + tuple(f"model.{name}" for name in MODEL_SHAPE_FIELDS)
 # The data sets whose vocabulary depends on a group of fields of their own (named alike).
 DATASET_GROUPS = ("synthetic", "file")
 
@@ -188,13 +187,10 @@ class RunConfig:
         """{dotted name: value} of `SHAPE_FIELDS`, and the leaves of `dataset`'s group of fields
         (`DATASET_GROUPS`; default: this run's data set's) when it has one."""
         fields = {"dataset": self.data.dataset}
-        fields.update(
-            {name: getattr(self.model, name[len("model.") :]) for name in SHAPE_FIELDS[1:]}
-        )
+        fields.update({f"model.{name}": getattr(self.model, name) for name in MODEL_SHAPE_FIELDS})
         dataset = self.data.dataset if dataset is None else dataset
-        if dataset in DATASET_GROUPS:
-            group = getattr(self.data, dataset)
-            fields.update(sorted(_leaves(dataset, None if group is None else dict(group)).items()))
+        if dataset in DATASET_GROUPS:  # a group absent from an older config.json is one None
+            fields.update(sorted(_leaves(dataset, getattr(self.data, dataset)).items()))
         return fields
 
     def check(self, mesh: jax.sharding.Mesh) -> None:
