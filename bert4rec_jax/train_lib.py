@@ -1,11 +1,10 @@
 """Training and evaluation of BERT4Rec: `train_and_evaluate(config, workdir)`.
 
 The loop, in order: parse and check the config once (`config.RunConfig`, before anything
-compiles), build the experiment (corpus,
-split, model, evaluator; `experiment.py`), create the train state already sharded or restore
-it and the loop's state from the workdir, then step through the cloze batches, logging,
-validating and checkpointing when it is time, and finally evaluate the best parameters on the
-test split.
+compiles), build the experiment (corpus, split, model, evaluator; `experiment.py`), create the
+train state already sharded or restore it and the loop's state from the workdir, then step
+through the cloze batches, logging, validating and checkpointing when it is time, and finally
+evaluate the best parameters on the test split.
 """
 
 from __future__ import annotations
