@@ -7,8 +7,9 @@ config.json lacks, with the value those runs had. Each module then takes its own
 The sections a module owns stay in it: `models.ModelConfig`, `cloze.InputConfig`,
 `losses.LossConfig`, `evaluation.EvalConfig`. Each checks its own fields against its module's
 constants (MODEL_KINDS, LOSS_TYPES, PROTOCOLS), and none imports this module, so imports run one
-way: those modules, then this one, then the commands' glue (experiment, train_lib, evaluate,
-export). The sections no module owns (data, train, mesh) are defined here.
+way: those modules, then this one, then what reads a whole run (experiment, checkpointing's
+SHAPE_FIELDS, train_lib, evaluate, export). The sections no module owns (data, train, mesh) are
+defined here.
 """
 
 from __future__ import annotations
