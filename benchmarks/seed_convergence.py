@@ -35,14 +35,14 @@ flags.mark_flags_as_required(["workdir", "config"])
 
 def popularity_level(config) -> float:
     """Entropy (nats) of epoch 0's weighted training labels: the context-free loss floor."""
-    from bert4rec_jax import cloze, experiment, input_pipeline
+    from bert4rec_jax import experiment, input_pipeline
+    from bert4rec_jax.config import RunConfig
     from bert4rec_jax.datasets.corpus import leave_one_out
 
-    corpus = experiment.load_data(config)
-    split = leave_one_out(corpus, config.split_mode)
-    instances = input_pipeline.TrainingInstances(
-        corpus, split, cloze.InputConfig.from_config(config)
-    )
+    run = RunConfig.from_config_dict(config)
+    corpus = experiment.load_data(run.data)
+    split = leave_one_out(corpus, run.data.split_mode)
+    instances = input_pipeline.TrainingInstances(corpus, split, run.input)
     rows = instances.epoch_arrays(0)
     mass = np.bincount(rows["labels"].ravel(), weights=rows["weights"].ravel())
     p = mass[mass > 0] / mass.sum()

@@ -27,39 +27,12 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from bert4rec_jax import models
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import workdir as workdir_lib
+from bert4rec_jax.config import SHAPE_FIELDS
+from bert4rec_jax.workdir import CheckpointError
 
 BEST_METRIC_KEY = "selection_score"
-# Model fields that change neither the parameters' shapes nor what they mean, each with why: a
-# resumed run may change these. Every other field of `models.ModelConfig` is a shape field, so a
-# new parameter switch is compared on resume without anyone having to list it here.
-NOT_SHAPE_MODEL_FIELDS = {
-    "vocab_size": "not a config field: fixed by the data set's fields, compared below",
-    "hidden_dropout": "a training-time rate; no parameter depends on it",
-    "attention_dropout": "a training-time rate; no parameter depends on it",
-    "layer_norm_eps": "a numerical constant of LayerNorm; its parameters keep their shapes",
-    "init_std": "only draws the initial parameters, which a resumed run restores",
-    "dtype": "the compute dtype; parameters are always float32",
-    "attention_impl": "another kernel for the same attention",
-}
-# Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
-# that agrees on all of them. The data set's own group of fields (`synthetic.*` or `file.*`, see
-# DATASET_GROUPS) counts too: with "dataset" it fixes the item vocabulary.
-MODEL_SHAPE_FIELDS = {
-    f.name: f.default
-    for f in dataclasses.fields(models.ModelConfig)
-    if f.name not in NOT_SHAPE_MODEL_FIELDS
-}
-SHAPE_FIELDS = ("dataset",) + tuple(f"model.{name}" for name in MODEL_SHAPE_FIELDS)
-# The data sets whose vocabulary depends on a group of fields of their own (named alike).
-DATASET_GROUPS = ("synthetic", "file")
-
-
-class CheckpointError(RuntimeError):
-    """A workdir's checkpoints cannot be used: none is readable, or they belong to another
-    model. Nothing in the workdir was changed."""
 
 
 @dataclasses.dataclass
@@ -78,42 +51,6 @@ class LoopState:
     best_step: int | None = None
     evals_without_gain: int = 0
     stopped_early: bool = False
-
-
-def check_compatible(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
-    """Refuses a config whose parameters could not be those of the workdir's checkpoints.
-
-    Compares `SHAPE_FIELDS` with the config saved in the workdir, before anything is written.
-
-    Raises:
-      CheckpointError: naming each field that differs, with both values.
-    """
-    workdir = epath.Path(workdir)
-    if (
-        not (workdir / workdir_lib.CONFIG_FILE).exists()
-        or not (workdir / workdir_lib.CHECKPOINTS_DIR).exists()
-    ):
-        return
-    saved = workdir_lib.load_config(workdir)
-    differences = []
-    own = (config.dataset,) if config.dataset in DATASET_GROUPS else ()
-    for field in SHAPE_FIELDS + own:
-        before, now = _leaves(field, _field(saved, field)), _leaves(field, _field(config, field))
-        if field.startswith("model."):
-            # A config.json older than a model field holds none: it was trained with the default.
-            default = MODEL_SHAPE_FIELDS[field.removeprefix("model.")]
-            before = {k: default if v is None else v for k, v in before.items()}
-            now = {k: default if v is None else v for k, v in now.items()}
-        for name in sorted(before.keys() | now.keys()):
-            if before.get(name) != now.get(name):
-                differences.append(
-                    f"{name}={now.get(name)!r} (the checkpoints have {before.get(name)!r})"
-                )
-    if differences:
-        raise CheckpointError(
-            f"{workdir} holds checkpoints of another model: {'; '.join(differences)}. Use another "
-            f"--workdir, or set these fields back. Nothing was changed."
-        )
 
 
 def _step_dirs(directory: epath.Path) -> list[int]:
@@ -206,25 +143,6 @@ def _move_aside(workdir: epath.Path, names: list[str]) -> epath.Path:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("bert4rec_jax: set aside")
     return target
-
-
-def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    node: Any = config
-    for key in dotted.split("."):
-        if key not in node:
-            return None
-        node = node[key]
-    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
-
-
-def _leaves(name: str, value: Any) -> dict[str, Any]:
-    """{dotted name: value} of a field, a group of fields (dict) flattened to its leaves."""
-    if not isinstance(value, dict):
-        return {name: value}
-    out = {}
-    for key, inner in value.items():
-        out.update(_leaves(f"{name}.{key}", inner))
-    return out
 
 
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:

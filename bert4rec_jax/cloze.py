@@ -20,7 +20,7 @@ PIPELINES = ("tf.data", "device")
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """What the pipeline needs, taken from the ConfigDict once (see `configs/default.py`).
+    """What the pipeline needs: the config's `input` section (`config.RunConfig.input`).
 
     Attributes:
       max_len: N, positions per example (`model.max_len`); also the window length.
@@ -130,32 +130,6 @@ class InputConfig:
                 f"input.buckets={sizes!r} must be increasing lengths in [1, model.max_len="
                 f"{self.max_len}]"
             )
-
-    @classmethod
-    def from_config(cls, config: Any) -> InputConfig:
-        """Reads `model.max_len`, `input.*` and `seed` from an ml_collections.ConfigDict."""
-        inp = config.input
-        # Older configs have no model.kind: BERT4Rec, as they ran.
-        next_item = config.model.get("kind", "bert4rec") == "sasrec"
-        return cls(
-            max_len=int(config.model.max_len),
-            mask_prob=float(inp.mask_prob),
-            # A next-item row predicts at every position; input.max_predictions is cloze's.
-            max_predictions=int(config.model.max_len if next_item else inp.max_predictions),
-            sliding_step=int(inp.sliding_step),
-            dupe_factor=int(inp.dupe_factor),
-            fresh_masks=bool(inp.fresh_masks),
-            mask_replacement=str(inp.mask_replacement),
-            mask_last_copy=bool(inp.mask_last_copy),
-            mask_last_weight=float(inp.mask_last_weight),
-            mask_last_share=float(inp.mask_last_share),
-            prefetch=int(inp.prefetch),
-            seed=int(config.seed),
-            pipeline=str(inp.pipeline),
-            # Configs saved before buckets existed have no such field: off, as they ran.
-            buckets=tuple(int(b) for b in inp.get("buckets", ())),
-            next_item=next_item,
-        )
 
     @property
     def bucket_sizes(self) -> tuple[int, ...]:

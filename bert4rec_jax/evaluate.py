@@ -40,6 +40,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from bert4rec_jax import checkpointing, evaluation, experiment, scoring, sharding
+    from bert4rec_jax import config as config_lib
     from bert4rec_jax import workdir as workdir_lib
     from bert4rec_jax.metric_writer import quiet_library_logs
 
@@ -49,7 +50,8 @@ def main(argv: list[str]) -> None:
     )
     if FLAGS.protocol:
         config.eval.protocols = tuple(FLAGS.protocol)
-    exp = experiment.Experiment.from_config(config)
+    run = config_lib.RunConfig.from_config_dict(config)
+    exp = experiment.Experiment.from_run(run)
     if FLAGS.model == "popularity":
         fns, params = scoring.popularity_fns(exp.corpus)
         step = None
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> None:
     # The run's model axis (config.mesh.model splits the item table) over this machine's
     # devices, the rest on the data axis; a machine whose devices it does not divide (e.g. one
     # CPU) evaluates with the table whole. The evaluator lays the parameters out on the mesh.
-    model_axis = int(config.mesh.model) if config.get("mesh") else 1
+    model_axis = run.mesh.model
     if jax.device_count() % model_axis:
         logging.warning(
             "mesh.model=%d does not divide the %d devices here: the item table is not split",
@@ -73,14 +75,14 @@ def main(argv: list[str]) -> None:
     # The scoring batch only sets how many users are scored at once, never the metrics: fit it
     # to this machine's devices, whatever the run was trained on.
     devices = sharding.data_parallelism(mesh)
-    batch_size = -(-exp.eval_config.batch_size // devices) * devices
-    eval_config = dataclasses.replace(exp.eval_config, batch_size=batch_size)
+    batch_size = -(-run.eval.batch_size // devices) * devices
+    eval_config = dataclasses.replace(run.eval, batch_size=batch_size)
     evaluator = exp.evaluator(mesh, fns, eval_config)
     results = evaluator.evaluate(params, FLAGS.split, FLAGS.num_users)
 
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"
     users = int(results.get("num_users", 0))
-    print(f"{config.dataset}, {FLAGS.split} split, {users} users, {where}:")
+    print(f"{run.data.dataset}, {FLAGS.split} split, {users} users, {where}:")
     print(evaluation.format_table({k: v for k, v in results.items() if k != "num_users"}))
     if jax.process_index() == 0:
         out = workdir / workdir_lib.eval_results_file(FLAGS.model, FLAGS.split)

@@ -1,14 +1,15 @@
 """Config -> corpus, split, model, scoring functions, evaluator: the glue every command shares.
 
 Training, evaluation, export and the benchmarks all start from a config (a file, or the
-`config.json` a run left in its workdir) and need the same objects built the same way:
+`config.json` a run left in its workdir), parsed once, and need the same objects built the same way:
 
-    exp = Experiment.from_config(config)        # checks the config, then loads the data
+    run = RunConfig.from_config_dict(config)    # checks the config (`config.py`)
+    exp = Experiment.from_run(run)              # loads the data, builds the model
     evaluator = exp.evaluator(mesh)              # the model's scoring functions, jitted once
     results = evaluator.evaluate(params, "test")
 
-Only what these commands share lives here; what is particular to training (batch size against the
-mesh, the schedule, the loop) stays in `train_lib`.
+Only what these commands share lives here; what is particular to training (the schedule, the
+loop) stays in `train_lib`.
 """
 
 from __future__ import annotations
@@ -16,39 +17,20 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
 from bert4rec_jax import models, scoring
+from bert4rec_jax.config import DataConfig, RunConfig
 from bert4rec_jax.datasets import prepared
-from bert4rec_jax.datasets.corpus import SPLIT_MODES, Corpus, Split, leave_one_out
-from bert4rec_jax.datasets.prepared import DATASETS
+from bert4rec_jax.datasets.corpus import Corpus, Split, leave_one_out
 from bert4rec_jax.evaluation import EvalConfig, Evaluator
 
 # Sampled candidates are cached beside the data sets, so every run on a data set shares them.
 CANDIDATES_DIRNAME = "bert4rec_candidates"
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fails, naming the field, on what every command reads: data set, split, model, eval.
-
-    Runs before any data is loaded, so a bad value costs nothing.
-
-    Raises:
-      ValueError: on the first bad field.
-    """
-    if config.dataset not in DATASETS:
-        raise ValueError(f"dataset={config.dataset!r}: unknown data set; choose one of {DATASETS}")
-    if config.split_mode not in SPLIT_MODES:
-        raise ValueError(f"split_mode={config.split_mode!r}: must be one of {SPLIT_MODES}")
-    # The model's and evaluation's own fields are checked where they are read; building both
-    # configs here runs those checks (the vocabulary size is known only after loading).
-    models.ModelConfig.from_config(config, vocab_size=3)
-    EvalConfig.from_config(config)
-
-
-def load_data(config: ml_collections.ConfigDict) -> Corpus:
+def load_data(data: DataConfig) -> Corpus:
     """The config's corpus. With several processes, process 0 prepares it first and the others
     then read its cache, so they never prepare the same files at once.
 
@@ -56,19 +38,18 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
     one imports it (TFDS builders), so machines without TensorFlow train from prepared data.
     """
     request = dict(
-        data_dir=config.data_dir,
-        manual_dir=config.manual_dir,
-        synthetic=config.synthetic.to_dict(),
-        # .get: the config.json of a run older than `file.*` has no such group.
-        file=config.file.to_dict() if config.get("file") else None,
+        data_dir=data.data_dir,
+        manual_dir=data.manual_dir,
+        synthetic=dict(data.synthetic),
+        file=None if data.file is None else dict(data.file),
     )
 
     def load() -> Corpus:
-        corpus = prepared.load_prepared(config.dataset, **request)
+        corpus = prepared.load_prepared(data.dataset, **request)
         if corpus is None:
             from bert4rec_jax.datasets import loading  # TensorFlow: only to prepare a data set
 
-            corpus = loading.load_corpus(config.dataset, **request)
+            corpus = loading.load_corpus(data.dataset, **request)
         return corpus
 
     if jax.process_count() == 1:
@@ -78,47 +59,43 @@ def load_data(config: ml_collections.ConfigDict) -> Corpus:
     return corpus if corpus is not None else load()
 
 
-def candidates_dir(config: ml_collections.ConfigDict) -> epath.Path:
+def candidates_dir(data: DataConfig) -> epath.Path:
     """Where sampled evaluation candidates are cached: beside the data sets."""
-    return prepared.data_root(config.data_dir) / CANDIDATES_DIRNAME
+    return prepared.data_root(data.data_dir) / CANDIDATES_DIRNAME
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
-    """A config with its data and model built.
+    """A parsed config with its data and model built.
 
     Attributes:
-      config: the config it was built from.
+      config: the parsed config it was built from.
       corpus: the data set.
-      split: its leave-one-out split (`config.split_mode`).
+      split: its leave-one-out split (`config.data.split_mode`).
       model: the BERT4Rec model sized for the corpus.
-      eval_config: the evaluation settings.
     """
 
-    config: ml_collections.ConfigDict
+    config: RunConfig
     corpus: Corpus
     split: Split
     model: models.BERT4Rec
-    eval_config: EvalConfig
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> Experiment:
-        """Checks the config (`check_config`), then loads the corpus and builds the model."""
-        check_config(config)
-        corpus = load_data(config)
+    def from_run(cls, run: RunConfig) -> Experiment:
+        """Loads the corpus of a parsed config and builds its model."""
+        corpus = load_data(run.data)
         model = models.build_model(
-            config,
+            run.model,
             corpus.vocab_size,
             item_features=corpus.item_features,
             user_features=corpus.user_features,
-            dataset=f"dataset={config.dataset!r}",
+            dataset=f"dataset={run.data.dataset!r}",
         )
         return cls(
-            config=config,
+            config=run,
             corpus=corpus,
-            split=leave_one_out(corpus, config.split_mode),
+            split=leave_one_out(corpus, run.data.split_mode),
             model=model,
-            eval_config=EvalConfig.from_config(config),
         )
 
     @property
@@ -136,18 +113,18 @@ class Experiment:
         Args:
           mesh: the mesh it scores on.
           fns: the scoring functions; default: the model's.
-          eval_config: default: the config's.
+          eval_config: default: the config's eval section.
 
         Returns:
-          The evaluator; sampled candidates are cached under `candidates_dir(config)`.
+          The evaluator; sampled candidates are cached under `candidates_dir`.
         """
         return Evaluator(
             self.corpus,
             self.split,
-            eval_config or self.eval_config,
+            eval_config or self.config.eval,
             fns or self.scoring_fns,
             mesh=mesh,
-            cache_dir=candidates_dir(self.config),
+            cache_dir=candidates_dir(self.config.data),
         )
 
     def describe(self) -> str:

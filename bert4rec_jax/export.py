@@ -311,10 +311,11 @@ def export_workdir(
       The manifest written.
     """
     from bert4rec_jax import checkpointing, experiment  # Orbax and the data sets: only here
+    from bert4rec_jax import config as config_lib
     from bert4rec_jax import workdir as workdir_lib
 
     workdir, config = workdir_lib.open_run(workdir, data_dir=data_dir, manual_dir=manual_dir)
-    exp = experiment.Experiment.from_config(config)
+    exp = experiment.Experiment.from_run(config_lib.RunConfig.from_config_dict(config))
     # Exports are topology-free: the parameters come back onto one device whatever mesh trained
     # them (rows a sharded run padded its item table with are dropped), and the functions are
     # lowered for every platform in `platforms` on whatever machine exports.
@@ -325,7 +326,7 @@ def export_workdir(
         "workdir": str(workdir),
         "checkpoint": checkpoint,
         "step": step,
-        "dataset": config.dataset,
+        "dataset": exp.config.data.dataset,
     }
     return export_model(
         exp.model,

@@ -365,6 +365,7 @@ def prepare_data(data_dir: pathlib.Path) -> None:
     """Prepares the tiny config's corpus once, so that no two processes prepare it at once and
     every start reads the cache."""
     from bert4rec_jax import experiment
+    from bert4rec_jax.config import RunConfig
 
     # Loaded by its path, as --config= loads it: the library does not need configs/ importable.
     spec = importlib.util.spec_from_file_location("bert4rec_tiny_config", TINY_CONFIG)
@@ -372,4 +373,4 @@ def prepare_data(data_dir: pathlib.Path) -> None:
     spec.loader.exec_module(tiny)
     config = tiny.get_config()
     config.data_dir = str(data_dir)
-    experiment.load_data(config)
+    experiment.load_data(RunConfig.from_config_dict(config).data)

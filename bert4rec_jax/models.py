@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-    import ml_collections
-
 PAD_ID = 0
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Where user features enter: "" = nowhere (the paper's model).
 USER_FEATURE_PLACEMENTS = ("", "prefix", "add", "mask")
 # "manual" is ours, not jax's: always the explicit softmax path (used for attention dropout).
@@ -36,10 +33,11 @@ MODEL_KINDS = ("bert4rec", "sasrec")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Static description of the network; built once from the ConfigDict.
+    """Static description of the network: the config's `model` section (`config.RunConfig`).
 
     Attributes:
-      vocab_size: num_items + 2 (0 = padding, 1..num_items = items, num_items + 1 = [MASK]).
+      vocab_size: num_items + 2 (0 = padding, 1..num_items = items, num_items + 1 = [MASK]);
+        None until the data set is known (`build_model` sets it).
       max_len: number of learned positions; inputs may be shorter.
       hidden_size: d, the width of embeddings and hidden states.
       num_layers: L, transformer blocks.
@@ -60,7 +58,7 @@ class ModelConfig:
         positions <= t only); the parameters are the same either way.
     """
 
-    vocab_size: int
+    vocab_size: int | None = None
     max_len: int = 200
     hidden_size: int = 64
     num_layers: int = 2
@@ -77,7 +75,7 @@ class ModelConfig:
     kind: str = "bert4rec"
 
     def __post_init__(self):
-        if self.vocab_size < 3:
+        if self.vocab_size is not None and self.vocab_size < 3:
             raise ValueError(f"vocab_size={self.vocab_size}: need padding, [MASK] and an item")
         if self.hidden_size % self.num_heads:
             raise ValueError(
@@ -117,39 +115,6 @@ class ModelConfig:
         """Left-to-right attention (SASRec): position t reads positions <= t only."""
         return self.kind == "sasrec"
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-        """Reads `config.model.*`.
-
-        Args:
-          config: the experiment config; only its `model` fields are read.
-          vocab_size: num_items + 2, known only once the data set is loaded.
-
-        Returns:
-          The frozen model config.
-        """
-        m = config.model
-        if m.dtype not in _DTYPES:
-            raise ValueError(f"model.dtype={m.dtype!r}; expected one of {sorted(_DTYPES)}")
-        return cls(
-            vocab_size=int(vocab_size),
-            max_len=int(m.max_len),
-            hidden_size=int(m.hidden_size),
-            num_layers=int(m.num_layers),
-            num_heads=int(m.num_heads),
-            intermediate_size=int(m.intermediate_size),
-            hidden_dropout=float(m.hidden_dropout),
-            attention_dropout=float(m.attention_dropout),
-            layer_norm_eps=float(m.layer_norm_eps),
-            init_std=float(m.init_std),
-            dtype=_DTYPES[m.dtype],
-            attention_impl=m.attention_impl or None,
-            # .get: the config.json of a run older than side features has neither field.
-            item_features=bool(m.get("item_features", False)),
-            user_features=str(m.get("user_features", "") or ""),
-            kind=str(m.get("kind", "bert4rec")),  # older runs have no field: BERT4Rec
-        )
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FeatureTables:
@@ -171,7 +136,7 @@ class FeatureTables:
 
 
 def build_model(
-    config: ml_collections.ConfigDict,
+    config: ModelConfig,
     vocab_size: int,
     item_features: Mapping[str, np.ndarray] | None = None,
     user_features: Mapping[str, np.ndarray] | None = None,
@@ -180,19 +145,19 @@ def build_model(
     """The model of a config, with the feature tables its switches ask for.
 
     Args:
-      config: the experiment config (`model.*`).
-      vocab_size: num_items + 2.
+      config: the model section (`config.RunConfig.model`).
+      vocab_size: num_items + 2, known once the data set is loaded.
       item_features: `Corpus.item_features`; used only when `model.item_features`.
       user_features: `Corpus.user_features`; used only when `model.user_features` is set.
       dataset: named in errors.
 
     Returns:
-      The model; with both switches off exactly `BERT4Rec(ModelConfig.from_config(...))`.
+      The model; with both switches off exactly `BERT4Rec(config)` with vocab_size set.
 
     Raises:
       ValueError: a switch is on and the data set has no such features.
     """
-    cfg = ModelConfig.from_config(config, vocab_size)
+    cfg = dataclasses.replace(config, vocab_size=int(vocab_size))
     tables = FeatureTables()
     if cfg.item_features:
         if not item_features:
@@ -371,6 +336,8 @@ class BERT4Rec(nn.Module):
 
     def setup(self):
         cfg = self.config
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size is None: build the model with build_model")
         init = _kernel_init(cfg)
         self.item_embedding = self.param(
             "item_embedding", init, (cfg.vocab_size, cfg.hidden_size), jnp.float32

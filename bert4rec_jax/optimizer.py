@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 if TYPE_CHECKING:
-    import ml_collections
+    from bert4rec_jax import config as config_lib
 
 # BERT's exclude_from_weight_decay, matched (case-insensitively here) against the parameter's path.
 NO_DECAY_PATTERNS = ("layernorm", "layer_norm", "bias")
@@ -162,28 +162,26 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
-def from_config(
-    config: ml_collections.ConfigDict,
+def from_train_config(
+    train: config_lib.TrainConfig,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Builds the optimizer and its schedule from the top-level config fields.
+    """Builds the optimizer and its schedule from the train section.
 
     Args:
-      config: reads learning_rate, warmup_steps, num_train_steps, weight_decay, clip_norm,
-        adam_bias_correction, adam_b1, adam_b2, adam_eps.
+      train: the train section (`config.RunConfig.train`): learning_rate, warmup_steps,
+        num_train_steps, weight_decay, clip_norm, adam_bias_correction, adam_b1/b2/eps.
 
     Returns:
       (tx, schedule); log `schedule(step)` for the current learning rate.
     """
-    schedule = make_schedule(
-        float(config.learning_rate), int(config.warmup_steps), int(config.num_train_steps)
-    )
+    schedule = make_schedule(train.learning_rate, train.warmup_steps, train.num_train_steps)
     tx = make_optimizer(
         schedule,
-        weight_decay=float(config.weight_decay),
-        clip_norm=float(config.clip_norm),
-        b1=float(config.adam_b1),
-        b2=float(config.adam_b2),
-        eps=float(config.adam_eps),
-        bias_correction=bool(config.adam_bias_correction),
+        weight_decay=train.weight_decay,
+        clip_norm=train.clip_norm,
+        b1=train.adam_b1,
+        b2=train.adam_b2,
+        eps=train.adam_eps,
+        bias_correction=train.adam_bias_correction,
     )
     return tx, schedule

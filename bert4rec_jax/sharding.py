@@ -86,14 +86,6 @@ def make_mesh(num_devices: int | None = None, *, data: int = 0, model: int = 1) 
     return Mesh(np.asarray(devices).reshape(data, model), (DATA_AXIS, MODEL_AXIS))
 
 
-def mesh_from_config(config: Any) -> Mesh:
-    """`make_mesh` of `config.mesh` (data, model); a config without the block gets [all, 1]."""
-    mesh = config.get("mesh")
-    if mesh is None:
-        return make_mesh()
-    return make_mesh(data=int(mesh.data), model=int(mesh.model))
-
-
 def model_parallelism(mesh: Mesh) -> int:
     """Devices the item rows are split over."""
     return mesh.shape[MODEL_AXIS]

@@ -1,10 +1,10 @@
 """Training and evaluation of BERT4Rec: `train_and_evaluate(config, workdir)`.
 
-The loop, in order: check the config (before anything compiles), build the experiment (corpus,
-split, model, evaluator; `experiment.py`), create the train state already sharded or restore
-it and the loop's state from the workdir, then step through the cloze batches, logging,
-validating and checkpointing when it is time, and finally evaluate the best parameters on the
-test split.
+The loop, in order: parse and check the config once (`config.RunConfig`, before anything
+compiles), build the experiment (corpus, split, model, evaluator; `experiment.py`), create the
+train state already sharded or restore it and the loop's state from the workdir, then step
+through the cloze batches, logging, validating and checkpointing when it is time, and finally
+evaluate the best parameters on the test split.
 """
 
 from __future__ import annotations
@@ -25,53 +25,15 @@ from bert4rec_jax import (
     evaluation,
     experiment,
     input_pipeline,
-    losses,
     optimizer,
     preemption,
 )
+from bert4rec_jax import config as config_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.checkpointing import LoopState
 from bert4rec_jax.metric_writer import MetricWriter
-
-
-def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    """Fails, naming the field, on values that would otherwise fail late or silently.
-
-    Checks what every command reads (`experiment.check_config`) and what training adds: the
-    batch against the mesh, the input pipeline, the schedule, and the validation metric.
-
-    Args:
-      config: the run's config.
-      mesh: the mesh the batches are split over.
-
-    Raises:
-      ValueError: on the first bad field.
-    """
-    experiment.check_config(config)
-    # Every process holds as many devices, so a multiple of the devices splits over processes.
-    sharding_lib.check_batch_size("batch_size", config.batch_size, mesh)
-    cloze.InputConfig.from_config(config)
-    losses.LossConfig.from_config(config)
-    if config.num_train_steps <= 0:
-        raise ValueError(f"num_train_steps={config.num_train_steps!r}: must be positive")
-    if not 0 <= config.warmup_steps < config.num_train_steps:
-        raise ValueError(f"warmup_steps={config.warmup_steps!r}: must be in [0, num_train_steps)")
-    if config.learning_rate <= 0:
-        raise ValueError(f"learning_rate={config.learning_rate!r}: must be positive")
-    eval_config = evaluation.EvalConfig.from_config(config)
-    sharding_lib.check_batch_size("eval.batch_size", eval_config.batch_size, mesh)
-    if validates(config) and eval_config.metric not in eval_config.metric_names():
-        raise ValueError(
-            f"eval.metric={eval_config.metric!r}: must be '<protocol>/<metric>' with a protocol "
-            f"in eval.protocols={eval_config.protocols} and a cut-off in eval.ks={eval_config.ks}"
-        )
-
-
-def validates(config: ml_collections.ConfigDict) -> bool:
-    """Whether training validates: only the standard split keeps a validation item apart."""
-    return config.eval.every_steps > 0 and config.split_mode == "standard"
 
 
 def is_time(step: int, every: int, last_step: int) -> bool:
@@ -110,15 +72,15 @@ def validate(
     loop: LoopState,
     ckpt: checkpointing.Checkpointer,
     writer: MetricWriter,
+    train: config_lib.TrainConfig,
 ) -> LoopState:
     """Scores the parameters on validation, offers them as the best, and updates early stopping.
 
     Returns:
       The loop state after this validation.
     """
-    config = evaluator.config
-    results = evaluator.evaluate(params, "valid", config.num_valid_users)
-    score = results[config.metric]
+    results = evaluator.evaluate(params, "valid", train.num_valid_users)
+    score = results[train.metric]
     writer.write(step, {f"valid/{k}": v for k, v in results.items()})
     ckpt.save_best(step, params, score)
     if loop.best_score is None or score > loop.best_score:
@@ -130,12 +92,12 @@ def validate(
     logging.info(
         "step %d validation: %s %.4f (best %.4f at step %d)",
         step,
-        config.metric,
+        train.metric,
         score,
         loop.best_score,
         loop.best_step,
     )
-    patience = config.early_stopping_patience
+    patience = train.early_stopping_patience
     if patience > 0 and loop.evals_without_gain >= patience:
         logging.info("Early stopping at step %d: no gain in %d validations", step, patience)
         loop = dataclasses.replace(loop, stopped_early=True)
@@ -166,40 +128,42 @@ def train_and_evaluate(
       The test metrics of the best (or, without validation, the final) parameters; empty when
       the run stopped before writing them.
     """
-    mesh = sharding_lib.mesh_from_config(config)  # fails naming mesh.data / mesh.model
-    check_config(config, mesh)
-    if config.eval.every_steps > 0 and not validates(config):
+    run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
+    train = run.train
+    # Fails naming mesh.data / mesh.model.
+    mesh = sharding_lib.make_mesh(data=run.mesh.data, model=run.mesh.model)
+    run.check(mesh)
+    if train.eval_every_steps > 0 and not run.validates:
         logging.warning(
             "eval.every_steps=%d is ignored: split_mode=%r merges the validation item into "
             "training, so there is nothing to validate on; the last parameters are tested",
-            config.eval.every_steps,
-            config.split_mode,
+            train.eval_every_steps,
+            run.data.split_mode,
         )
-    input_config = cloze.InputConfig.from_config(config)
     workdir = workdir_lib.absolute(workdir)
 
     if start_afresh:
         checkpointing.set_aside_run(workdir)
-    checkpointing.check_compatible(workdir, config)
+    workdir_lib.check_compatible(workdir, run)
     preemption.at("data")
-    exp = experiment.Experiment.from_config(config)
+    exp = experiment.Experiment.from_run(run)
     logging.info("%s", exp.describe())
     if _stopped_before_training():
         return {}
     checkpointing.set_aside_stale(workdir, config)
     workdir_lib.save_config(workdir, config)
 
-    tx, schedule = optimizer.from_config(config)
+    tx, schedule = optimizer.from_train_config(train)
     state = train_step_lib.create_train_state(
-        exp.model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
+        exp.model, tx, mesh, max_predictions=run.input.max_predictions, seed=train.seed
     )
-    ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+    ckpt = checkpointing.Checkpointer(workdir, keep=train.keep_checkpoints)
     loop = LoopState()
     # A checkpoint of another mesh shape has the item rows padded for its own model axis.
     restored = ckpt.restore_latest(state, vocab_size=exp.model.config.vocab_size)
     if restored is not None:
         state, loop = restored
-    start, total = int(state.step), config.num_train_steps
+    start, total = int(state.step), train.num_train_steps
     # A preempted run stops where asked; otherwise the end is the last step.
     last = total if stop_at_step is None else min(total, max(stop_at_step, start))
     evaluator = exp.evaluator(mesh)
@@ -212,30 +176,30 @@ def train_and_evaluate(
             why = "stopped early" if loop.stopped_early else "reached its last step"
             logging.info("Nothing to train: the run in %s %s at step %d", workdir, why, start)
         else:
-            take_step = _step_fn(exp, input_config, config, state, mesh, tx, schedule)
+            take_step = _step_fn(exp, state, mesh, tx, schedule)
             logging.info(
                 "Training steps %d..%d, %d instances per epoch, %s input, %s on %d devices",
                 start,
                 total,
-                cloze.num_instances(exp.corpus, exp.split, input_config),
-                input_config.pipeline,
+                cloze.num_instances(exp.corpus, exp.split, run.input),
+                run.input.pipeline,
                 jax.devices()[0].platform,
                 len(jax.devices()),
             )
-            progress = _Progress(total, config.batch_size, last_step=start)
+            progress = _Progress(total, train.batch_size, last_step=start)
             preemption.at("compile")
             sums = None  # metric sums since the last log line, on device
             with preemption.StopRequests() as stop:
                 for step in range(start + 1, last + 1):
                     state, metrics = take_step(state)
                     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-                    if is_time(step, config.log_every_steps, total):
+                    if is_time(step, train.log_every_steps, total):
                         _log_train_metrics(writer, step, total, jax.device_get(sums), progress)
                         sums = None
-                    if validates(config) and is_time(step, config.eval.every_steps, total):
-                        loop = validate(evaluator, state.params, step, loop, ckpt, writer)
+                    if run.validates and is_time(step, train.eval_every_steps, total):
+                        loop = validate(evaluator, state.params, step, loop, ckpt, writer, train)
                     stopping = loop.stopped_early or stop.requested(step)
-                    if stopping or is_time(step, config.checkpoint_every_steps, last):
+                    if stopping or is_time(step, train.checkpoint_every_steps, last):
                         if sums is not None:  # never save parameters a non-finite loss produced
                             _check_finite(jax.device_get(sums), step)
                         ckpt.save(step, state, loop)
@@ -257,14 +221,14 @@ def train_and_evaluate(
                 "%s parameters (it trains nothing)",
                 signal_name,
                 int(state.step),
-                "best" if validates(config) else "last",
+                "best" if run.validates else "last",
             )
             return {}
         preemption.at("best_restore")
         # The best validated parameters (or the last ones when nothing was validated) go to
         # the test split, laid out like the training parameters.
         params, params_step = state.params, int(state.step)
-        if validates(config) and ckpt.best_step() is not None:
+        if run.validates and ckpt.best_step() is not None:
             params_step = ckpt.best_step()
             params = ckpt.restore_best(state.params, vocab_size=exp.model.config.vocab_size)
     finally:
@@ -315,8 +279,6 @@ def _stopped_before_training() -> bool:
 
 def _step_fn(
     exp: experiment.Experiment,
-    input_config: cloze.InputConfig,
-    config: ml_collections.ConfigDict,
     state: train_step_lib.TrainState,
     mesh: jax.sharding.Mesh,
     tx,
@@ -331,15 +293,16 @@ def _step_fn(
         exp.model,
         tx,
         schedule,
-        losses.LossConfig.from_config(config),
+        exp.config.loss,
         item_counts=exp.corpus.popularity,
         mesh=mesh,
     )
     # Each row's user travels with the batch only when the model reads it.
     with_users = bool(exp.model.config.user_features)
+    input_config, batch_size = exp.config.input, exp.config.train.batch_size
     if input_config.pipeline == "device":
         source = device_input.DeviceInput(
-            exp.corpus, exp.split, input_config, config.batch_size, mesh, with_users=with_users
+            exp.corpus, exp.split, input_config, batch_size, mesh, with_users=with_users
         )
         return source.jit_fused_step(train_step, state)
     jitted = train_step_lib.jit_train_step(train_step, state, mesh)
@@ -347,7 +310,7 @@ def _step_fn(
         exp.corpus,
         exp.split,
         input_config,
-        config.batch_size,
+        batch_size,
         start_step=int(state.step),
         process_index=jax.process_index(),
         process_count=jax.process_count(),

@@ -92,7 +92,7 @@ def make_train_step(
       model: the model.
       tx: the optimizer.
       schedule: the learning-rate schedule (reported in the metrics).
-      loss_config: which loss (`losses.LossConfig.from_config(config)`); None = its defaults.
+      loss_config: which loss (`config.RunConfig.loss`); None = its defaults.
       item_counts: interactions per item, [num_items + 1] (`Corpus.popularity`) or [vocab_size];
         needed only by the sampled losses' popularity proposal.
       mesh: the mesh the state lives on (`create_train_state`); with a `model` axis > 1 the

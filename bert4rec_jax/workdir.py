@@ -2,7 +2,7 @@
 
 Light on purpose (no JAX, no TensorFlow at import): the data sets' cache and the candidate cache
 write their files with `write_atomically` too. Which checkpoints a config may resume is
-`checkpointing.check_compatible`'s question (it needs the model's fields).
+`check_compatible`'s question: it compares the parsed configs' `RunConfig.shape_fields`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from etils import epath
+
+if TYPE_CHECKING:
+    from bert4rec_jax.config import RunConfig
 
 # A workdir holds:
 CONFIG_FILE = "config.json"  # the run's config, written by process 0 before training
@@ -33,6 +36,11 @@ SET_ASIDE_DIR = "set_aside"
 RUN_ENTRIES = (CHECKPOINTS_DIR, BEST_DIR, RESULTS_FILE)
 # Config fields that say where files are, not what is trained: left out of the config's hash.
 UNHASHED_FIELDS = ("data_dir", "manual_dir")
+
+
+class CheckpointError(RuntimeError):
+    """A workdir's checkpoints cannot be used: none is readable, or they belong to another
+    model. Nothing in the workdir was changed."""
 
 
 def eval_results_file(model: str, split: str) -> str:
@@ -116,6 +124,35 @@ def open_run(
     if manual_dir is not None:
         config.manual_dir = manual_dir
     return workdir, config
+
+
+def check_compatible(workdir: epath.PathLike, run: RunConfig) -> None:
+    """Refuses a config whose parameters could not be those of the workdir's checkpoints.
+
+    Compares `run.shape_fields()` with those of the config saved in the workdir, before anything
+    is written. The saved config is parsed as every config is (`RunConfig.from_config_dict`), so
+    a config.json older than a field compares with the value its run had.
+
+    Raises:
+      CheckpointError: naming each field that differs, with both values.
+    """
+    workdir = epath.Path(workdir)
+    if not (workdir / CONFIG_FILE).exists() or not (workdir / CHECKPOINTS_DIR).exists():
+        return
+    # type(run): this module imports no config (it would import the model, JAX and Flax).
+    saved = type(run).from_config_dict(load_config(workdir))
+    now = run.shape_fields()
+    before = saved.shape_fields(dataset=run.data.dataset)
+    differences = [
+        f"{name}={now.get(name)!r} (the checkpoints have {before.get(name)!r})"
+        for name in list(now) + [name for name in before if name not in now]
+        if before.get(name) != now.get(name)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{workdir} holds checkpoints of another model: {'; '.join(differences)}. Use another "
+            f"--workdir, or set these fields back. Nothing was changed."
+        )
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bert4rec_jax import experiment, train_lib
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import (
     corpus_cache_path,
     custom,
@@ -209,7 +210,7 @@ def test_custom_csv_trains_end_to_end(tmp_path):
     config.eval.num_negatives = 3  # only 5 items: 100 negatives cannot be drawn
     config.eval.protocols = ("full",)
     config.eval.metric = "full/ndcg@10"
-    _assert_expected(experiment.load_data(config))
+    _assert_expected(experiment.load_data(RunConfig.from_config_dict(config).data))
     results = train_lib.train_and_evaluate(config, str(tmp_path / "work"))
     assert results["num_users"] == 3
     assert all(np.isfinite(v) for v in results.values())

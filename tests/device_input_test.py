@@ -15,6 +15,7 @@ from scipy import stats
 from bert4rec_jax import input_pipeline, models, optimizer
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets.corpus import leave_one_out
 from bert4rec_jax.device_input import DeviceInput
 from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
@@ -463,9 +464,9 @@ def test_errors():
     from configs import default
 
     c = default.get_config()
-    assert InputConfig.from_config(c).pipeline == c.input.pipeline == "tf.data"
+    assert RunConfig.from_config_dict(c).input.pipeline == c.input.pipeline == "tf.data"
     c.input.pipeline = "device"
-    assert InputConfig.from_config(c).pipeline == "device"
+    assert RunConfig.from_config_dict(c).input.pipeline == "device"
 
 
 # ---- Host batches prefetched to the devices ------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from helpers import run_cli
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import hashes
 from bert4rec_jax.scoring import build_inputs
 
@@ -211,7 +212,7 @@ def trained(tiny_finished_run, tmp_path_factory):
     ).stdout
     params, step = checkpointing.restore_params(run.workdir, "best")
     assert f"Exported synthetic step {step} (best)" in printed
-    exp = experiment.Experiment.from_config(run.config)
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(run.config))
     return exp, params, output, recommend.Recommender.load(output)
 
 

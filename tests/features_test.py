@@ -9,6 +9,7 @@ import pytest
 
 from bert4rec_jax import device_input, input_pipeline, models, scoring, sharding
 from bert4rec_jax import evaluation as ev
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import features, prepared, readers
 from bert4rec_jax.datasets.corpus import corpus_from_sequences, leave_one_out
 from configs import default as default_config
@@ -124,7 +125,13 @@ def config_with_small_model(**model):
     c = default_config.get_config()
     c.model.update(max_len=6, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16)
     c.model.update(model)
+    c.input.max_predictions = 6  # the input section must fit the small model (parsed whole)
     return c
+
+
+def small_model(**model) -> models.ModelConfig:
+    """The model section of `config_with_small_model(**model)`."""
+    return RunConfig.from_config_dict(config_with_small_model(**model)).model
 
 
 def loss(model, params, users=None):
@@ -146,9 +153,10 @@ def init(model):
 
 
 def test_switches_off_reproduce_the_paper_model():
-    plain = models.BERT4Rec(models.ModelConfig.from_config(config_with_small_model(), VOCAB))
+    small = small_model()
+    plain = models.BERT4Rec(dataclasses.replace(small, vocab_size=VOCAB))
     # Features present in the data but both switches off: the paper's model, bit for bit.
-    off = models.build_model(config_with_small_model(), VOCAB, ITEMS, USERS)
+    off = models.build_model(small_model(), VOCAB, ITEMS, USERS)
     assert off.config == plain.config
     p_plain, p_off = init(plain), init(off)
     assert jax.tree.structure(p_plain) == jax.tree.structure(p_off)
@@ -159,7 +167,10 @@ def test_switches_off_reproduce_the_paper_model():
 @pytest.mark.parametrize("placement", ["", "add", "mask", "prefix"])
 def test_feature_embeddings_get_gradients(placement):
     model = models.build_model(
-        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        small_model(item_features=True, user_features=placement),
+        VOCAB,
+        ITEMS,
+        USERS,
     )
     params = init(model)
     assert params["item_feature_genre"].shape == (4, 8)  # ids 0..3
@@ -174,7 +185,12 @@ def test_feature_embeddings_get_gradients(placement):
 
 
 def test_unknown_user_is_row_zero_and_changes_only_user_rows():
-    model = models.build_model(config_with_small_model(user_features="add"), VOCAB, None, USERS)
+    model = models.build_model(
+        small_model(user_features="add"),
+        VOCAB,
+        None,
+        USERS,
+    )
     params = init(model)
 
     def logits(users):  # [B, P, V]
@@ -188,9 +204,14 @@ def test_unknown_user_is_row_zero_and_changes_only_user_rows():
 
 def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
-        models.build_model(config_with_small_model(item_features=True), VOCAB, {}, USERS)
+        models.build_model(
+            small_model(item_features=True),
+            VOCAB,
+            {},
+            USERS,
+        )
     with pytest.raises(ValueError, match=r"model\.user_features"):
-        models.ModelConfig.from_config(config_with_small_model(user_features="after"), VOCAB)
+        RunConfig.from_config_dict(config_with_small_model(user_features="after"))
 
 
 # ---- Pipelines and evaluation pass each row's user ------------------------------------------
@@ -254,7 +275,10 @@ def test_evaluator_passes_each_users_row():
 def test_last_block_at_positions_with_user_features(placement):
     # "prefix" shifts every item one token right inside the encoder; the positions must follow.
     model = models.build_model(
-        config_with_small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
+        small_model(item_features=True, user_features=placement),
+        VOCAB,
+        ITEMS,
+        USERS,
     )
     params = init(model)
 

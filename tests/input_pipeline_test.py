@@ -7,6 +7,7 @@ import pytest
 from helpers import random_corpus
 
 from bert4rec_jax import cloze, input_pipeline
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
 from bert4rec_jax.input_pipeline import InputConfig, TrainingInstances
 
@@ -441,13 +442,13 @@ def test_from_config():
     from configs import default
 
     c = default.get_config()
-    config = InputConfig.from_config(c)
+    config = RunConfig.from_config_dict(c).input
     assert config.max_len == c.model.max_len and config.seed == c.seed
     assert config.mask_prob == c.input.mask_prob and config.dupe_factor == c.input.dupe_factor
     assert config.mask_replacement == c.input.mask_replacement
     assert (config.mask_last_weight, config.mask_last_share) == (1.0, 0.0)  # the paper's
     c.input.mask_last_weight, c.input.mask_last_share = 2.0, 0.25
-    config = InputConfig.from_config(c)
+    config = RunConfig.from_config_dict(c).input
     assert (config.mask_last_weight, config.mask_last_share) == (2.0, 0.25)
 
 

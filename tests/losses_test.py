@@ -10,6 +10,7 @@ import pytest
 
 from bert4rec_jax import losses, models, optimizer, sharding
 from bert4rec_jax import train_step as train_step_lib
+from bert4rec_jax.config import RunConfig
 from configs import default as default_config
 
 
@@ -307,9 +308,9 @@ def test_gbce_shift_starts_at_the_best_constant_score():
     assert abs(shifted) < 1e-6
     assert unshifted > 0.4  # (N/2 - beta/2) / (N + 1): every score wants to go down
     config = default_config.get_config()
-    assert losses.LossConfig.from_config(config).gbce_shift is False  # today's loss by default
+    assert RunConfig.from_config_dict(config).loss.gbce_shift is False  # today's loss by default
     config.loss.gbce_shift = True
-    assert losses.LossConfig.from_config(config).gbce_shift is True
+    assert RunConfig.from_config_dict(config).loss.gbce_shift is True
 
 
 def test_draws_follow_the_proposal():
@@ -357,11 +358,11 @@ def test_bad_loss_config_names_the_field(field, value):
     config = default_config.get_config()
     config.loss[field] = value
     with pytest.raises(ValueError, match=re.escape(f"loss.{field}=")):
-        losses.LossConfig.from_config(config)
+        RunConfig.from_config_dict(config)
 
 
 def test_loss_config_defaults_and_checks_against_the_data():
-    assert losses.LossConfig.from_config(default_config.get_config()) == losses.LossConfig()
+    assert RunConfig.from_config_dict(default_config.get_config()).loss == losses.LossConfig()
     auto = losses.LossConfig(type="auto", auto_chunk_above=100)
     assert (auto.resolve(100), auto.resolve(101)) == ("full", "chunked")
     with pytest.raises(ValueError, match=re.escape("loss.num_negatives=30")):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bert4rec_jax import models, scoring
+from bert4rec_jax.config import RunConfig
 from configs import default as default_config
 
 NUM_ITEMS = 10
@@ -224,19 +225,19 @@ def test_too_long_input_is_refused(model_and_vars):
 
 def test_from_config():
     config = default_config.get_config()
-    cfg = models.ModelConfig.from_config(config, vocab_size=502)
+    cfg = models.build_model(RunConfig.from_config_dict(config).model, 502).config
     assert cfg.vocab_size == 502 and cfg.mask_id == 501
     assert cfg.hidden_size == config.model.hidden_size
     assert cfg.attention_impl is None and cfg.dtype == jnp.float32
     with config.unlocked():
         config.model.dtype = "bfloat16"
         config.model.attention_impl = "cudnn"
-    cfg = models.ModelConfig.from_config(config, vocab_size=502)
+    cfg = models.build_model(RunConfig.from_config_dict(config).model, 502).config
     assert cfg.dtype == jnp.bfloat16 and cfg.attention_impl == "cudnn"
     with config.unlocked():
         config.model.num_heads = 3
     with pytest.raises(ValueError, match="num_heads"):
-        models.ModelConfig.from_config(config, vocab_size=502)
+        RunConfig.from_config_dict(config)
 
 
 @pytest.mark.parametrize("layers,impl", [(1, None), (2, None), (2, "manual")])

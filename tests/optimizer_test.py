@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from bert4rec_jax import models, optimizer
+from bert4rec_jax.config import RunConfig
 from configs import default as default_config
 
 
@@ -133,7 +134,7 @@ def test_clipping_caps_global_norm():
 
 def test_from_config():
     config = default_config.get_config()
-    tx, schedule = optimizer.from_config(config)
+    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
     np.testing.assert_allclose(schedule(config.warmup_steps), config.learning_rate, rtol=1e-6)
     np.testing.assert_allclose(schedule(config.num_train_steps), 0.0)
     params = bert4rec_params()

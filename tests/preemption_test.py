@@ -18,6 +18,7 @@ import pytest
 from helpers import checkpointed_config, copy_workdir, device_env, free_port, tiny_config
 
 from bert4rec_jax import checkpointing, models, preemption, train_lib
+from bert4rec_jax import config as config_lib
 from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
@@ -378,14 +379,13 @@ def test_every_model_field_is_compared_on_resume_unless_listed_with_a_reason():
 
     model_fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
     # The exclusions name real fields (a renamed field would otherwise become compared silently).
-    assert set(checkpointing.NOT_SHAPE_MODEL_FIELDS) <= model_fields
+    assert set(config_lib.NOT_SHAPE_MODEL_FIELDS) <= model_fields
     # Every switch of the config's model group is either compared or excused with a reason.
     for name in default.get_config().model:
         assert (
-            f"model.{name}" in checkpointing.SHAPE_FIELDS
-            or name in checkpointing.NOT_SHAPE_MODEL_FIELDS
+            f"model.{name}" in config_lib.SHAPE_FIELDS or name in config_lib.NOT_SHAPE_MODEL_FIELDS
         ), f"model.{name}: add it to ModelConfig or to NOT_SHAPE_MODEL_FIELDS with a reason"
-    assert {"model.item_features", "model.user_features"} <= set(checkpointing.SHAPE_FIELDS)
+    assert {"model.item_features", "model.user_features"} <= set(config_lib.SHAPE_FIELDS)
 
 
 def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
@@ -395,8 +395,9 @@ def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
     saved = json.loads((workdir / "config.json").read_text())
     del saved["model"]["item_features"], saved["model"]["user_features"]  # before side features
     (workdir / "config.json").write_text(json.dumps(saved))
-    checkpointing.check_compatible(workdir, tiny_stopped_run.config)  # both off: the same model
+    run = config_lib.RunConfig.from_config_dict(tiny_stopped_run.config)
+    workdir_lib.check_compatible(workdir, run)  # both off: the same model
     with pytest.raises(checkpointing.CheckpointError, match="model.item_features=True"):
         config = tiny_stopped_run.config.copy_and_resolve_references()
         config.model.item_features = True
-        checkpointing.check_compatible(workdir, config)
+        workdir_lib.check_compatible(workdir, config_lib.RunConfig.from_config_dict(config))

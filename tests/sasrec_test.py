@@ -26,6 +26,7 @@ from bert4rec_jax import (
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax import workdir as workdir_lib
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets.corpus import leave_one_out
 from bert4rec_jax.scoring import build_inputs
 
@@ -351,9 +352,11 @@ def test_a_workdir_refuses_another_kind_naming_the_field(tmp_path):
     old = tiny_config(tmp_path)
     del old.model["kind"]  # a run from before model.kind: BERT4Rec
     workdir_lib.save_config(workdir, old)
-    checkpointing.check_compatible(workdir, tiny_config(tmp_path))  # bert4rec: the same model
+    # bert4rec: the same model
+    workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(tiny_config(tmp_path)))
     with pytest.raises(checkpointing.CheckpointError, match=re.escape("model.kind='sasrec'")):
-        checkpointing.check_compatible(workdir, tiny_config(tmp_path, **{"model.kind": "sasrec"}))
+        sasrec = tiny_config(tmp_path, **{"model.kind": "sasrec"})
+        workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(sasrec))
 
 
 def _digest(array) -> str:
@@ -367,8 +370,9 @@ def test_kind_bert4rec_reproduces_the_model_from_before_kind_existed(tmp_path):
     loss, as commit 60011fc (before model.kind) computed them on CPU."""
     config = tiny_config(tmp_path, warmup_steps=0)
     assert config.model.kind == "bert4rec"
-    exp = experiment.Experiment.from_config(config)
-    input_config = input_pipeline.InputConfig.from_config(config)
+    run = RunConfig.from_config_dict(config)
+    exp = experiment.Experiment.from_run(run)
+    input_config = run.input
     batch = next(
         input_pipeline.train_batches(exp.corpus, exp.split, input_config, config.batch_size)
     )
@@ -399,7 +403,7 @@ def test_kind_bert4rec_reproduces_the_model_from_before_kind_existed(tmp_path):
         "sampled_softmax": (115.10633850097656, 117.24311828613281),
         "gbce": (26.74956703186035, 117.15341186523438),
     }
-    tx, schedule = optimizer.from_config(config)
+    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
 
     def abs_sum(params):
         return float(sum(np.abs(x).sum() for x in jax.tree.leaves(jax.device_get(params))))

@@ -18,6 +18,7 @@ import pytest
 from helpers import run_cli, tiny_config
 
 from bert4rec_jax import artifact, checkpointing, experiment, export, recommend, train_lib
+from bert4rec_jax.config import RunConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOP_K = 100
@@ -48,7 +49,7 @@ def served(tmp_path_factory, shared_data):
     run_cli("bert4rec_jax.export", f"--workdir={workdir}", f"--output={output}",
             f"--top_k={TOP_K}", "--platforms=cpu")  # fmt: skip
     params, _ = checkpointing.restore_params(workdir, "best")
-    exp = experiment.Experiment.from_config(config)
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
     return exp, params, workdir, output, recommend.Recommender.load(output)
 
 
@@ -229,7 +230,7 @@ def test_user_features_are_served(tmp_path, shared_data):
     # Random parameters of a user-feature model (no training): what is tested is the plumbing,
     # raw user id -> feature row inside the artifact.
     config = ml_100k_config(tmp_path, shared_data, **{"model.user_features": "add"})
-    exp = experiment.Experiment.from_config(config)
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
     corpus = exp.corpus
     shapes = jax.eval_shape(
         lambda: exp.model.init(

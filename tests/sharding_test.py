@@ -14,6 +14,7 @@ from bert4rec_jax import checkpointing, experiment, losses, models, train_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.checkpointing import LoopState
+from bert4rec_jax.config import RunConfig
 
 NUM_ITEMS = 21  # V = 23: odd, so a model axis of 2 pads the table to 24 rows
 VOCAB = NUM_ITEMS + 2
@@ -41,11 +42,13 @@ def test_bad_mesh_in_the_config_fails_before_anything_is_built(tmp_path):
 
 
 def test_mesh_from_config_shapes_and_item_row_layout(tmp_path):
-    mesh = sharding_lib.mesh_from_config(tiny_config(tmp_path, **{"mesh.model": 2}))
+    m = RunConfig.from_config_dict(tiny_config(tmp_path, **{"mesh.model": 2})).mesh
+    mesh = sharding_lib.make_mesh(data=m.data, model=m.model)
     assert dict(mesh.shape) == {"data": 4, "model": 2}
     assert sharding_lib.padded_vocab_size(VOCAB, mesh) == 24
     # The default config keeps today's [all devices, 1] mesh, in jax.devices() order.
-    default = sharding_lib.mesh_from_config(tiny_config(tmp_path))
+    m = RunConfig.from_config_dict(tiny_config(tmp_path)).mesh
+    default = sharding_lib.make_mesh(data=m.data, model=m.model)
     assert dict(default.shape) == {"data": 8, "model": 1}
     assert list(default.devices.ravel()) == jax.devices()
 
@@ -181,7 +184,8 @@ def test_vocab_parallel_loss_and_gradients_equal_unsharded(loss_type):
 @pytest.mark.slow
 def test_evaluation_metrics_equal_on_a_split_table(tmp_path):
     config = tiny_config(tmp_path, **{"synthetic.num_items": 61, "eval.item_chunk": 16})
-    exp = experiment.Experiment.from_config(config)  # V = 63: padded to 64 on model = 2
+    # V = 63: padded to 64 on model = 2
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
     tx = optax.sgd(1.0)
     state = train_step_lib.create_train_state(
         exp.model, tx, sharding_lib.make_mesh(), max_predictions=5, seed=3

@@ -16,6 +16,7 @@ from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax import workdir as workdir_lib
+from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets.corpus import leave_one_out
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +50,8 @@ def test_bad_config_fails_before_compiling_and_names_the_field(tmp_path, field, 
 
 def _init_and_step(config, corpus, mesh, batch):
     """Initial parameters, parameters after one step on `mesh`, and the step's metrics."""
-    model = models.BERT4Rec(models.ModelConfig.from_config(config, corpus.vocab_size))
-    tx, schedule = optimizer.from_config(config)
+    model = models.build_model(RunConfig.from_config_dict(config).model, corpus.vocab_size)
+    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
     state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
     )
@@ -66,11 +67,11 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
     from bert4rec_jax import input_pipeline
 
     config = tiny_config(tmp_path, warmup_steps=0)  # so the first step's learning rate is not 0
-    corpus = experiment.load_data(config)
+    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
     split = leave_one_out(corpus, config.split_mode)
     batch = next(
         input_pipeline.train_batches(
-            corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+            corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
         )
     )
     params0, params1, m1 = _init_and_step(config, corpus, sharding_lib.make_mesh(1), batch)
@@ -174,16 +175,16 @@ def test_repeated_steps_on_one_batch_drive_its_loss_down(tmp_path):
     from bert4rec_jax import input_pipeline
 
     config = tiny_config(tmp_path, warmup_steps=0, learning_rate=1e-2, num_train_steps=1000)
-    corpus = experiment.load_data(config)
+    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
     split = leave_one_out(corpus, config.split_mode)
     batch = next(
         input_pipeline.train_batches(
-            corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+            corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
         )
     )
     mesh = sharding_lib.make_mesh(8)
-    model = models.BERT4Rec(models.ModelConfig.from_config(config, corpus.vocab_size))
-    tx, schedule = optimizer.from_config(config)
+    model = models.build_model(RunConfig.from_config_dict(config).model, corpus.vocab_size)
+    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
     state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
     )
@@ -252,11 +253,11 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.5
 
     # Accuracy of always predicting the most popular item on the same kind of batches.
-    corpus = experiment.load_data(config)
+    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
     split = leave_one_out(corpus, config.split_mode)
     top = int(np.argmax(corpus.popularity))
     batches = input_pipeline.train_batches(
-        corpus, split, input_pipeline.InputConfig.from_config(config), config.batch_size
+        corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
     )
     hits = weight = 0.0
     for _ in range(20):
@@ -365,7 +366,7 @@ def test_training_without_tensorflow_from_a_prepared_corpus(tmp_path):
     # The corpus is prepared here (TFDS needs TensorFlow); the training process cannot import
     # TensorFlow at all, as on a lean accelerator image.
     config = tiny_config(tmp_path)
-    experiment.load_data(config)
+    experiment.load_data(RunConfig.from_config_dict(config).data)
     workdir = tmp_path / "work"
     argv = [
         "train",

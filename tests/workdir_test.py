@@ -69,3 +69,21 @@ def test_the_layout_imports_without_jax_or_tensorflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_check_compatible_names_each_changed_shape_field_and_allows_the_rest(tmp_path):
+    from bert4rec_jax.config import RunConfig
+
+    workdir = tmp_path / "work"
+    (workdir / workdir_lib.CHECKPOINTS_DIR).mkdir(parents=True)
+    saved = tiny_config(tmp_path)
+    workdir_lib.save_config(workdir, saved)
+    workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(saved))
+    # A training-time rate changes no parameter: a resumed run may change it.
+    changed = tiny_config(tmp_path, **{"model.hidden_dropout": 0.5})
+    workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(changed))
+    changed = tiny_config(tmp_path, **{"model.item_features": True, "synthetic.num_items": 70})
+    with pytest.raises(workdir_lib.CheckpointError) as error:
+        workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(changed))
+    assert "model.item_features=True (the checkpoints have False)" in str(error.value)
+    assert "synthetic.num_items=70 (the checkpoints have " in str(error.value)

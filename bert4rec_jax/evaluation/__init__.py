@@ -4,7 +4,7 @@ candidates.py  the sampled protocols' negatives: drawing, and a cache on disk
 metrics.py     ranks -> HR@k, NDCG@k, MRR, and the results table
 ranking.py     the jitted rankers on the mesh, `EvalConfig` and the `Evaluator` (inputs: `scoring`)
 
-  evaluator = Evaluator(corpus, split, EvalConfig.from_config(config), fns, mesh=mesh)
+  evaluator = Evaluator(corpus, split, run.eval, fns, mesh=mesh)
   results = evaluator.evaluate(params, "valid")
 """
 

@@ -40,7 +40,8 @@ Ranker = Callable[[Any, jax.Array, dict[str, jax.Array]], tuple[jax.Array, jax.A
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """What evaluation reads, taken from the ConfigDict once (`model.max_len` and `eval.*`).
+    """What evaluation reads: the config's `eval` section with `model.max_len` and `input.buckets`
+    (`config.RunConfig`; when to validate is the train section's).
 
     Attributes:
       max_len: the model's input length (inputs: the last max_len - 1 items + [MASK], or
@@ -52,10 +53,6 @@ class EvalConfig:
       item_chunk: items scored at once in full ranking.
       exclude_history: full ranking drops the user's input history from the candidates.
       candidate_seed: seed of the sampled negatives and of the `num_users` subsample.
-      every_steps: validate every this many training steps (and at the last); 0 = never.
-      num_valid_users: users sampled for validation during training; 0 = all.
-      metric: "<protocol>/<metric>" that selects the best checkpoint, e.g. "pop100/ndcg@10".
-      early_stopping_patience: validations without gain before training stops; 0 = never.
       buckets: () (off): every input has max_len positions. Otherwise input lengths (training's
         `input.buckets`): users are encoded in order of history length, each batch cut to the
         shortest bucket that holds its longest input (the [MASK] output does not depend on
@@ -70,10 +67,6 @@ class EvalConfig:
     item_chunk: int = 16384
     exclude_history: bool = True
     candidate_seed: int = 1234
-    every_steps: int = 0
-    num_valid_users: int = 0
-    metric: str = "pop100/ndcg@10"
-    early_stopping_patience: int = 0
     buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -91,31 +84,6 @@ class EvalConfig:
             raise ValueError(f"model.max_len={self.max_len}: need one history item and [MASK]")
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size={self.batch_size} must be positive")
-        for name in ("every_steps", "num_valid_users", "early_stopping_patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"eval.{name}={getattr(self, name)} must be >= 0")
-
-    @classmethod
-    def from_config(cls, config: Any) -> EvalConfig:
-        """Reads `model.max_len` and `eval.*` from an ml_collections.ConfigDict."""
-        e = config.eval
-        return cls(
-            max_len=int(config.model.max_len),
-            protocols=tuple(e.protocols),
-            num_negatives=int(e.num_negatives),
-            ks=tuple(int(k) for k in e.ks),
-            batch_size=int(e.batch_size),
-            item_chunk=int(e.item_chunk),
-            exclude_history=bool(e.exclude_history),
-            candidate_seed=int(e.candidate_seed),
-            every_steps=int(e.every_steps),
-            num_valid_users=int(e.num_valid_users),
-            metric=str(e.metric),
-            early_stopping_patience=int(e.early_stopping_patience),
-            # The training buckets (validated by cloze.InputConfig); older configs
-            # have none.
-            buckets=tuple(int(b) for b in config.input.get("buckets", ())),
-        )
 
     def input_width(self, length: int) -> int:
         """Positions an input of `length` (history + [MASK], or history) is encoded with."""

@@ -8,14 +8,10 @@ which.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-if TYPE_CHECKING:
-    import ml_collections
 
 # full: softmax over the [B, P, V] logits; chunked: the same, streamed over chunks of the table;
 # sampled_softmax / gbce: over N shared negatives; bce: one uniform negative per prediction (the
@@ -78,22 +74,6 @@ class LossConfig:
             # gBCE's beta is derived for uniformly drawn negatives (alpha = N / (|I| - 1)); the
             # original SASRec's BCE draws its negative uniformly too.
             raise bad("proposal", f'loss.type="{self.type}" assumes uniform negatives')
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> LossConfig:
-        """Reads `config.loss.*` (absent in configs older than the block: the defaults)."""
-        loss = config.get("loss")
-        if loss is None:
-            return cls()
-        return cls(
-            type=str(loss.type),
-            auto_chunk_above=int(loss.auto_chunk_above),
-            chunk_size=int(loss.chunk_size),
-            num_negatives=int(loss.num_negatives),
-            proposal=str(loss.proposal),
-            gbce_t=float(loss.gbce_t),
-            gbce_shift=bool(loss.get("gbce_shift", False)),
-        )
 
     def resolve(self, vocab_size: int) -> str:
         """The concrete loss for this vocabulary: "auto" becomes "chunked" or "full"."""

@@ -174,9 +174,10 @@ def workdir_users(
     """Every user of a training run's corpus, whole sequences as raw ids: (records, users)."""
     from bert4rec_jax import experiment  # the data sets: only here
     from bert4rec_jax import workdir as workdir_lib
+    from bert4rec_jax.config import RunConfig
 
     _, config = workdir_lib.open_run(workdir, data_dir=data_dir)
-    corpus = experiment.Experiment.from_config(config).corpus
+    corpus = experiment.Experiment.from_run(RunConfig.from_config_dict(config)).corpus
 
     def records() -> Iterator[tuple[Record, int]]:
         raw_items = corpus.raw_item_ids
