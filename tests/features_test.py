@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert4rec_jax import device_input, input_pipeline, models, scoring, sharding
+from bert4rec_jax import cloze, device_input, input_pipeline, models, scoring, sharding
 from bert4rec_jax import evaluation as ev
 from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import features, prepared, readers
@@ -228,7 +228,7 @@ def random_corpus(num_users=24, num_items=30, seed=0):
 def test_pipelines_carry_user_rows():
     corpus = random_corpus()
     split = leave_one_out(corpus)
-    config = input_pipeline.InputConfig(max_len=8, max_predictions=3, sliding_step=4, dupe_factor=2)
+    config = cloze.InputConfig(max_len=8, max_predictions=3, sliding_step=4, dupe_factor=2)
     batch = next(input_pipeline.train_batches(corpus, split, config, 16, with_users=True))
     # Each row's user row is the one whose training items the row's ids come from.
     for ids, user_row in zip(batch["ids"], batch["users"], strict=True):
@@ -239,7 +239,7 @@ def test_pipelines_carry_user_rows():
     mesh = sharding.make_mesh()
     source = device_input.DeviceInput(corpus, split, config, 16, mesh, with_users=True)
     drawn = source.batch_with_instances(3)
-    windows = input_pipeline.make_windows(corpus, split, 8, 4)
+    windows = cloze.make_windows(corpus, split, 8, 4)
     instance = np.asarray(drawn["instance"])
     masked = len(windows) * config.copies
     window = np.where(instance >= masked, instance - masked, instance % len(windows))

@@ -50,9 +50,9 @@ def test_beauty_paper_recipe_counts(shared_data):
     config = InputConfig(
         max_len=50, mask_prob=0.6, max_predictions=30, sliding_step=5, dupe_factor=10
     )
-    windows = input_pipeline.make_windows(corpus, split, 50, 5)
+    windows = cloze.make_windows(corpus, split, 50, 5)
     assert len(windows) == 41738
-    assert input_pipeline.num_instances(corpus, split, config) == 459118
+    assert cloze.num_instances(corpus, split, config) == 459118
     assert input_pipeline.steps_per_epoch(corpus, split, config, 256) == 459118 // 256
 
     # Every window equals the original generator's, in the same order.
@@ -71,7 +71,7 @@ def test_windows_small():
     # Users of length 12, 5, 0 (no window), 1 and 3; standard split holds out 2 items of n >= 3.
     corpus = random_corpus([14, 7, 0, 1, 3])
     split = leave_one_out(corpus, "standard")
-    windows = input_pipeline.make_windows(corpus, split, max_len=5, sliding_step=3)
+    windows = cloze.make_windows(corpus, split, max_len=5, sliding_step=3)
     # 12 items: starts range(7, 0, -3) + [0] -> 0, 1, 4, 7.
     np.testing.assert_array_equal(windows.users, [0, 0, 0, 0, 1, 3, 4])
     np.testing.assert_array_equal(
@@ -88,7 +88,7 @@ def test_round_half_away_from_zero():
     np.testing.assert_array_equal(got, [0, 1, 2, 3, 2, 0])
     config = InputConfig(max_len=50, mask_prob=0.5, max_predictions=4)
     np.testing.assert_array_equal(
-        input_pipeline.num_masked(np.array([1, 2, 3, 5, 7, 50]), config), [1, 1, 2, 3, 4, 4]
+        cloze.num_masked(np.array([1, 2, 3, 5, 7, 50]), config), [1, 1, 2, 3, 4, 4]
     )
 
 
@@ -107,7 +107,7 @@ def _check_masked_rows(instances: TrainingInstances, rows: dict, indices: np.nda
     assert positions.dtype == labels.dtype == np.int32 and weights.dtype == np.float32
 
     k = weights.sum(axis=1).astype(np.int64)
-    expected_k = np.where(is_last, 1, input_pipeline.num_masked(lengths, config))
+    expected_k = np.where(is_last, 1, cloze.num_masked(lengths, config))
     np.testing.assert_array_equal(k, expected_k)
     slot = np.arange(pmax)
     real = slot < k[:, None]
@@ -190,7 +190,7 @@ def test_fresh_masks():
     config = InputConfig(max_len=10, mask_prob=0.4, max_predictions=4, fresh_masks=True)
     split = leave_one_out(corpus, "standard")
     instances = TrainingInstances(corpus, split, config)
-    assert instances.num_instances == input_pipeline.num_instances(corpus, split, config)
+    assert instances.num_instances == cloze.num_instances(corpus, split, config)
     assert instances.num_instances == 2 * instances.num_windows  # one copy + mask-last
     indices = np.arange(instances.num_instances)
     e0, e1 = instances.materialize(indices, 0), instances.materialize(indices, 1)
@@ -332,7 +332,7 @@ def test_default_mask_last_rows_weigh_one_and_keep_their_windows():
     idx = np.arange(instances.num_instances)
     for epoch in (0, 1, 2):
         rows = instances.materialize(idx, epoch)
-        k = input_pipeline.num_masked(instances.windows.lengths[idx % w], config)
+        k = cloze.num_masked(instances.windows.lengths[idx % w], config)
         k = np.where(idx >= masked_rows, 1, k)
         # Every real prediction weighs exactly 1, padding 0.
         np.testing.assert_array_equal(

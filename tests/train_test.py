@@ -99,11 +99,11 @@ def test_loss_of_a_bucketed_batch_equals_the_same_rows_padded(loss_type, model_a
     the same loss, gradient and update (dropout off: its draws depend on the shape)."""
     from helpers import random_corpus
 
-    from bert4rec_jax import input_pipeline, losses
+    from bert4rec_jax import cloze, input_pipeline, losses
 
     corpus = random_corpus(np.arange(60) % 17 + 3, num_items=40, seed=1)
     split = leave_one_out(corpus, "standard")
-    config = input_pipeline.InputConfig(
+    config = cloze.InputConfig(
         max_len=16, mask_prob=0.4, max_predictions=6, sliding_step=4, buckets=(4, 8)
     )
     instances = input_pipeline.TrainingInstances(corpus, split, config)
