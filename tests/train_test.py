@@ -204,23 +204,14 @@ def run_cli(module, *args):
     return _run_cli(module, *args, timeout=900)  # the ML-100K runs train for minutes
 
 
-# A short real training on MovieLens-100K (offline copy): fewer steps and copies, and a higher
-# learning rate and mask rate than configs/ml_100k.py, so that 500 CPU steps learn something
-# measurable.
+# A real training on MovieLens-100K (offline copy): configs/ml_100k.py's own recipe (1,200 steps,
+# about 3.4 CPU-minutes), which leaves the popularity plateau by step 300 on every seed tried
+# (benchmarks/seed_convergence.py). A shorter run with its own learning rate and mask rate (500
+# steps at 5e-3) sat at the plateau's edge once the recipe moved to Adam beta2 0.98, and failed
+# these checks; only what a test needs from the run differs from the recipe here.
 ML100K_OVERRIDES = {
-    "model.max_len": 50,
-    "model.hidden_dropout": 0.1,
-    "model.attention_dropout": 0.1,
-    "input.sliding_step": 25,
-    "input.max_predictions": 20,
-    "input.mask_prob": 0.4,
-    "input.dupe_factor": 2,
-    "batch_size": 64,
-    "num_train_steps": 500,
-    "learning_rate": 5e-3,
     "log_every_steps": 50,
     "checkpoint_every_steps": 0,
-    "eval.every_steps": 250,
     "eval.protocols": "pop100",
 }
 
