@@ -124,10 +124,14 @@ class TrainConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps!r}: must be in [0, num_train_steps)")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate!r}: must be positive")
-        for name in ("every_steps", "num_valid_users", "early_stopping_patience"):
-            value = getattr(self, "eval_every_steps" if name == "every_steps" else name)
+        # Named by the ConfigDict keys users set (eval.*), not by this section's attributes.
+        for name, value in (
+            ("eval.every_steps", self.eval_every_steps),
+            ("eval.num_valid_users", self.num_valid_users),
+            ("eval.early_stopping_patience", self.early_stopping_patience),
+        ):
             if value < 0:
-                raise ValueError(f"eval.{name}={value} must be >= 0")
+                raise ValueError(f"{name}={value} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
