@@ -30,6 +30,11 @@ def test_sigkilled_run_resumes_to_the_same_bits(tmp_path):
     # All at the same XLA flags, so the bits compare.
     env = device_env(1)
     overrides = {
+        # Batches drawn on the devices: no start imports TensorFlow (~5 s of CPU each, and the
+        # test makes five). A kill ends every thread at once, whatever the pipeline; what is
+        # tested is the checkpoints and the restart. tf.data's resume in a new process is
+        # preemption_test's `[step_2, tf.data]` case.
+        "input.pipeline": "device",
         "num_train_steps": STEPS,
         "checkpoint_every_steps": EVERY,
         "eval.every_steps": 0,

@@ -388,8 +388,7 @@ def tiny_flags(data_dir, workdir, *extra):
 
     Batches drawn on the devices: these processes then import no TensorFlow (~5 s of CPU each,
     and the launchers start dozens). What is tested here is the launchers; the tf.data pipeline
-    runs in processes of multiprocess_test (two processes), fault_test, preemption_test and
-    cli_test."""
+    runs in processes of multiprocess_test (two processes), preemption_test and cli_test."""
     return [
         "--config=configs/tiny.py",
         f"--workdir={workdir}",

@@ -83,9 +83,9 @@ class ShortRun:
     """The uninterrupted short run every stopped run is compared with, and how to start one.
 
     `pipeline` is the input pipeline of every start. "device" imports no TensorFlow, ~5 s of CPU
-    less per start; the tests below use it unless they name tf.data (the default), which
-    fault_test's SIGKILLed starts, the step_2 SIGTERM case below, multiprocess_test's two
-    processes and cli_test's quick start run.
+    less per start; the tests below use it unless they name tf.data (the default), which the
+    step_2 SIGTERM case below, multiprocess_test's two processes and cli_test's quick start
+    run.
     """
 
     def __init__(self, root: pathlib.Path, pipeline: str = "device"):
