@@ -104,12 +104,15 @@ def copy_workdir(run: TinyRun, destination: pathlib.Path) -> pathlib.Path:
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_cli(module: str, *args: str, check: bool = True, timeout: float = 600):
-    """Runs one of the package's command lines as a user would, on one CPU device."""
+def run_cli(
+    module: str, *args: str, check: bool = True, timeout: float = 600, env: dict | None = None
+):
+    """Runs one of the package's command lines as a user would, on one CPU device (`env`:
+    device_env(1) unless given)."""
     out = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=device_env(1),
+        env=env or device_env(1),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -203,8 +203,8 @@ def test_repeated_steps_on_one_batch_drive_its_loss_down(tmp_path):
     assert losses[-1] < losses[0] - 1.0, losses
 
 
-def run_cli(module, *args):
-    return _run_cli(module, *args, timeout=900)  # the ML-100K runs train for minutes
+def run_cli(module, *args, env=None):
+    return _run_cli(module, *args, timeout=900, env=env)  # the ML-100K runs train for minutes
 
 
 # A real training on MovieLens-100K (offline copy): configs/ml_100k.py's own recipe (1,200 steps,
@@ -219,6 +219,14 @@ ML100K_OVERRIDES = {
 }
 
 
+def ml100k_env():
+    """XLA's default flags on one device, not the tests' fast-compiling ones
+    (helpers.xla_flags), whose code runs slower: minutes of training here (the two quality tests
+    took 480 s with them, 345 s before the older fusion emitters). The evaluations of the run
+    get the same flags, so that their scores equal the run's own."""
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
 @pytest.fixture(scope="module")
 def ml100k_run(tmp_path_factory, shared_data):
     """Trains through `python -m bert4rec_jax.train`; returns (config, workdir, test results)."""
@@ -230,6 +238,7 @@ def ml100k_run(tmp_path_factory, shared_data):
         "--config=configs/ml_100k.py",
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
+        env=ml100k_env(),
     )
     config = workdir_lib.load_config(workdir)
     results = json.loads((workdir / workdir_lib.RESULTS_FILE).read_text())
@@ -266,14 +275,11 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
 @pytest.mark.quality
 def test_ml100k_cli_beats_popularity_baseline(ml100k_run):
     _, workdir, results = ml100k_run
-    printed = run_cli(
-        "bert4rec_jax.evaluate", f"--workdir={workdir}", "--split=test", "--protocol=pop100"
-    ).stdout
+    evaluate = ["bert4rec_jax.evaluate", f"--workdir={workdir}", "--protocol=pop100"]
+    printed = run_cli(*evaluate, "--split=test", env=ml100k_env()).stdout
     assert "ndcg@10" in printed
     model = json.loads((workdir / "eval_bert4rec_test.json").read_text())
-    run_cli(
-        "bert4rec_jax.evaluate", f"--workdir={workdir}", "--protocol=pop100", "--model=popularity"
-    )
+    run_cli(*evaluate, "--model=popularity", env=ml100k_env())
     popularity = json.loads((workdir / "eval_popularity_test.json").read_text())
     # The CLI restores the parameters the run reported its test results with.
     assert model["step"] == results["step"]
