@@ -403,7 +403,7 @@ def test_kind_bert4rec_reproduces_the_model_from_before_kind_existed(tmp_path):
         "sampled_softmax": (115.10633850097656, 117.24311828613281),
         "gbce": (26.74956703186035, 117.15341186523438),
     }
-    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
+    tx, schedule = optimizer.from_train_config(run.train)
 
     def abs_sum(params):
         return float(sum(np.abs(x).sum() for x in jax.tree.leaves(jax.device_get(params))))

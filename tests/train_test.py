@@ -50,8 +50,9 @@ def test_bad_config_fails_before_compiling_and_names_the_field(tmp_path, field, 
 
 def _init_and_step(config, corpus, mesh, batch):
     """Initial parameters, parameters after one step on `mesh`, and the step's metrics."""
-    model = models.build_model(RunConfig.from_config_dict(config).model, corpus.vocab_size)
-    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
+    run = RunConfig.from_config_dict(config)
+    model = models.build_model(run.model, corpus.vocab_size)
+    tx, schedule = optimizer.from_train_config(run.train)
     state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
     )
@@ -67,13 +68,10 @@ def test_one_step_on_8_devices_equals_1_device(tmp_path):
     from bert4rec_jax import input_pipeline
 
     config = tiny_config(tmp_path, warmup_steps=0)  # so the first step's learning rate is not 0
-    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
+    run = RunConfig.from_config_dict(config)
+    corpus = experiment.load_data(run.data)
     split = leave_one_out(corpus, config.split_mode)
-    batch = next(
-        input_pipeline.train_batches(
-            corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
-        )
-    )
+    batch = next(input_pipeline.train_batches(corpus, split, run.input, config.batch_size))
     params0, params1, m1 = _init_and_step(config, corpus, sharding_lib.make_mesh(1), batch)
     _, params8, m8 = _init_and_step(config, corpus, sharding_lib.make_mesh(8), batch)
     loss1 = m1["loss_sum"] / m1["weight_sum"]
@@ -178,16 +176,13 @@ def test_repeated_steps_on_one_batch_drive_its_loss_down(tmp_path):
     from bert4rec_jax import input_pipeline
 
     config = tiny_config(tmp_path, warmup_steps=0, learning_rate=1e-2, num_train_steps=1000)
-    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
+    run = RunConfig.from_config_dict(config)
+    corpus = experiment.load_data(run.data)
     split = leave_one_out(corpus, config.split_mode)
-    batch = next(
-        input_pipeline.train_batches(
-            corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
-        )
-    )
+    batch = next(input_pipeline.train_batches(corpus, split, run.input, config.batch_size))
     mesh = sharding_lib.make_mesh(8)
-    model = models.build_model(RunConfig.from_config_dict(config).model, corpus.vocab_size)
-    tx, schedule = optimizer.from_train_config(RunConfig.from_config_dict(config).train)
+    model = models.build_model(run.model, corpus.vocab_size)
+    tx, schedule = optimizer.from_train_config(run.train)
     state = train_step_lib.create_train_state(
         model, tx, mesh, max_predictions=config.input.max_predictions, seed=config.seed
     )
@@ -256,12 +251,11 @@ def test_ml100k_training_lowers_loss_and_beats_most_popular(ml100k_run):
     assert train[-1]["train/loss"] < train[0]["train/loss"] - 0.5
 
     # Accuracy of always predicting the most popular item on the same kind of batches.
-    corpus = experiment.load_data(RunConfig.from_config_dict(config).data)
+    run = RunConfig.from_config_dict(config)
+    corpus = experiment.load_data(run.data)
     split = leave_one_out(corpus, config.split_mode)
     top = int(np.argmax(corpus.popularity))
-    batches = input_pipeline.train_batches(
-        corpus, split, RunConfig.from_config_dict(config).input, config.batch_size
-    )
+    batches = input_pipeline.train_batches(corpus, split, run.input, config.batch_size)
     hits = weight = 0.0
     for _ in range(20):
         b = next(batches)
