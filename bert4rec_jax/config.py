@@ -142,6 +142,11 @@ class MeshConfig:
     data: int = 0
     model: int = 1
 
+    def make_mesh(self) -> jax.sharding.Mesh:
+        """`sharding.make_mesh` of this shape over all devices; fails naming mesh.data or
+        mesh.model when the shape does not fit them."""
+        return sharding.make_mesh(data=self.data, model=self.model)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:

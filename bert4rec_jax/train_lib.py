@@ -130,8 +130,7 @@ def train_and_evaluate(
     """
     run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
     train = run.train
-    # Fails naming mesh.data / mesh.model.
-    mesh = sharding_lib.make_mesh(data=run.mesh.data, model=run.mesh.model)
+    mesh = run.mesh.make_mesh()  # fails naming mesh.data / mesh.model
     run.check(mesh)
     if train.eval_every_steps > 0 and not run.validates:
         logging.warning(

@@ -42,13 +42,11 @@ def test_bad_mesh_in_the_config_fails_before_anything_is_built(tmp_path):
 
 
 def test_mesh_from_config_shapes_and_item_row_layout(tmp_path):
-    m = RunConfig.from_config_dict(tiny_config(tmp_path, **{"mesh.model": 2})).mesh
-    mesh = sharding_lib.make_mesh(data=m.data, model=m.model)
+    mesh = RunConfig.from_config_dict(tiny_config(tmp_path, **{"mesh.model": 2})).mesh.make_mesh()
     assert dict(mesh.shape) == {"data": 4, "model": 2}
     assert sharding_lib.padded_vocab_size(VOCAB, mesh) == 24
     # The default config keeps today's [all devices, 1] mesh, in jax.devices() order.
-    m = RunConfig.from_config_dict(tiny_config(tmp_path)).mesh
-    default = sharding_lib.make_mesh(data=m.data, model=m.model)
+    default = RunConfig.from_config_dict(tiny_config(tmp_path)).mesh.make_mesh()
     assert dict(default.shape) == {"data": 8, "model": 1}
     assert list(default.devices.ravel()) == jax.devices()
 
