@@ -26,10 +26,10 @@ _OLD_FUSION_EMITTERS = tuple(
 ) < (0, 11)
 
 
-def xla_flags(devices: int) -> str:
+def xla_flags(devices: int, fast_compile: bool = True) -> str:
     """XLA_FLAGS for the test process and every process a test starts: `devices` simulated CPU
-    devices, compiled for compiling fast. The test programs are tiny, so they spend far longer
-    being compiled than running:
+    devices, compiled for compiling fast unless `fast_compile` is False. The test programs are
+    tiny, so they spend far longer being compiled than running:
     - LLVM's optimisation level 0 for the CPU code XLA emits (measured: 40 s of CPU instead of
       69 s for features_test + models_test);
     - XLA's older CPU fusion emitters (LLVM IR) instead of the new MLIR-based ones, which spend
@@ -39,21 +39,24 @@ def xla_flags(devices: int) -> str:
     XLA's own passes (fusion, layout) still run. Results differ from the default flags' in the
     last bit (1 ulp after 3 train steps), so every process of a test that compares bits across
     processes must get these same flags, which is why they come from here. The code compiled so
-    runs slower: a test that trains for minutes (train_test's ML-100K runs) uses the defaults.
+    runs slower: a test that trains for minutes (train_test's ML-100K runs) asks for XLA's
+    defaults (fast_compile=False).
     """
-    flags = [
-        f"--xla_force_host_platform_device_count={devices}",
-        "--xla_backend_optimization_level=0",
-    ]
-    if _OLD_FUSION_EMITTERS:
-        flags.append("--xla_cpu_use_fusion_emitters=false")
+    flags = [f"--xla_force_host_platform_device_count={devices}"]
+    if fast_compile:
+        flags.append("--xla_backend_optimization_level=0")
+        if _OLD_FUSION_EMITTERS:
+            flags.append("--xla_cpu_use_fusion_emitters=false")
     return " ".join(flags)
 
 
-def device_env(devices: int, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+def device_env(
+    devices: int, base: dict[str, str] | None = None, fast_compile: bool = True, **extra: str
+) -> dict[str, str]:
     """The environment for a process a test starts: `base` (default os.environ, which holds the
-    session's compilation cache) with xla_flags(devices) and `extra`."""
-    return dict(os.environ if base is None else base, XLA_FLAGS=xla_flags(devices), **extra)
+    session's compilation cache) with xla_flags(devices, fast_compile) and `extra`."""
+    flags = xla_flags(devices, fast_compile)
+    return dict(os.environ if base is None else base, XLA_FLAGS=flags, **extra)
 
 
 def free_port() -> int:

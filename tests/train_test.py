@@ -219,7 +219,7 @@ def ml100k_env():
     (helpers.xla_flags), whose code runs slower: minutes of training here (the two quality tests
     took 480 s with them, 180 s with these). The evaluations of the run get the same flags, so
     that their scores equal the run's own."""
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return device_env(1, fast_compile=False)
 
 
 @pytest.fixture(scope="module")
