@@ -167,10 +167,7 @@ def test_switches_off_reproduce_the_paper_model():
 @pytest.mark.parametrize("placement", ["", "add", "mask", "prefix"])
 def test_feature_embeddings_get_gradients(placement):
     model = models.build_model(
-        small_model(item_features=True, user_features=placement),
-        VOCAB,
-        ITEMS,
-        USERS,
+        small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
     )
     params = init(model)
     assert params["item_feature_genre"].shape == (4, 8)  # ids 0..3
@@ -185,12 +182,7 @@ def test_feature_embeddings_get_gradients(placement):
 
 
 def test_unknown_user_is_row_zero_and_changes_only_user_rows():
-    model = models.build_model(
-        small_model(user_features="add"),
-        VOCAB,
-        None,
-        USERS,
-    )
+    model = models.build_model(small_model(user_features="add"), VOCAB, None, USERS)
     params = init(model)
 
     def logits(users):  # [B, P, V]
@@ -204,12 +196,7 @@ def test_unknown_user_is_row_zero_and_changes_only_user_rows():
 
 def test_switch_without_features_fails_naming_it():
     with pytest.raises(ValueError, match=r"model\.item_features=True but the data set has no"):
-        models.build_model(
-            small_model(item_features=True),
-            VOCAB,
-            {},
-            USERS,
-        )
+        models.build_model(small_model(item_features=True), VOCAB, {}, USERS)
     with pytest.raises(ValueError, match=r"model\.user_features"):
         RunConfig.from_config_dict(config_with_small_model(user_features="after"))
 
@@ -275,10 +262,7 @@ def test_evaluator_passes_each_users_row():
 def test_last_block_at_positions_with_user_features(placement):
     # "prefix" shifts every item one token right inside the encoder; the positions must follow.
     model = models.build_model(
-        small_model(item_features=True, user_features=placement),
-        VOCAB,
-        ITEMS,
-        USERS,
+        small_model(item_features=True, user_features=placement), VOCAB, ITEMS, USERS
     )
     params = init(model)
 
