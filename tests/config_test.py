@@ -7,6 +7,7 @@ import re
 
 import jax.numpy as jnp
 import pytest
+from helpers import set_field
 
 from bert4rec_jax import cloze, evaluation, losses, models, sharding
 from bert4rec_jax import workdir as workdir_lib
@@ -31,11 +32,7 @@ def saved_without(tmp_path, *dotted: str):
 def default_with(dotted: str, value):
     """configs/default.py with one field (named with dots) set to `value`."""
     config = default_config.get_config()
-    *parents, leaf = dotted.split(".")
-    node = config
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
+    set_field(config, dotted, value)
     return config
 
 

@@ -87,12 +87,17 @@ def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
     config = tiny.get_config()
     config.data_dir = str(tmp_path / "data")
     for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        set_field(config, key, value)
     return config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """Sets one field of a config, named with dots ("input.buckets")."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
 
 
 def checkpointed_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
