@@ -357,6 +357,16 @@ def _check_shapes(
       Whether some item rows differ (the restore must then pad or cut them).
     """
     saved_leaves = {_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    wanted = {_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    extra = sorted(set(saved_leaves) - wanted)
+    if extra:  # arrays this model does not have: another kind of model (e.g. model.kind)
+        missing = sorted(wanted - set(saved_leaves))
+        raise CheckpointError(
+            f"{where} holds {'/'.join(extra[0])}, which this config's model does not have"
+            + (f" (and lacks its {'/'.join(missing[0])})" if missing else "")
+            + f": the checkpoints belong to another model (see {', '.join(SHAPE_FIELDS)}). "
+            "Nothing was changed."
+        )
     resize = False
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
         name = "/".join(_names(path))

@@ -268,7 +268,7 @@ def _model(m: ml_collections.ConfigDict) -> models.ModelConfig:
 
 def _input(config: ml_collections.ConfigDict, model: models.ModelConfig) -> cloze.InputConfig:
     inp = config.input
-    next_item = model.kind == "sasrec"
+    next_item = model.next_item
     return cloze.InputConfig(
         max_len=model.max_len,
         mask_prob=float(inp.mask_prob),

@@ -72,13 +72,13 @@ class Experiment:
       config: the parsed config it was built from.
       corpus: the data set.
       split: its leave-one-out split (`config.data.split_mode`).
-      model: the BERT4Rec model sized for the corpus.
+      model: the model (`model.kind`) sized for the corpus.
     """
 
     config: RunConfig
     corpus: Corpus
     split: Split
-    model: models.BERT4Rec
+    model: models.Model
 
     @classmethod
     def from_run(cls, run: RunConfig) -> Experiment:

@@ -86,7 +86,7 @@ def _check_vocabulary(
     return vocabulary
 
 
-def _check_params(params: Any, model: models.BERT4Rec) -> dict[str, Any]:
+def _check_params(params: Any, model: models.Model) -> dict[str, Any]:
     """The model's parameters as float32 numpy, checked against the shapes the model builds."""
     config = model.config
     params = jax.device_get(params)
@@ -117,7 +117,7 @@ def _model_json(config: models.ModelConfig) -> dict[str, Any]:
 
 
 def export_model(
-    model: models.BERT4Rec,
+    model: models.Model,
     params: Any,
     vocabulary: np.ndarray,
     output: str | pathlib.Path,
@@ -176,6 +176,9 @@ def export_model(
     elif user_ids is not None:
         raise ValueError("user_ids given, but the model has no user_features to read them")
     params = _check_params(params, model)
+    # Every artifact holds an output bias beside the table, so its item vectors are always
+    # [E[i], bias[i]]; a kind without one (SASRec) exports its zeros (its functions ignore them).
+    params.setdefault("output_bias", np.asarray(type(model).output_layer(params)[1], np.float32))
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be positive")
     platforms = tuple(platforms)

@@ -22,13 +22,14 @@ if TYPE_CHECKING:
     import jax
 
     from bert4rec_jax.datasets.corpus import Corpus, Split
-    from bert4rec_jax.models import BERT4Rec
+    from bert4rec_jax.models import Model
 
 
 def appends_mask(kind: str) -> bool:
     """The one decision of where a model is scored: True = at a [MASK] appended after the
-    history (BERT4Rec), False = at the history's last item (`model.kind="sasrec"`, causal)."""
-    return kind != "sasrec"
+    history (BERT4Rec, the one cloze-trained kind), False = at the history's last item (every
+    left-to-right kind, `ModelConfig.next_item`)."""
+    return kind == "bert4rec"
 
 
 def history_length(max_len: int, append_mask: bool) -> int:
@@ -108,7 +109,7 @@ def padded_rows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: 
     return np.where(cols[None, :] < lengths[:, None], items[index], PAD_ID).astype(np.int32)
 
 
-def model_inputs(model: BERT4Rec) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+def model_inputs(model: Model) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
     """Whole histories -> the encoder's input (jnp, inside the exported function).
 
     Returns:
@@ -161,7 +162,7 @@ class ScoringFns(NamedTuple):
     append_mask: bool = True
 
 
-def scoring_fns(model: BERT4Rec, *, last_block_at_mask: bool = False) -> ScoringFns:
+def scoring_fns(model: Model, *, last_block_at_mask: bool = False) -> ScoringFns:
     """The model's `ScoringFns` (no dropout): what evaluation, export and serving call.
 
     `last_block_at_mask` computes the last block for the [MASK] row only (`predict_hidden`'s

@@ -33,16 +33,16 @@ ENCODE_SIGNATURE = "encode"
 ServeFn = Callable[..., Any]
 
 
-def serving_model(model: models.BERT4Rec) -> models.BERT4Rec:
+def serving_model(model: models.Model) -> models.Model:
     """The model as exported: XLA attention, which lowers on every platform.
 
     A run may have trained with cuDNN attention (GPU only); every implementation computes the same
     function, so the export uses the portable one.
     """
-    return models.BERT4Rec(dataclasses.replace(model.config, attention_impl=None), model.tables)
+    return models.with_config(model, dataclasses.replace(model.config, attention_impl=None))
 
 
-def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
+def user_vectors_fn(model: models.Model) -> ServeFn:
     """encode(params, history [b, s], users [b]) -> float32 [b, hidden + 1]: [h, 1].
 
     With item vectors [E[i], bias[i]], u . item = h . E[i] + bias[i], the model's score.
@@ -63,7 +63,7 @@ def user_vectors_fn(model: models.BERT4Rec) -> ServeFn:
     return encode
 
 
-def scores_fn(model: models.BERT4Rec) -> ServeFn:
+def scores_fn(model: models.Model) -> ServeFn:
     """The scores of every item for a batch of whole histories.
 
     Args:
@@ -92,7 +92,7 @@ def scores_fn(model: models.BERT4Rec) -> ServeFn:
     return scores
 
 
-def serving_fn(model: models.BERT4Rec, top_k: int) -> ServeFn:
+def serving_fn(model: models.Model, top_k: int) -> ServeFn:
     """The exported function: (params, history, users, exclude_seen) -> (item_ids, scores).
 
     Args:
@@ -134,7 +134,7 @@ def input_specs(params: Any) -> tuple[Any, jax.ShapeDtypeStruct, ...]:
 
 
 def export_serving_fn(
-    model: models.BERT4Rec, params: Any, top_k: int, platforms: Sequence[str] = DEFAULT_PLATFORMS
+    model: models.Model, params: Any, top_k: int, platforms: Sequence[str] = DEFAULT_PLATFORMS
 ) -> jax.export.Exported:
     """`serving_fn` exported with jax.export for a symbolic batch size and history length.
 
@@ -152,7 +152,7 @@ def export_serving_fn(
 
 
 def export_encode_fn(
-    model: models.BERT4Rec, params: Any, platforms: Sequence[str] = DEFAULT_PLATFORMS
+    model: models.Model, params: Any, platforms: Sequence[str] = DEFAULT_PLATFORMS
 ) -> jax.export.Exported:
     """`user_vectors_fn` exported like `export_serving_fn`: the bytes of encode.jax."""
     specs = input_specs(params)[:3]
@@ -160,7 +160,7 @@ def export_encode_fn(
 
 
 def write_saved_model(
-    model: models.BERT4Rec,
+    model: models.Model,
     params: Any,
     top_k: int,
     directory: pathlib.Path,

@@ -34,7 +34,7 @@ class TrainState:
 
 
 def create_train_state(
-    model: models.BERT4Rec,
+    model: models.Model,
     tx: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
     *,
@@ -79,7 +79,7 @@ def create_train_state(
 
 
 def make_train_step(
-    model: models.BERT4Rec,
+    model: models.Model,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     loss_config: losses.LossConfig | None = None,
@@ -126,13 +126,15 @@ def make_train_step(
                 rngs={"dropout": dropout_key},
                 # [B] user rows; the batch has them only with model.user_features.
                 users=batch.get("users"),
-                method=models.BERT4Rec.predict_hidden,
+                method=type(model).predict_hidden,
             )  # [B, P, H]: the loss applies the tied output layer itself, chunked if need be
+            # [V', H] and [V'], V' = V padded to the model axis; SASRec's bias is zeros.
+            table, bias = type(model).output_layer(params)
             sums = losses.cloze_loss(
                 loss_config,
                 h,
-                params["item_embedding"],  # [V', H], V' = V padded to the model axis
-                params["output_bias"],  # [V']
+                table,
+                bias,
                 batch["labels"],
                 batch["weights"],
                 key=loss_key,

@@ -79,10 +79,14 @@ def get_config() -> ml_collections.ConfigDict:
     # token before the sequence; "add" = added at every position; "mask" = at [MASK] positions.
     c.model.user_features = ""
     # "bert4rec": bidirectional, cloze-trained, scored at an appended [MASK] (the paper).
-    # "sasrec": the same network with causal attention, trained to predict the next item at every
-    # position and scored at the history's last item (no [MASK]); it reads max_len items and
-    # ignores the cloze fields of `input` (mask_prob, max_predictions, dupe_factor, fresh_masks,
-    # mask_replacement, mask_last_*). Any loss.type works; "bce" is the original SASRec's.
+    # "sasrec": SASRec as published (Kang & McAuley 2018; bert4rec_jax/models/sasrec.py):
+    # causal, pre-LayerNorm on the query, a ReLU point-wise FFN, scores against the input table
+    # without a bias; trained to predict the next item at every position and scored at the
+    # history's last item (no [MASK]). It reads max_len items, ignores the cloze fields of
+    # `input` (mask_prob, max_predictions, dupe_factor, fresh_masks, mask_replacement,
+    # mask_last_*) and init_std, and has no side features. Its published shape sets
+    # intermediate_size = hidden_size and layer_norm_eps = 1e-8 (configs/ml_100k_sasrec.py).
+    # Any loss.type works; "bce" is the original SASRec's.
     c.model.kind = "bert4rec"
 
     # ---- Loss (bert4rec_jax/losses/) ---------------------------------------------------------

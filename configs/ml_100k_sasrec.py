@@ -35,7 +35,8 @@ def get_config():
     c.model.hidden_size = 50
     c.model.num_layers = 2
     c.model.num_heads = 1
-    c.model.intermediate_size = 200
+    c.model.intermediate_size = 50  # the published point-wise FFN: d -> d -> d
+    c.model.layer_norm_eps = 1e-8  # SASRec's
     c.model.hidden_dropout = 0.2
     c.model.attention_dropout = 0.2
     c.loss.type = "full"

@@ -29,6 +29,7 @@ from bert4rec_jax.losses.sampled import (
     gbce_shift,
     sampled_softmax_cross_entropy,
     uniform_items,
+    uniform_items_except,
 )
 from bert4rec_jax.losses.streamed import chunked_cross_entropy, vocab_parallel_cross_entropy
 from bert4rec_jax.sharding import DATA_AXIS, MODEL_AXIS
@@ -51,6 +52,7 @@ __all__ = [
     "prepare_item_counts",
     "sampled_softmax_cross_entropy",
     "uniform_items",
+    "uniform_items_except",
     "vocab_parallel_cross_entropy",
 ]
 
@@ -122,8 +124,8 @@ def cloze_loss(
     if key is None:
         raise ValueError(f'loss.type="{kind}" draws negatives: cloze_loss needs a key')
     if kind == "bce":
-        # One negative per prediction, uniform over the items 1..num_items.
-        negatives = uniform_items(key, labels.shape, vocab_size)
+        # One negative per prediction, uniform over the items 1..num_items but its label.
+        negatives = uniform_items_except(key, labels, vocab_size)
         return bce_loss(h, table, bias, labels, weights, negatives)
     negatives, neg_log_q, label_log_q = draw_negatives(
         key,

@@ -95,6 +95,11 @@ class LossConfig:
                 f"loss.num_negatives={self.num_negatives}: gbce needs at most num_items - 1 = "
                 f"{num_items - 1} negatives (its alpha = N / (num_items - 1) must be <= 1)"
             )
+        if kind == "bce" and num_items < 2:
+            raise ValueError(
+                'loss.type="bce" draws a negative other than the label: it needs '
+                f"at least 2 items, the data set has {num_items}"
+            )
         if kind in ("sampled_softmax", "gbce") and self.proposal == "popularity":
             if item_counts is None:
                 raise ValueError(

@@ -23,6 +23,18 @@ def uniform_items(key: jax.Array, shape: tuple[int, ...], vocab_size: int) -> ja
     return jax.random.randint(key, shape, 1, vocab_size - 1, dtype=jnp.int32)
 
 
+def uniform_items_except(key: jax.Array, labels: jax.Array, vocab_size: int) -> jax.Array:
+    """int32, labels' shape: per label, an item drawn uniformly from 1..vocab_size - 2 without it.
+
+    Exact and in one draw: r uniform over the num_items - 1 values 1..num_items - 1, moved up by
+    one where r >= label, hits every item but the label with equal chance (the original SASRec's
+    negative is never the positive either). A padding label (0) gets some item; its weight is 0.
+    """
+    labels = labels.astype(jnp.int32)
+    r = jax.random.randint(key, labels.shape, 1, vocab_size - 2, dtype=jnp.int32)
+    return r + (r >= labels).astype(jnp.int32)
+
+
 def draw_negatives(
     key: jax.Array,
     num: int,
@@ -230,9 +242,10 @@ def bce_loss(
 
         L = -log sigma(s+) - log(1 - sigma(s-)) = softplus(-s+) + softplus(s-)
 
-    The original draws the negative among items the user has not interacted with; here it is
-    uniform over the catalogue and only a negative equal to the label (an accidental hit) is
-    dropped (its term is 0), which differs for the few items of a user's history drawn by chance.
+    The original draws the negative among items the user has not interacted with; `cloze_loss`
+    draws it uniformly among all items but the label (`uniform_items_except`), so it may be
+    another item of the user's history (ML-100K: ~6% of draws). A negative equal to the label
+    (passed in by another caller) is dropped: its term is 0.
 
     Args:
       h: [B, P, H] head features.
