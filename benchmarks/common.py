@@ -68,15 +68,38 @@ def synthetic_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def device_batch(shape: Shape, mesh, seed: int = 0) -> dict:
-    """`synthetic_batch` on the devices, split over the mesh's data axis as training splits it."""
+def next_item_batch(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """A left-to-right (SASRec) batch: right-padded histories of random length, each position's
+    label the next item, every real position predicted (`predictions` is not read)."""
+    rng = np.random.default_rng(seed)
+    b, n = shape.batch, shape.max_len
+    lengths = rng.integers(n // 4, n + 1, size=b)  # items in each window, inputs and last label
+    items = rng.integers(1, shape.num_items + 1, size=(b, n + 1))
+    real = np.arange(n + 1) < lengths[:, None]
+    window = np.where(real, items, 0)
+    inputs = np.where(real[:, 1:], window[:, :-1], 0)  # all but each window's last item
+    return {
+        "ids": inputs.astype(np.int32),
+        "positions": np.broadcast_to(np.arange(n, dtype=np.int32), (b, n)).copy(),
+        "labels": window[:, 1:].astype(np.int32),
+        "weights": real[:, 1:].astype(np.float32),
+    }
+
+
+def batch_of(kind: str, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """The batch a model of `kind` trains on: cloze (BERT4Rec) or next-item (left to right)."""
+    return synthetic_batch(shape, seed) if kind == "bert4rec" else next_item_batch(shape, seed)
+
+
+def device_batch(shape: Shape, mesh, seed: int = 0, kind: str = "bert4rec") -> dict:
+    """`batch_of(kind)` on the devices, split over the mesh's data axis as training splits it."""
     import jax
 
     from bert4rec_jax import sharding
 
     sharding.check_batch_size("batch", shape.batch, mesh)
     data = sharding.data_sharded(mesh)
-    return {k: jax.device_put(v, data) for k, v in synthetic_batch(shape, seed).items()}
+    return {k: jax.device_put(v, data) for k, v in batch_of(kind, shape, seed).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +128,11 @@ def build_step(
     hidden_dropout: float = 0.2,
     loss_config=None,
     item_counts: np.ndarray | None = None,
+    kind: str = "bert4rec",
 ) -> Step:
-    """BERT4Rec of `shape` (FFN 4 d, attention dropout 0.2) with the trainer's optimizer
-    (warm-up 100 steps to 1e-3, decay over 10,000; clip + AdamW) and its jitted step.
+    """A model of `shape` with the trainer's optimizer (warm-up 100 steps to 1e-3, decay over
+    10,000; clip + AdamW) and its jitted step: BERT4Rec (FFN 4 d, attention dropout 0.2), or
+    SASRec as published (FFN d, LayerNorm epsilon 1e-8, every position predicted).
 
     Args:
       shape: the model's and the batch's shape; `num_items` sets the vocabulary.
@@ -117,6 +142,7 @@ def build_step(
       hidden_dropout: dropout on embeddings, attention and FFN outputs.
       loss_config: a `losses.LossConfig`; None = the trainer's default.
       item_counts: item popularity, for the sampled losses' popularity proposal.
+      kind: `models.ModelConfig.kind`.
     """
     import jax.numpy as jnp
 
@@ -129,19 +155,20 @@ def build_step(
         hidden_size=shape.hidden,
         num_layers=shape.layers,
         num_heads=shape.heads,
-        intermediate_size=4 * shape.hidden,
+        intermediate_size=4 * shape.hidden if kind == "bert4rec" else shape.hidden,
         hidden_dropout=hidden_dropout,
         attention_dropout=0.2,
+        layer_norm_eps=1e-12 if kind == "bert4rec" else 1e-8,
         dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype],
         attention_impl=attention_impl,
+        kind=kind,
     )
-    model = models.BERT4Rec(config)
+    model = models.build_model(config, config.vocab_size)
+    predictions = shape.predictions if kind == "bert4rec" else shape.max_len
     schedule = optimizer.make_schedule(1e-3, 100, 10_000)
     tx = optimizer.make_optimizer(schedule)
     # The very step training runs, so what is timed is what is trained.
-    state = train_step_lib.create_train_state(
-        model, tx, mesh, max_predictions=shape.predictions, seed=0
-    )
+    state = train_step_lib.create_train_state(model, tx, mesh, max_predictions=predictions, seed=0)
     train_step = train_step_lib.make_train_step(
         model, tx, schedule, loss_config, item_counts=item_counts, mesh=mesh
     )
@@ -276,3 +303,80 @@ def load_corpus(name: str, data_dir: str):
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     items = rng.integers(1, w.items + 1, size=int(offsets[-1]))
     return corpus_from_sequences(name, np.arange(w.users), offsets, items), "synthetic"
+
+
+# ---- Training runs in subprocesses (ablations.py, search.py) ------------------------------------
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 seeds).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student-t interval over the values); nan for one value."""
+    import math
+    import statistics
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    t = _T95.get(len(values) - 1, 1.96)
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def train_run(workdir, config: str, overrides: list[str], summary_name: str) -> dict[str, Any]:
+    """Runs `python -m bert4rec_jax.train` once into `workdir` unless it finished before.
+
+    The summary (`<workdir>/<summary_name>`) is written only when the command succeeded, so a
+    run that died before it is started again from scratch (its clock is lost with it).
+
+    Args:
+      workdir: the run's workdir (a pathlib.Path).
+      config: the config file, relative to the repository root.
+      overrides: further flags (`--config.x=y`, `--notest`).
+      summary_name: the summary file's name.
+
+    Returns:
+      {"train_seconds": wall-clock from the command's start to its last training step (data,
+      compilation and validations included), "cpu_seconds": the command's user + sys time of
+      every thread (a budget other jobs on the cores inflate far less), "valid": the validation
+      rows of metrics.jsonl, "test": test_results.json or None}.
+    """
+    import json
+    import pathlib
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    summary_path = workdir / summary_name
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    if workdir.exists() and any(workdir.iterdir()):
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "bert4rec_jax.train", f"--config={config}",
+        f"--workdir={workdir}", *overrides,
+    ]  # fmt: skip
+    print(" ".join(command), flush=True)
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    start, cpu_before = time.time(), children_cpu()
+    with open(workdir / "train.log", "w") as log:
+        subprocess.run(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT, check=True)
+    cpu_seconds = children_cpu() - cpu_before
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last_train = max((r for r in rows if "train/loss" in r), key=lambda r: r["step"])
+    test_path = workdir / "test_results.json"
+    summary = {
+        "train_seconds": last_train["time"] - start,
+        "cpu_seconds": cpu_seconds,
+        "valid": [r for r in rows if any(k.startswith("valid/") for k in r)],
+        "test": json.loads(test_path.read_text()) if test_path.exists() else None,
+    }
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,6 +1,8 @@
 """The project's train step against a minimal from-scratch one, interleaved in one run.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=1 python benchmarks/reference_step.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=1 python benchmarks/reference_step.py \
+        --kind=sasrec
 
 The reference is the floor the project's step is held to: BERT4Rec written plainly in Flax (item
 + position embeddings, post-LayerNorm blocks of multi-head attention with a padding mask and a
@@ -16,6 +18,12 @@ Both see the same synthetic batch at the ML-1m paper shape (batch 256, 200 posit
 the machine's load hits both alike. Printed: XLA's cost analysis of both compiled steps
 (flops, bytes accessed, temporaries: deterministic, unlike timings on a shared CPU), ms/step per
 round and the median ratio.
+
+`--kind=sasrec`: the reference is SASRec written plainly (the item embedding times sqrt(d) plus a
+position counted from the end, dropout, blocks of a query-only LayerNorm, causal attention
+without an output projection and a ReLU d x d feed-forward, a final LayerNorm), the next item
+predicted at every position with the full softmax over the input table, and `optax.adam`; the
+project's is `model.kind="sasrec"` with `loss.type="full"` on the same next-item batch.
 """
 
 from __future__ import annotations
@@ -83,14 +91,71 @@ class Reference(nn.Module):
         return h @ table.T + bias
 
 
-def reference_step(shape: common.Shape, dropout: float):
-    model = Reference(shape.num_items + 2, shape.max_len, shape.hidden, shape.layers,
-                      shape.heads, dropout)  # fmt: skip
-    tx = optax.adamw(1e-3, eps=1e-6, weight_decay=0.01)
+class _SASRecBlock(nn.Module):
+    hidden: int
+    heads: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, keep, mask, train):  # x [B, N, H], keep [B, N, 1], mask [B, 1, N, N]
+        init = nn.initializers.glorot_uniform()
+        b, n, _ = x.shape
+        q_in = nn.LayerNorm(epsilon=1e-8)(x)
+        split = lambda y: y.reshape(b, n, self.heads, self.hidden // self.heads)
+        q = split(nn.Dense(self.hidden, kernel_init=init)(q_in))
+        k = split(nn.Dense(self.hidden, kernel_init=init)(x))
+        v = split(nn.Dense(self.hidden, kernel_init=init)(x))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(self.hidden // self.heads)
+        probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
+        probs = nn.Dropout(self.dropout)(probs, deterministic=not train)
+        y = q_in + jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, self.hidden)
+        f = nn.LayerNorm(epsilon=1e-8)(y)
+        h = nn.Dropout(self.dropout)(nn.relu(nn.Dense(self.hidden, kernel_init=init)(f)),
+                                     deterministic=not train)  # fmt: skip
+        h = nn.Dropout(self.dropout)(nn.Dense(self.hidden, kernel_init=init)(h),
+                                     deterministic=not train)  # fmt: skip
+        return (f + h) * keep
+
+
+class SASRecReference(nn.Module):
+    vocab: int
+    max_len: int
+    hidden: int
+    layers: int
+    heads: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, ids, positions, train):  # [B, N] -> logits [B, N, V] (every position)
+        del positions
+        init = nn.initializers.glorot_uniform()
+        table = self.param("items", init, (self.vocab, self.hidden))
+        pos = self.param("positions", init, (self.max_len, self.hidden))
+        valid = ids > 0
+        n = ids.shape[1]
+        index = self.max_len - valid.sum(1, keepdims=True) + jnp.arange(n)  # from the end
+        x = table[ids] * np.sqrt(self.hidden) + pos[jnp.clip(index, 0, self.max_len - 1)]
+        keep = valid[..., None].astype(x.dtype)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train) * keep
+        mask = nn.make_attention_mask(valid, valid) & nn.make_causal_mask(ids)  # [B, 1, N, N]
+        for _ in range(self.layers):
+            x = _SASRecBlock(self.hidden, self.heads, self.dropout)(x, keep, mask, train)
+        return nn.LayerNorm(epsilon=1e-8)(x) @ table.T
+
+
+def reference_step(shape: common.Shape, dropout: float, kind: str = "bert4rec"):
+    module = Reference if kind == "bert4rec" else SASRecReference
+    model = module(shape.num_items + 2, shape.max_len, shape.hidden, shape.layers, shape.heads,
+                   dropout)  # fmt: skip
+    if kind == "bert4rec":
+        tx = optax.adamw(1e-3, eps=1e-6, weight_decay=0.01)
+    else:
+        tx = optax.adam(1e-3, b2=0.98)
+    predictions = shape.predictions if kind == "bert4rec" else shape.max_len
 
     def init(key):
         ids = jnp.ones((1, shape.max_len), jnp.int32)
-        params = model.init(key, ids, jnp.zeros((1, shape.predictions), jnp.int32), False)
+        params = model.init(key, ids, jnp.zeros((1, predictions), jnp.int32), False)
         return params, tx.init(params), jnp.zeros((), jnp.int32)
 
     def step(state, batch, key):
@@ -114,17 +179,24 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", default="ml-1m", help=f"from {sorted(common.SHAPES)}")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kind", default="bert4rec", choices=["bert4rec", "sasrec"])
     args = parser.parse_args(argv)
     shape = common.SHAPES[args.shape]
     mesh = sharding.make_mesh()
     print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, shape "
           f"{args.shape} {shape}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
 
-    built = common.build_step(shape, mesh)
+    if args.kind == "bert4rec":
+        built = common.build_step(shape, mesh)
+    else:  # the full softmax, as the reference computes it
+        from bert4rec_jax import losses
+
+        built = common.build_step(shape, mesh, kind="sasrec",
+                                  loss_config=losses.LossConfig(type="full"))  # fmt: skip
     project, pstate = built.step, built.state
-    pbatch = common.device_batch(shape, mesh)
-    rstate, rstep = reference_step(shape, 0.2)
-    rbatch = {k: jnp.asarray(v) for k, v in common.synthetic_batch(shape).items()}
+    pbatch = common.device_batch(shape, mesh, kind=args.kind)
+    rstate, rstep = reference_step(shape, 0.2, args.kind)
+    rbatch = {k: jnp.asarray(v) for k, v in common.batch_of(args.kind, shape).items()}
     key = jax.random.key(1)
     # XLA's own count of the work, deterministic whatever the load: on CPU the step is mostly
     # memory traffic, so "bytes accessed" is the proxy to cut first.

@@ -33,6 +33,12 @@ flags.DEFINE_bool(
     "Train from step 0: first move the workdir's checkpoints, best parameters and test results "
     "into <workdir>/set_aside/<time>/ (kept, not deleted).",
 )
+flags.DEFINE_bool(
+    "test",
+    True,
+    "Evaluate the chosen parameters on the test split at the end; --notest for recipe searches, "
+    "which choose on validation only (benchmarks/search.py).",
+)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -80,7 +86,9 @@ def _run() -> None:
             jax.local_device_count(),
             jax.device_count(),
         )
-    train_lib.train_and_evaluate(config, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
+    train_lib.train_and_evaluate(
+        config, FLAGS.workdir, start_afresh=FLAGS.start_afresh, test=FLAGS.test
+    )
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def train_and_evaluate(
     *,
     stop_at_step: int | None = None,
     start_afresh: bool = False,
+    test: bool = True,
 ) -> dict[str, float]:
     """Trains BERT4Rec per `config`, resuming from `workdir` if it holds checkpoints.
 
@@ -120,13 +121,15 @@ def train_and_evaluate(
         the schedule still follows config.num_train_steps.
       start_afresh: first move the workdir's checkpoints, best parameters and test results aside
         (`checkpointing.set_aside_run`), and train from step 0.
+      test: evaluate the chosen parameters on the test split at the end. False for recipe
+        searches, which choose on validation and must not see the test (`benchmarks/search.py`).
 
     A SIGTERM or SIGINT stops the run at the next safe point (see preemption.py; in a process
     that has not called `preemption.install()`, only during the loop).
 
     Returns:
       The test metrics of the best (or, without validation, the final) parameters; empty when
-      the run stopped before writing them.
+      the run stopped before writing them or `test` is False.
     """
     run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
     train = run.train
@@ -241,6 +244,9 @@ def train_and_evaluate(
             signal_name,
             params_step,
         )
+        return {}
+    if not test:
+        logging.info("Not evaluating the test split (asked not to); the run is complete")
         return {}
     preemption.at("test_eval")
     # A stop asked for from here on waits for the evaluation and its results file: stopping
