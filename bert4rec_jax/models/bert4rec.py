@@ -310,5 +310,3 @@ class BERT4Rec(nn.Module):
           [B, P, vocab_size] float32 logits.
         """
         return self.item_scores(self.predict_hidden(ids, positions, train=train, users=users))
-
-
