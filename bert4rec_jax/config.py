@@ -37,6 +37,7 @@ NOT_SHAPE_MODEL_FIELDS = {
     "init_std": "only draws the initial parameters, which a resumed run restores",
     "dtype": "the compute dtype; parameters are always float32",
     "attention_impl": "another kernel for the same attention",
+    "last_block": "which rows of the last block are computed; the same function",
 }
 # Fields that fix the parameters' shapes or meaning: a workdir's checkpoints only resume a config
 # that agrees on all of them (`RunConfig.shape_fields`). The data set's own group of fields
@@ -263,6 +264,7 @@ def _model(m: ml_collections.ConfigDict) -> models.ModelConfig:
         item_features=bool(m.get("item_features", False)),
         user_features=str(m.get("user_features", "") or ""),
         kind=str(m.get("kind", "bert4rec")),  # older runs have no field: BERT4Rec
+        last_block=str(m.get("last_block", "all")),  # older runs computed every row
     )
 
 

@@ -126,6 +126,8 @@ def make_train_step(
                 rngs={"dropout": dropout_key},
                 # [B] user rows; the batch has them only with model.user_features.
                 users=batch.get("users"),
+                # "scored": the last block only at the predicted positions (the same function).
+                last_block_at_positions=model.config.last_block == "scored",
                 method=type(model).predict_hidden,
             )  # [B, P, H]: the loss applies the tied output layer itself, chunked if need be
             # [V', H] and [V'], V' = V padded to the model axis; SASRec's bias is zeros.

@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
     # intermediate_size = hidden_size and layer_norm_eps = 1e-8 (configs/ml_100k_sasrec.py).
     # Any loss.type works; "bce" is the original SASRec's.
     c.model.kind = "bert4rec"
+    # Rows the last block computes in training: "all" (the paper's numerics and dropout draws)
+    # or "scored" (only the positions the loss reads: the same function for less work; the
+    # dropout draws of the last block differ). Export computes the scored row alone anyway.
+    c.model.last_block = "all"
 
     # ---- Loss (bert4rec_jax/losses/) ---------------------------------------------------------
     c.loss = ml_collections.ConfigDict()

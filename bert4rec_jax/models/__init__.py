@@ -21,6 +21,7 @@ from bert4rec_jax.models.bert4rec import BERT4Rec
 from bert4rec_jax.models.config import (
     ATTENTION_IMPLS,
     DTYPES,
+    LAST_BLOCK_ROWS,
     MODEL_KINDS,
     PAD_ID,
     USER_FEATURE_PLACEMENTS,
@@ -33,6 +34,7 @@ from bert4rec_jax.models.sasrec import SASRec
 __all__ = [
     "ATTENTION_IMPLS",
     "DTYPES",
+    "LAST_BLOCK_ROWS",
     "MODEL_KINDS",
     "PAD_ID",
     "USER_FEATURE_PLACEMENTS",

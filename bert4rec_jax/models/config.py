@@ -22,6 +22,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 USER_FEATURE_PLACEMENTS = ("", "prefix", "add", "mask")
 # "manual" is ours, not jax's: always the explicit softmax path (used for attention dropout).
 ATTENTION_IMPLS = (None, "xla", "cudnn", "manual")
+# Which rows the last block computes in training: "all" (every position, the paper's numerics and
+# dropout draws) or "scored" (only the positions the loss reads; keys and values still come from
+# every position). The same function: the other rows of the last block are never read.
+LAST_BLOCK_ROWS = ("all", "scored")
 # "bert4rec" (Sun et al., CIKM 2019): bidirectional, cloze-trained, scored at an appended [MASK].
 # "sasrec" (Kang & McAuley, ICDM 2018, as published): causal self-attention, trained to predict
 # the next item at every position, scored at the history's last item (models/sasrec.py).
@@ -56,6 +60,8 @@ class ModelConfig:
         "" off; "prefix" one extra token before the sequence; "add" at every position; "mask"
         at [MASK] positions only (needs `FeatureTables.users`); BERT4Rec only.
       kind: one of `MODEL_KINDS`.
+      last_block: one of `LAST_BLOCK_ROWS`: the rows the last block computes in training.
+        (Export always computes the scored row alone, evaluation every row.)
     """
 
     vocab_size: int | None = None
@@ -73,6 +79,7 @@ class ModelConfig:
     item_features: bool = False
     user_features: str = ""
     kind: str = "bert4rec"
+    last_block: str = "all"
 
     def __post_init__(self):
         if self.vocab_size is not None and self.vocab_size < 3:
@@ -97,6 +104,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.user_features={self.user_features!r}; expected one of "
                 f"{USER_FEATURE_PLACEMENTS}"
+            )
+        if self.last_block not in LAST_BLOCK_ROWS:
+            raise ValueError(
+                f"model.last_block={self.last_block!r}; expected one of {LAST_BLOCK_ROWS}"
             )
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model.kind={self.kind!r}; expected one of {MODEL_KINDS}")

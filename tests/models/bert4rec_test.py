@@ -6,9 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_corpus
 
-from bert4rec_jax import models, scoring
+from bert4rec_jax import cloze, device_input, input_pipeline, losses, models, optimizer, scoring
+from bert4rec_jax import sharding as sharding_lib
+from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.config import RunConfig
+from bert4rec_jax.datasets.corpus import Corpus, leave_one_out
 from configs import default as default_config
 
 NUM_ITEMS = 10
@@ -271,3 +275,92 @@ def test_last_block_at_positions_equals_gathering_the_full_output(layers, impl):
         full.score(params, full.encode(params, IDS, mask_pos), items),
         rtol=1e-5, atol=1e-5,
     )  # fmt: skip
+
+
+# ---- model.last_block="scored": the last block at the predicted positions in training --------
+
+
+def _one_step(corpus, batch, mesh, last_block, loss_type="full", **model):
+    """One train step's (metrics, parameters) with dropout off, so that both settings compare."""
+
+    config = model_config(
+        vocab_size=corpus.vocab_size, max_len=16, hidden_dropout=0.0, attention_dropout=0.0,
+        last_block=last_block, **model,
+    )  # fmt: skip
+    built = models.build_model(
+        config, corpus.vocab_size, corpus.item_features, corpus.user_features
+    )
+    schedule = optimizer.make_schedule(1e-2, 0, 10)
+    tx = optimizer.make_optimizer(schedule)
+    loss_config = losses.LossConfig(type=loss_type, chunk_size=7, num_negatives=8)
+    step_fn = train_step_lib.make_train_step(
+        built, tx, schedule, loss_config, item_counts=corpus.popularity, mesh=mesh
+    )
+    state = train_step_lib.create_train_state(
+        built, tx, mesh, max_predictions=batch["positions"].shape[1], seed=0
+    )
+    step = train_step_lib.jit_train_step(step_fn, state, mesh)
+    state, metrics = step(state, sharding_lib.global_batch(mesh, batch))
+    return jax.device_get(metrics), jax.device_get(state.params)
+
+
+def _assert_same_step(a, b):
+    (m_a, p_a), (m_b, p_b) = a, b
+    assert m_a["weight_sum"] == m_b["weight_sum"] > 0
+    for key in ("loss_sum", "correct_sum", "grad_norm"):
+        np.testing.assert_allclose(m_a[key], m_b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(p)[0] for p in (p_a, p_b))
+    for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
+        if jax.tree_util.keystr(path).endswith("['key']['bias']"):
+            continue  # its gradient is 0 up to rounding (a shift of every logit alike)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def _cloze_batches(buckets=()):
+
+    corpus = random_corpus(np.arange(60) % 17 + 3, num_items=40, seed=1)
+    split = leave_one_out(corpus, "standard")
+    config = cloze.InputConfig(
+        max_len=16, mask_prob=0.4, max_predictions=6, sliding_step=4, buckets=buckets
+    )
+    return corpus, split, config
+
+
+@pytest.mark.parametrize("buckets", [(), (4, 8)])
+def test_last_block_at_scored_positions_gives_the_full_loss_and_gradients(buckets):
+
+    corpus, split, config = _cloze_batches(buckets)
+    instances = input_pipeline.TrainingInstances(corpus, split, config)
+    bucket, first = None, 0
+    if buckets:  # a batch of the shortest bucket, cut to its shape
+        bucket, first = 0, int(np.flatnonzero(instances.batch_buckets(0, 16) == 0)[0])
+    indices = instances.local_indices(0, 16, first_batch=first, num_batches=1)[0]
+    batch = instances.materialize(indices, 0, bucket=bucket)
+    assert batch["ids"].shape[1] == (4 if buckets else 16)
+    mesh = sharding_lib.make_mesh(1)
+    _assert_same_step(_one_step(corpus, batch, mesh, "all"),
+                      _one_step(corpus, batch, mesh, "scored"))  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loss_type, model_axis, features",
+    [
+        ("chunked", 2, {}),  # the vocabulary-parallel table, on 8 devices
+        ("sampled_softmax", 1, {"user_features": "prefix"}),
+    ],
+)
+def test_last_block_scored_on_8_devices_with_device_batches(loss_type, model_axis, features):
+
+    corpus, split, config = _cloze_batches((4, 8))
+    if features:  # one categorical user feature: the prefix token shifts every position by one
+        rng = np.random.default_rng(0)
+        users = rng.integers(0, 3, size=(corpus.num_users + 1, 1)).astype(np.int32)
+        corpus = Corpus(**{**corpus.__dict__, "user_features": {"group": users}})
+    mesh8 = sharding_lib.make_mesh(8, model=model_axis)
+    source = device_input.DeviceInput(corpus, split, config, 16, sharding_lib.make_mesh(1))
+    batch = jax.device_get(source.batch(2))
+    if features:
+        batch = dict(batch, users=np.arange(1, 17, dtype=np.int32) % (corpus.num_users + 1))
+    full = _one_step(corpus, batch, sharding_lib.make_mesh(1), "all", loss_type, **features)
+    _assert_same_step(full, _one_step(corpus, batch, mesh8, "scored", loss_type, **features))
