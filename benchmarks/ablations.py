@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import pathlib
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
 
 # name -> (config file, overrides). Every row starts from a config in configs/ and changes one
 # thing, so the table reads as ablations of that config.
@@ -89,67 +86,29 @@ METRICS = (
     ("test full HR@10", "test", "full/hr@10"),
 )
 
-# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1 seeds).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% t interval over the values); half-width nan for one value."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    t = _T95.get(len(values) - 1, 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
 
 def run_one(
     workdir: pathlib.Path, config: str, overrides: list[str], seed: int, data: str
 ) -> dict[str, float]:
     """Trains and tests one (row, seed) unless already done; returns its numbers."""
-    summary_path = workdir / "ablation_run.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
-    if workdir.exists() and any(workdir.iterdir()):
-        # A run that died before its summary: its clock is lost, so it starts again.
-        subprocess.run(["rm", "-rf", str(workdir)], check=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "bert4rec_jax.train",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        f"--config.manual_dir={data}",
-        f"--config.seed={seed}",
-        *overrides,
-    ]
-    print(" ".join(command), flush=True)
-    start = time.time()
-    cpu_before = _children_cpu_seconds()
-    with open(workdir / "train.log", "w") as log:
-        subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    cpu_seconds = _children_cpu_seconds() - cpu_before
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    test = json.loads((workdir / "test_results.json").read_text())
-    valid = [r for r in rows if r["step"] == test["step"] and "valid/pop100/ndcg@10" in r]
-    last_train = max((r for r in rows if "train/loss" in r), key=lambda r: r["step"])
-    summary = {
+    run = common.train_run(
+        workdir,
+        config,
+        [f"--config.manual_dir={data}", f"--config.seed={seed}", *overrides],
+        "ablation_run.json",
+    )
+    if "test" not in run:  # a summary from before common.train_run: already in this shape
+        return run
+    test = run["test"]
+    valid = [r for r in run["valid"] if r["step"] == test["step"] and "valid/pop100/ndcg@10" in r]
+    return {
         "seed": seed,
         "step": test["step"],
-        "train_seconds": last_train["time"] - start,
-        # The whole command's CPU time (user + sys, all threads): a budget that holds whatever
-        # else shares the cores, unlike wall-clock. Test evaluation included.
-        "cpu_seconds": cpu_seconds,
+        "train_seconds": run["train_seconds"],
+        "cpu_seconds": run["cpu_seconds"],
         "valid/pop100/ndcg@10": valid[-1]["valid/pop100/ndcg@10"] if valid else math.nan,
         **{f"test/{k}": v for k, v in test.items() if "/" in k},
     }
-    summary_path.write_text(json.dumps(summary, indent=1))
-    return summary
 
 
 def main() -> None:
@@ -186,16 +145,17 @@ def main() -> None:
     for name, runs in results.items():
         cells = [name]
         for _, split, key in METRICS:
-            mean, half = interval([r[f"{split}/{key}"] for r in runs])
+            mean, half = common.interval([r[f"{split}/{key}"] for r in runs])
             cells.append(f"{mean:.4f} ± {half:.4f}")
-        mean, half = interval([r["train_seconds"] / 60 for r in runs])
+        mean, half = common.interval([r["train_seconds"] / 60 for r in runs])
         cells.append(f"{mean:.1f} ± {half:.1f}")
         # Runs from before the CPU clock existed have none: the mean is over those that do.
         cpu = [r["cpu_seconds"] / 60 for r in runs if "cpu_seconds" in r]
         if len(cpu) == len(runs):
-            cells.append("{:.1f} ± {:.1f}".format(*interval(cpu)))
+            cells.append("{:.1f} ± {:.1f}".format(*common.interval(cpu)))
         else:
-            cells.append(f"{interval(cpu)[0]:.1f} ({len(cpu)} of {len(runs)})" if cpu else "")
+            mean = common.interval(cpu)[0] if cpu else math.nan
+            cells.append(f"{mean:.1f} ({len(cpu)} of {len(runs)})" if cpu else "")
         print("| " + " | ".join(cells) + " |")
     if args.out:
         with open(args.out, "w", newline="") as f:
