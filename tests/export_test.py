@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from bert4rec_jax import artifact, checkpointing, experiment, export, models, recommend
+from bert4rec_jax import checkpointing, experiment, export, models, recommend
 from bert4rec_jax.config import RunConfig
 from bert4rec_jax.datasets import hashes
+from bert4rec_jax.export import artifact
 from bert4rec_jax.scoring import build_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def test_manifest_lists_every_file_with_its_checksum(random_export):
         assert entry["sha256"] == hashes.sha256_file(output / name)
     assert manifest["top_k"] == NUM_ITEMS and manifest["history_length"] == MAX_LEN - 1
     assert manifest["versions"]["jax"] == jax.__version__
-    np.testing.assert_array_equal(np.load(output / artifact.VOCABULARY), vocabulary)
+    np.testing.assert_array_equal(artifact.read_raw_ids(output / artifact.VOCABULARY), vocabulary)
     # No temporary directory is left beside the export.
     assert [p.name for p in output.parent.iterdir()] == [output.name]
 

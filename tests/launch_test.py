@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from helpers import free_port, xla_flags
 
+from benchmarks import faults as crash_resume
 from bert4rec_jax import checkpointing
-from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from helpers import checkpointed_config, copy_workdir, device_env, free_port, tiny_config
 
+from benchmarks import faults as crash_resume
 from bert4rec_jax import checkpointing, models, preemption, train_lib
 from bert4rec_jax import config as config_lib
-from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from helpers import run_cli, tiny_config
 
-from bert4rec_jax import artifact, checkpointing, experiment, export, recommend, train_lib
+from bert4rec_jax import checkpointing, experiment, export, recommend, train_lib
 from bert4rec_jax.config import RunConfig
+from bert4rec_jax.export import artifact
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOP_K = 100
