@@ -70,7 +70,11 @@ def _run() -> None:
         # Nothing has been read or written yet: a rerun starts as this one would have.
         logging.info("Stopping on %s before the run began; nothing written", preemption.received())
         return
+    from bert4rec_jax import config as config_lib
     from bert4rec_jax import train_lib
+
+    # Parsed once, here: past this line only the RunConfig and its sections go down.
+    run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
 
     if jax.process_count() > 1:  # one process: train_lib's first lines say the devices
         logging.info(
@@ -80,7 +84,7 @@ def _run() -> None:
             jax.local_device_count(),
             jax.device_count(),
         )
-    train_lib.train_and_evaluate(config, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
+    train_lib.train_and_evaluate(run, FLAGS.workdir, start_afresh=FLAGS.start_afresh)
 
 
 if __name__ == "__main__":
