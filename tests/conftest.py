@@ -3,6 +3,7 @@ compilation cache for the session and every process it starts, the real data, tr
 built once per run, and the order and grouping of tests for pytest-xdist (`-n 2`)."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import shutil
 import sys
 import tempfile
 
-from helpers import xla_flags  # imports no jax
+from helpers import RANDOM_ITEMS, SERVED_TOP_K, VOCABULARIES, random_model, xla_flags  # no jax
 
 # Sharding tests need several devices; on CPU they are simulated. Must precede `import jax`.
 # Compiled at LLVM -O0 (helpers.xla_flags says why); every process a test starts gets the same
@@ -165,6 +166,84 @@ def tiny_stopped_run(tmp_path_factory):
     run = _trained_once(tmp_path_factory, "tiny_stopped", checkpointed_config, stop_at_step=10)
     assert run.results == {}
     return run
+
+
+# ---- Shared exports -------------------------------------------------------------------------
+# Read by the tests of export/ and recommend/ alike; each worker loads its own Recommender (so a
+# batch size compiles once per worker), the directories are written once per run.
+
+
+@pytest.fixture(scope="session", params=sorted(VOCABULARIES))
+def random_export(request, tmp_path_factory):
+    """(export directory, vocabulary, its Recommender) of helpers.random_model, once with
+    string and once with integer raw ids: for CPU only and with no SavedModel (`tiny_export`
+    tests the defaults)."""
+    from bert4rec_jax import export, recommend
+
+    with _built_once(tmp_path_factory, f"random_export_{request.param}") as (tmp, built):
+        output = tmp / "parent" / "export"  # alone in its parent (the test of leftovers looks)
+        vocabulary = VOCABULARIES[request.param]
+        if not built:
+            model, params = random_model()
+            export.export_model(model, params, vocabulary, output, top_k=RANDOM_ITEMS,
+                                saved_model=False, platforms=["cpu"])  # fmt: skip
+    return output, vocabulary, recommend.Recommender.load(output)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A trained run's export: its experiment, its best parameters, the directories, what the
+    export command printed, and a Recommender of the export."""
+
+    exp: object  # experiment.Experiment
+    params: object
+    workdir: pathlib.Path
+    output: pathlib.Path
+    printed: str
+    rec: object  # recommend.Recommender
+    step: int  # of the exported parameters
+
+
+def _exported_once(tmp_path_factory, name, config, workdir, *export_flags) -> Exported:
+    """Exports `workdir` with the command line (a 1-device process) once per run."""
+    from helpers import run_cli
+
+    from bert4rec_jax import checkpointing, experiment, recommend
+    from bert4rec_jax.config import RunConfig
+
+    with _built_once(tmp_path_factory, name) as (tmp, built):
+        output = tmp / "export"
+        if not built:
+            printed = run_cli("bert4rec_jax.export", f"--workdir={workdir}",
+                              f"--output={output}", *export_flags).stdout  # fmt: skip
+            (tmp / "printed.txt").write_text(printed)
+        printed = (tmp / "printed.txt").read_text()
+    params, step = checkpointing.restore_params(workdir, "best")
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
+    rec = recommend.Recommender.load(output)
+    return Exported(exp, params, workdir, output, printed, rec, step)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_finished_run, tmp_path_factory) -> Exported:
+    """`tiny_finished_run` (trained on the 8 test devices) exported by a 1-device process with
+    the defaults (SavedModel and every platform), top_k=20."""
+    run = tiny_finished_run
+    return _exported_once(tmp_path_factory, "tiny_export", run.config, run.workdir, "--top_k=20")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, shared_data) -> Exported:
+    """4 steps of the tiny model on ML-100K (helpers.ml_100k_config), exported by the command
+    line with top_k=SERVED_TOP_K, for CPU."""
+    from helpers import ml_100k_config
+
+    def config(tmp):
+        return ml_100k_config(tmp, shared_data)
+
+    run = _trained_once(tmp_path_factory, "ml100k_served", config)
+    return _exported_once(tmp_path_factory, "ml100k_served_export", run.config, run.workdir,
+                          f"--top_k={SERVED_TOP_K}", "--platforms=cpu")  # fmt: skip
 
 
 # ---- Order under pytest-xdist --------------------------------------------------------------

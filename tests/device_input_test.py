@@ -9,10 +9,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import device_env, free_port, random_corpus
+from helpers import device_env, free_port, random_corpus, small_model
 from scipy import stats
 
-from bert4rec_jax import input_pipeline, models, optimizer
+from bert4rec_jax import input_pipeline, optimizer
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.config import RunConfig
@@ -290,17 +290,8 @@ def trainer():
     """A tiny model's train step on 8 devices and its initial state on the host, shared so that
     the step and the initialisation compile once for the tests below."""
     corpus, split, config = _small()
-    model = models.BERT4Rec(
-        models.ModelConfig(
-            vocab_size=corpus.vocab_size,
-            max_len=config.max_len,
-            hidden_size=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_size=32,
-            hidden_dropout=0.1,
-            attention_dropout=0.1,
-        )
+    model = small_model(
+        corpus.vocab_size, config.max_len, hidden_dropout=0.1, attention_dropout=0.1
     )
     schedule = optimizer.make_schedule(1e-2, 0, 100)
     tx = optimizer.make_optimizer(schedule)

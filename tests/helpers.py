@@ -67,19 +67,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def random_corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
-    """Random sequences without repeats; num_items=0 gives every interaction its own item, so an
-    item identifies its user and its place in the sequence."""
+def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
+    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used)."""
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    items = np.concatenate([np.asarray(s, np.int64) for s in sequences])
+    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
+
+
+def random_corpus(
+    lengths,
+    num_items: int = 0,
+    seed: int = 0,
+    *,
+    max_length: int = 0,
+    repeats: bool = False,
+    every_item: bool = False,
+) -> Corpus:
+    """The tests' one random corpus.
+
+    Args:
+      lengths: each user's number of items; or, with `max_length`, the number of users, each
+        with 3 to `max_length` items drawn at random.
+      num_items: items to draw from; 0 gives every interaction its own item, so an item
+        identifies its user and its place in the sequence.
+      seed: of the draws.
+      max_length: see `lengths`.
+      repeats: a user may meet an item more than once (drawn with replacement).
+      every_item: add two-item users (too short to be evaluated) until every item occurs, so
+        dense id i is the i-th item drawn from.
+    """
     rng = np.random.default_rng(seed)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if num_items:
-        raw = np.concatenate(
-            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
-        )
+    if max_length:
+        lengths = rng.integers(3, max_length + 1, int(lengths))
+    lengths = [int(n) for n in lengths]
+    if not num_items:
+        raw = np.split(rng.permutation(sum(lengths)), np.cumsum(lengths)[:-1])
+    elif repeats:
+        raw = [rng.integers(0, num_items, n) for n in lengths]
     else:
-        raw = rng.permutation(int(offsets[-1]))
-    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
+        raw = [rng.choice(num_items, size=n, replace=False) for n in lengths]
+    if every_item:
+        raw += [np.array([i, (i + 1) % num_items]) for i in range(0, num_items, 2)]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in raw])])
+    items = np.concatenate([np.asarray(r, np.int64) for r in raw] + [np.zeros(0, np.int64)])
+    return corpus_from_sequences("test", np.arange(len(raw)), offsets, items + 100)
+
+
+def small_model_config(vocab_size: int, max_len: int, **overrides):
+    """A models.ModelConfig small enough to compile in seconds: d 16, one block of 2 heads, FFN
+    32; `overrides` change any field."""
+    from bert4rec_jax import models  # jax: imported only once a test asks
+
+    fields = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+    return models.ModelConfig(vocab_size=vocab_size, max_len=max_len, **(fields | overrides))
+
+
+def small_model(vocab_size: int, max_len: int, **overrides):
+    """models.BERT4Rec of `small_model_config`."""
+    from bert4rec_jax import models
+
+    return models.BERT4Rec(small_model_config(vocab_size, max_len, **overrides))
 
 
 def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
@@ -140,3 +187,85 @@ def run_cli(
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+# ---- A randomly initialised model's export (conftest's random_export) -----------------------
+
+RANDOM_ITEMS = 40
+RANDOM_MAX_LEN = 12
+# Items 1..3 get a large output bias, so they top every history's ranking unless excluded.
+POPULAR = (1, 2, 3)
+VOCABULARIES = {
+    # What Corpus.raw_item_ids holds: entry 0 stands for padding.
+    "strings": np.array([""] + [f"sku-{i:03d}" for i in range(1, RANDOM_ITEMS + 1)]),
+    "sparse ints": np.array([-1] + [1000 + 7 * i for i in range(1, RANDOM_ITEMS + 1)], np.int64),
+}
+
+
+def random_model():
+    """(model, params): `small_model` of RANDOM_ITEMS items with random parameters, POPULAR
+    items biased to the top."""
+    import jax
+    import jax.numpy as jnp
+
+    model = small_model(RANDOM_ITEMS + 2, RANDOM_MAX_LEN)
+    ids = jnp.zeros((1, RANDOM_MAX_LEN), jnp.int32)
+    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), ids, jnp.zeros((1, 1), jnp.int32), train=False)
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes["params"]
+    )
+    params["output_bias"][list(POPULAR)] = 50.0
+    return model, params
+
+
+# ---- A model served on real ML-100K histories (conftest's served) ---------------------------
+
+SERVED_TOP_K = 100
+
+
+def ml_100k_config(tmp, shared_data, **overrides) -> ml_collections.ConfigDict:
+    """The tiny model (max_len 20) on ML-100K: 943 users, most of them longer than 19 items."""
+    return tiny_config(
+        tmp,
+        dataset="ml-100k-raw",
+        manual_dir=str(shared_data),
+        num_train_steps=4,
+        warmup_steps=1,
+        checkpoint_every_steps=4,
+        **{"eval.every_steps": 4, "eval.protocols": ("pop100",)},
+        **overrides,
+    )
+
+
+def dense_histories(corpus: Corpus) -> list[np.ndarray]:
+    """Every user's whole sequence, dense ids: the histories served."""
+    return [corpus.sequence(u).astype(np.int32) for u in range(corpus.num_users)]
+
+
+def in_process_top_k(exp, params, histories, users=None):
+    """The model's top-k computed here, outside the artifact: build_inputs' layout on the last
+    max_len - 1 items, every item of the whole history masked."""
+    import jax
+    import jax.numpy as jnp
+
+    max_len, mask_id = exp.config.model.max_len, exp.corpus.mask_id
+    ids = np.zeros((len(histories), max_len), np.int32)
+    mask_pos = np.zeros(len(histories), np.int32)
+    for row, h in enumerate(histories):
+        window = h[-(max_len - 1) :]
+        ids[row, : len(window)] = window
+        ids[row, len(window)] = mask_id
+        mask_pos[row] = len(window)
+    fns = exp.scoring_fns
+    users = None if users is None else jnp.asarray(users)
+    h = jax.jit(fns.encode)(params, ids, mask_pos, users)
+    items = np.arange(1, exp.corpus.num_items + 1, dtype=np.int32)
+    scores = np.array(jax.jit(fns.score)(params, h, items))  # [n, V], writable
+    for row, hist in enumerate(histories):
+        scores[row, hist - 1] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :SERVED_TOP_K]
+    return order + 1, np.take_along_axis(scores, order, axis=1)

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import copy_workdir, device_env, tiny_config
+from helpers import copy_workdir, device_env, small_model, tiny_config
 from helpers import run_cli as _run_cli
 
 from bert4rec_jax import checkpointing, experiment, models, optimizer, train_lib
@@ -114,12 +114,9 @@ def test_loss_of_a_bucketed_batch_equals_the_same_rows_padded(loss_type, model_a
     assert cut["ids"].shape == (g, 4) and padded["ids"].shape == (g, 16)
     assert cut["positions"].shape == (g, 2) and padded["positions"].shape == (g, 6)
 
-    model = models.BERT4Rec(
-        models.ModelConfig(
-            vocab_size=corpus.vocab_size, max_len=16, hidden_size=16, num_layers=2, num_heads=2,
-            intermediate_size=32, hidden_dropout=0.0, attention_dropout=0.0,
-        )
-    )  # fmt: skip
+    model = small_model(
+        corpus.vocab_size, 16, num_layers=2, hidden_dropout=0.0, attention_dropout=0.0
+    )
     schedule = optimizer.make_schedule(1e-2, 0, 10)
     tx = optimizer.make_optimizer(schedule)
     loss_config = losses.LossConfig(type=loss_type, chunk_size=7, num_negatives=8)

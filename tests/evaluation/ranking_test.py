@@ -6,36 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import make_corpus, random_corpus, small_model
 
 from bert4rec_jax import evaluation as ev
 from bert4rec_jax import scoring, sharding
-from bert4rec_jax.datasets.corpus import Corpus, corpus_from_sequences, leave_one_out
+from bert4rec_jax.datasets.corpus import Corpus, leave_one_out
 from bert4rec_jax.evaluation import candidates as cand
 from bert4rec_jax.evaluation import ranking
 from bert4rec_jax.scoring import ScoringFns
-
-
-def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
-    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used)."""
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
-    items = np.concatenate([np.asarray(s, np.int64) for s in sequences])
-    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
-
-
-def random_corpus(
-    num_users: int, num_items: int, max_length: int, seed: int, repeats: bool = False
-) -> Corpus:
-    """Random sequences covering every item (so dense ids equal raw ids)."""
-    rng = np.random.default_rng(seed)
-    sequences = [
-        list(rng.choice(num_items, size=rng.integers(3, max_length + 1), replace=repeats) + 1)
-        for _ in range(num_users)
-    ]
-    # Every item appears at least once, in users too short to be evaluated.
-    sequences += [[i, i % num_items + 1] for i in range(1, num_items + 1, 2)]
-    corpus = make_corpus(sequences)
-    assert corpus.num_items == num_items
-    return corpus
 
 
 def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
@@ -119,7 +97,7 @@ def test_inputs_paper_mode_same_histories():
 @pytest.mark.parametrize("protocol", ev.SAMPLED_PROTOCOLS)
 @pytest.mark.parametrize("which", ev.SPLITS)
 def test_negatives_are_valid(protocol, which):
-    corpus = random_corpus(num_users=300, num_items=400, max_length=60, seed=1, repeats=True)
+    corpus = random_corpus(300, num_items=400, max_length=60, seed=1, repeats=True, every_item=True)
     split = leave_one_out(corpus)
     n = 100
     candidates = cand.draw_candidates(corpus, split, which, protocol, n, seed=7)
@@ -134,7 +112,7 @@ def test_negatives_are_valid(protocol, which):
 
 
 def test_same_seed_same_candidates_other_seed_other_candidates():
-    corpus = random_corpus(num_users=50, num_items=300, max_length=20, seed=2)
+    corpus = random_corpus(50, num_items=300, max_length=20, seed=2, every_item=True)
     split = leave_one_out(corpus)
     a = cand.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
     b = cand.draw_candidates(corpus, split, "test", "pop100", 20, seed=3)
@@ -146,7 +124,7 @@ def test_same_seed_same_candidates_other_seed_other_candidates():
 
 
 def test_candidates_saved_once_and_reused(tmp_path, monkeypatch):
-    corpus = random_corpus(num_users=40, num_items=200, max_length=20, seed=3)
+    corpus = random_corpus(40, num_items=200, max_length=20, seed=3, every_item=True)
     split = leave_one_out(corpus)
     args = (corpus, split, "valid", "pop100", 10, 5)
     first = cand.load_candidates(*args, cache_dir=tmp_path)
@@ -168,7 +146,7 @@ def test_candidates_saved_once_and_reused(tmp_path, monkeypatch):
     )
     np.testing.assert_array_equal(evaluator.candidates("valid", "pop100"), first)
     # Another corpus under the same name gets another file, never the stale candidates.
-    other = random_corpus(num_users=40, num_items=200, max_length=20, seed=4)
+    other = random_corpus(40, num_items=200, max_length=20, seed=4, every_item=True)
     assert cand.candidates_path(
         tmp_path, other, leave_one_out(other), "valid", "pop100", 10, 5
     ) != (path)
@@ -303,7 +281,7 @@ def test_full_ranking_equals_brute_force(exclude, width_cap, monkeypatch):
     monkeypatch.setattr(ranking, "_SINGLE_HISTORY_WIDTH_MAX", width_cap)
     # 37 items in chunks of 10 (the last chunk is short), 41 users in batches of 16 on 8 devices,
     # repeated items in histories (the target may also be in its own history).
-    corpus = random_corpus(num_users=40, num_items=37, max_length=30, seed=5, repeats=True)
+    corpus = random_corpus(40, num_items=37, max_length=30, seed=5, repeats=True, every_item=True)
     split = leave_one_out(corpus)
     assert len(split.eval_users) % 16 and corpus.num_items % 10
     mesh = sharding.make_mesh()
@@ -321,7 +299,7 @@ def test_full_ranking_equals_brute_force(exclude, width_cap, monkeypatch):
 
 
 def test_sampled_ranking_equals_brute_force():
-    corpus = random_corpus(num_users=30, num_items=80, max_length=15, seed=8)
+    corpus = random_corpus(30, num_items=80, max_length=15, seed=8, every_item=True)
     split = leave_one_out(corpus)
     fns, params = integer_model(corpus.num_items, seed=9)
     evaluator = make_evaluator(
@@ -443,16 +421,10 @@ def test_bad_settings_fail_early():
 def test_bucketed_inputs_give_the_ranks_of_full_width_inputs(monkeypatch):
     """A real model: users encoded in length order, each batch cut to its bucket, rank every
     target as full-width inputs do, in the users' order."""
-    from bert4rec_jax import models
 
-    corpus = random_corpus(num_users=70, num_items=30, max_length=14, seed=4)
+    corpus = random_corpus(70, num_items=30, max_length=14, seed=4, every_item=True)
     split = leave_one_out(corpus, "standard")
-    model = models.BERT4Rec(
-        models.ModelConfig(
-            vocab_size=corpus.vocab_size, max_len=12, hidden_size=16, num_layers=2, num_heads=2,
-            intermediate_size=32,
-        )
-    )  # fmt: skip
+    model = small_model(corpus.vocab_size, 12, num_layers=2)
     params = model.init(
         {"params": jax.random.key(0)},
         jnp.ones((1, 12), jnp.int32),

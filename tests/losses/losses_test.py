@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import small_model
 
 from bert4rec_jax import losses, models, optimizer, sharding
 from bert4rec_jax import train_step as train_step_lib
@@ -164,10 +165,7 @@ def test_chunked_with_bfloat16_features_accumulates_in_float32():
 
 @pytest.mark.slow
 def test_chunked_equals_full_through_a_real_model():
-    cfg = models.ModelConfig(
-        vocab_size=V, max_len=10, hidden_size=H, num_heads=2, intermediate_size=16, num_layers=1
-    )
-    model = models.BERT4Rec(cfg)
+    model = small_model(V, 10, hidden_size=H, intermediate_size=16)
     rng = np.random.default_rng(4)
     ids = rng.integers(1, V - 1, size=(B, 10)).astype(np.int32)
     ids[:, -2:] = 0  # padding
@@ -176,7 +174,7 @@ def test_chunked_equals_full_through_a_real_model():
     weights = np.ones((B, P), np.float32)
     weights[1, -1] = 0.0
     labels[1, -1] = 0
-    ids[np.arange(B)[:, None], positions] = cfg.mask_id
+    ids[np.arange(B)[:, None], positions] = model.config.mask_id
     params = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), ids, positions)
     params = params["params"]
     dropout = jax.random.key(1)
@@ -377,17 +375,13 @@ def _one_train_step(loss_config, num_devices):
     """Parameters and metrics after one real (sharded, jitted) train step with this loss."""
     mesh = sharding.make_mesh(num_devices)
     num_items, batch_size, max_len, num_preds = 40, 16, 12, 3
-    cfg = models.ModelConfig(
-        vocab_size=num_items + 2, max_len=max_len, hidden_size=8, num_heads=2,
-        intermediate_size=16, num_layers=1,
-    )  # fmt: skip
-    model = models.BERT4Rec(cfg)
+    model = small_model(num_items + 2, max_len, hidden_size=8, intermediate_size=16)
     schedule = optimizer.make_schedule(1e-2, 0, 10)
     tx = optimizer.make_optimizer(schedule)
     rng = np.random.default_rng(0)
     ids = rng.integers(1, num_items + 1, size=(batch_size, max_len)).astype(np.int32)
     batch = {
-        "ids": np.where(np.arange(max_len) < num_preds, cfg.mask_id, ids).astype(np.int32),
+        "ids": np.where(np.arange(max_len) < num_preds, model.config.mask_id, ids).astype(np.int32),
         "positions": np.tile(np.arange(num_preds, dtype=np.int32), (batch_size, 1)),
         "labels": ids[:, :num_preds],
         "weights": np.ones((batch_size, num_preds), np.float32),
