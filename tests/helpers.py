@@ -74,6 +74,18 @@ def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
     return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
 
 
+def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
+    """An evaluation.Evaluator on all the test devices; `config` holds EvalConfig fields;
+    `fns` defaults to the popularity baseline's."""
+    from bert4rec_jax import evaluation, scoring, sharding  # jax: imported only once asked
+
+    fns = fns or scoring.popularity_fns(corpus)[0]
+    return evaluation.Evaluator(
+        corpus, split, evaluation.EvalConfig(**config), fns, mesh=sharding.make_mesh(),
+        cache_dir=cache_dir,
+    )  # fmt: skip
+
+
 def random_corpus(
     lengths,
     num_items: int = 0,
