@@ -281,3 +281,63 @@ def in_process_top_k(exp, params, histories, users=None):
         scores[row, hist - 1] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :SERVED_TOP_K]
     return order + 1, np.take_along_axis(scores, order, axis=1)
+
+
+# ---- Item losses' inputs (tests/losses/) ---------------------------------------------------
+
+# The item losses' test batch (`head_batch`): B users, P predictions, H features, V rows;
+B, P, H, V = 3, 4, 8, 23  # V = 23 with chunk 5: four full chunks and a partial one of 3
+
+
+def head_batch(seed=0, dtype=np.float32):
+    """Head features, the tied output layer and labels with padded (weight 0, label 0) slots:
+    (h [B, P, H] of `dtype`, table [V, H], bias [V], labels [B, P], weights [B, P])."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(B, P, H)).astype(np.float32)
+    table = rng.normal(size=(V, H)).astype(np.float32)
+    bias = rng.normal(size=(V,)).astype(np.float32)
+    labels = rng.integers(1, V - 1, size=(B, P)).astype(np.int32)
+    weights = (rng.random((B, P)) < 0.7).astype(np.float32)
+    labels[weights == 0] = 0
+    # Two identical columns with the highest scores, in different chunks: argmax ties, and the
+    # first one (3) wins. Labels on both, so one tie counts as correct and the other not.
+    table[17] = table[3]
+    bias[3] = bias[17] = 50.0
+    labels[0, :2] = (3, 17)
+    weights[0, :2] = 1.0
+    return jnp.asarray(h, dtype), table, bias, labels, weights
+
+
+def loss_and_grads(fn, h, table, bias, labels, weights):
+    """(gradients with respect to h, table and bias; the four sums) of loss `fn`, jitted."""
+    import jax
+
+    def loss(h, table, bias):
+        sums = fn(h, table, bias, labels, weights)
+        return sums["loss_sum"], sums
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(h, table, bias)
+
+
+def full_fn(h, table, bias, labels, weights):
+    """The materialised full softmax's sums: what every other item loss is compared with."""
+    from bert4rec_jax import losses
+
+    return losses.masked_cross_entropy(losses.full_logits(h, table, bias), labels, weights)
+
+
+def numpy_reference(logits, labels, weights):
+    """The four sums of the full softmax in float64 numpy: the reference of every item loss."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    correct = logits.argmax(-1) == labels
+    return {
+        "loss_sum": (weights * nll).sum(),
+        "weight_sum": weights.sum(),
+        "correct_sum": ((weights != 0) & correct).sum(),  # a count: accuracy is unweighted
+        "prediction_count": (weights != 0).sum(),
+    }
