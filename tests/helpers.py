@@ -3,7 +3,10 @@
 Imports no jax: conftest.py imports it before setting the environment jax reads on import.
 """
 
+import contextlib
 import dataclasses
+import functools
+import http.server
 import importlib.metadata
 import os
 import pathlib
@@ -11,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import ml_collections
 import numpy as np
@@ -341,3 +345,44 @@ def numpy_reference(logits, labels, weights):
         "correct_sum": ((weights != 0) & correct).sum(),  # a count: accuracy is unweighted
         "prediction_count": (weights != 0).sum(),
     }
+
+
+# ---- Data sets ----------------------------------------------------------------------------
+
+# The git blob id of the paper's Beauty file (its download checksum).
+BEAUTY_BLOB_ID = "16718a33ebdb33504f257421b18ae8bf3ddfe327"
+# A synthetic data set that prepares in well under a second.
+SMALL_SYNTHETIC = {"num_users": 50, "num_items": 40, "seed": 0}
+
+
+def write_file(tmp_path: pathlib.Path, name: str, text: str | bytes) -> pathlib.Path:
+    """Writes `text` (str as UTF-8, or bytes) to tmp_path / name, making its folders."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def files_under(path: pathlib.Path) -> list[str]:
+    """Every file below `path`, relative to it, sorted: what a failed step must not leave."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def serve_directory(directory):
+    """An HTTP server on 127.0.0.1 (ephemeral port) serving `directory`; yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            del args
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
