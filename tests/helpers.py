@@ -10,6 +10,7 @@ import http.server
 import importlib.metadata
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -386,3 +387,35 @@ def serve_directory(directory):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def run_as_user(module: str, *args: str, devices: int = 1, **env: str):
+    """`python -m <module> <args>` in a subprocess, on `devices` CPU devices; stdout is a pipe
+    (not a terminal), as in CI and in `... > log`."""
+    environ = device_env(devices)
+    # Not the test session's settings: a user's shell sets none of them.
+    for name in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL"):
+        environ.pop(name, None)
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def log_messages(printed: str) -> list[str]:
+    """The messages of absl's log lines ("I1130 15:35:32.54 123 file.py:52] message")."""
+    return [
+        m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+\] (.*)$", printed, re.M)
+    ]
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
+    """Every file below `directory` and its bytes: to show a refusal changed nothing."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
