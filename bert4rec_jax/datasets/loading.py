@@ -71,7 +71,7 @@ def _spec(
         config = synthetic.synthetic_config(
             num_users=int(params.get("num_users", synthetic.DEFAULT_NUM_USERS)),
             num_items=int(params.get("num_items", synthetic.DEFAULT_NUM_ITEMS)),
-            seed=int(params.get("seed", 0)),
+            seed=int(params.get("seed", synthetic.DEFAULT_SEED)),
         )
         return _Spec(synthetic.SyntheticSequences, config)
     if dataset == "file":
