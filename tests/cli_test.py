@@ -1,5 +1,5 @@
-"""The command lines as a user meets them: mistakes told in a few lines, a run's output readable
-top to bottom, and the README's quick start printing what the README shows."""
+"""Tests for bert4rec_jax.cli: the command lines' mistakes told in a few lines (the flag or the
+file and the fix), exit status 2, and --traceback for where it was raised."""
 
 import pytest
 from helpers import run_as_user

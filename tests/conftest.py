@@ -76,7 +76,7 @@ def _fresh_absl_log_level():
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not (SHARED_DATA / "beauty.txt").exists():
-        pytest.fail(f"real data expected at {SHARED_DATA} (see README: Data sets)")
+        pytest.fail(f"real data expected at {SHARED_DATA} (see docs/data.md)")
     return SHARED_DATA
 
 

@@ -37,7 +37,7 @@ def test_quick_start_prints_the_readme_table_and_nothing_noisy(tmp_path):
     assert validation == re.sub(r"\s+", " ", validation) and len(validation) < 100, validation
     assert re.fullmatch(r"step 4 validation: pop100/ndcg@10 \d\.\d{4} \(best .*\)", validation)
 
-    # The README's results table: its metrics as columns, one row per protocol, at the end.
+    # The results table (docs/results.md): its metrics as columns, a row per protocol, at the end.
     lines = printed.strip().splitlines()
     header, *rows = lines[-3:]
     assert header.split() == (
@@ -48,7 +48,7 @@ def test_quick_start_prints_the_readme_table_and_nothing_noisy(tmp_path):
     results = json.loads((workdir / "test_results.json").read_text())
     assert {"pop100/ndcg@10", "full/ndcg@10", "full/mrr"} <= set(results)
 
-    # The README's popularity rows, pop100 and full, come from `evaluate --model=popularity`.
+    # The results' popularity rows, pop100 and full, come from `evaluate --model=popularity`.
     out = run_as_user("bert4rec_jax.evaluate", f"--workdir={workdir}", "--model=popularity")
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout.strip().splitlines()

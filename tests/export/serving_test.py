@@ -30,12 +30,20 @@ def test_saved_model_without_jax_excludes_the_whole_history(served, tmp_path):
     for row, h in enumerate(histories):
         padded[row, : len(h)] = h
     np.save(tmp_path / "history.npy", padded)
-    # The README's TensorFlow-only client, in a process where jax cannot be imported.
+    # docs/serving.md's TensorFlow-only client, in a process where jax cannot be imported.
     script = textwrap.dedent(f"""
         import sys
         sys.modules["jax"] = None
         import numpy as np
         import tensorflow as tf
+
+        with np.load({str(output / "vocabulary.npz")!r}) as saved:
+            if "raw_ids" in saved:  # integer ids
+                vocabulary = saved["raw_ids"]
+            else:  # string ids by length: id i is utf8[offsets[i]:offsets[i + 1]]
+                offsets, utf8 = saved["raw_ids__offsets"], saved["raw_ids__utf8"].tobytes()
+                vocabulary = np.array([utf8[a:b].decode() for a, b in zip(offsets, offsets[1:])])
+        assert vocabulary.tolist() == {exp.corpus.raw_item_ids.tolist()!r}
 
         serve = tf.saved_model.load({str(output / "saved_model")!r}).signatures["serving_default"]
         history = np.load({str(tmp_path / "history.npy")!r})

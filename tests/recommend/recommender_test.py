@@ -86,7 +86,7 @@ def test_recommend_returns_exactly_k_and_matches_mips(served):
     for items, history in zip(result, raw, strict=True):
         assert not set(item for item, _ in items) & set(history.tolist())
 
-    # Exact maximum-inner-product search over the exported vectors, as the README's numpy does.
+    # Exact maximum-inner-product search over the exported vectors, as docs/serving.md's numpy does.
     encoded = rec.encode(raw)
     users = rec.user_vectors(encoded.histories)  # [n, H + 1]
     table = np.load(rec.directory / artifact.ITEM_EMBEDDINGS)[1 : corpus.num_items + 1]
