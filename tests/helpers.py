@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import http.server
 import importlib.metadata
+import json
 import os
 import pathlib
 import re
@@ -419,3 +420,16 @@ def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
     }
+
+
+def heavy_imports(*modules: str) -> list[str]:
+    """Which of jax, tensorflow and flax a fresh Python process holds after importing `modules`:
+    for the modules that promise to stay light."""
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().replace("'", '"'))

@@ -1,11 +1,8 @@
 """Tests for the bert4rec_jax.export package and its command line (`python -m
 bert4rec_jax.export`, export/__main__.py)."""
 
-import subprocess
-import sys
-
 import pytest
-from helpers import REPO, run_cli
+from helpers import heavy_imports, run_cli
 
 from bert4rec_jax.export import artifact
 
@@ -26,14 +23,7 @@ def test_a_missing_flag_is_named_with_exit_status_2(tmp_path):
 
 def test_names_load_on_first_use_and_the_layout_stays_free_of_jax():
     # recommend reads the layout (export.artifact): importing it must not pull the writer in.
-    code = (
-        "import sys, bert4rec_jax.export.artifact; "
-        "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    assert heavy_imports("bert4rec_jax.export.artifact") == []
     from bert4rec_jax import export
     from bert4rec_jax.export import serving, writer
 
