@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import device_env, free_port, random_corpus, small_model
+from helpers import device_env, free_port, pad_rows, random_corpus, small_model
 from scipy import stats
 
 from bert4rec_jax import input_pipeline, optimizer
@@ -492,15 +492,6 @@ def test_prefetch_to_device_keeps_order_and_values():
 # ---- Length buckets ------------------------------------------------------------------------
 
 
-def _pad(rows: dict, n: int, p: int) -> dict:
-    """Bucketed rows padded back to n positions and p slots (padding is 0 everywhere)."""
-    width = {"ids": n, "positions": p, "labels": p, "weights": p}
-    return {
-        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
-        for k, v in rows.items()
-    }
-
-
 @pytest.mark.parametrize("mode", ["mask", "bert"])
 def test_bucketed_rows_are_their_instances_unbucketed_rows_cut_to_the_bucket(mode):
     corpus, split, plain = _small()
@@ -523,7 +514,7 @@ def test_bucketed_rows_are_their_instances_unbucketed_rows_cut_to_the_bucket(mod
         window = np.where(instance >= masked, instance - masked, instance % len(windows))
         # Every row's window belongs to the step's bucket (no mixed batches here).
         np.testing.assert_array_equal(config.bucket_of(windows.lengths[window]), bucket)
-        padded = _pad(rows, plain.max_len, plain.max_predictions)
+        padded = pad_rows(rows, plain.max_len, plain.max_predictions)
         _check_rules(corpus, split, plain, padded)
         for r, i in enumerate(instance):
             if int(i) in by_instance:  # the same fixed mask as without buckets

@@ -433,3 +433,13 @@ def heavy_imports(*modules: str) -> list[str]:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().replace("'", '"'))
+
+
+def pad_rows(rows: dict, n: int, p: int) -> dict:
+    """Batch rows cut to a length bucket, padded back to n positions and p slots (padding is 0
+    everywhere): what the unbucketed batch holds."""
+    width = {"ids": n, "positions": p, "labels": p, "weights": p}
+    return {
+        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
+        for k, v in rows.items()
+    }

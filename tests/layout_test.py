@@ -139,3 +139,38 @@ def test_the_package_imports_one_way():
         if name.startswith("bert4rec_jax.datasets"):
             above = {t for t in targets if not t.startswith("bert4rec_jax.datasets")}
             assert above <= {"bert4rec_jax.atomic"}, (name, above)
+
+
+def test_files_run_longest_first_by_measured_seconds_or_their_markers_estimate():
+    import conftest
+
+    class Item:
+        def __init__(self, nodeid, slow=False):
+            self.nodeid, self.path, self.slow = nodeid, pathlib.Path(nodeid.split("::")[0]), slow
+
+        def get_closest_marker(self, name):
+            return self.slow if name == "slow" else None
+
+    class Cache:
+        def get(self, key, default):
+            assert key == conftest.DURATIONS_KEY
+            return {"a_test.py::x": 30.0, "b_test.py::y": 1.0}  # measured by an earlier run
+
+    class Config:
+        cache = Cache()
+
+    items = [
+        Item("a_test.py::x"),  # 30 s measured
+        Item("b_test.py::y"),  # 1 s measured, and an unknown slow test: 1 + 10 s estimated
+        Item("b_test.py::z", slow=True),
+        Item("c_test.py::w", slow=True),
+        Item("c_test.py::v", slow=True),  # two unknown slow tests: 20 s
+    ]
+    conftest.pytest_collection_modifyitems(Config(), items)
+    assert [i.nodeid for i in items] == [
+        "a_test.py::x",
+        "c_test.py::w",
+        "c_test.py::v",  # a file's tests keep their order
+        "b_test.py::y",
+        "b_test.py::z",
+    ]
