@@ -3,7 +3,6 @@ SavedModel in TensorFlow and in a process without jax, whole-history exclusion (
 histories, many longer than max_len)."""
 
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,6 @@ from helpers import SERVED_TOP_K, dense_histories, in_process_top_k
 from bert4rec_jax import export
 from bert4rec_jax.export import artifact
 from bert4rec_jax.scoring import build_inputs
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 warnings, exactly k items and the same top-k as MIPS over the exported vectors."""
 
 import json
-import pathlib
 import shutil
 
 import jax
@@ -12,8 +11,6 @@ from helpers import POPULAR, RANDOM_ITEMS, SERVED_TOP_K, dense_histories
 
 from bert4rec_jax import recommend
 from bert4rec_jax.export import artifact
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_seen_items_never_come_back_unless_allowed(random_export):
