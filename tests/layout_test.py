@@ -122,11 +122,12 @@ def test_the_package_imports_one_way():
     graph = import_graph()
     circle = find_circle(graph)
     assert circle is None, "import circle: " + " -> ".join(circle)
-    # The layers named in DESIGN: atomic writes below everything; the run directory below the
-    # config it stores; the cloze rules below the input paths that call them; the artifact's
-    # layout free of the writer that fills it.
+    # The layers named in DESIGN: atomic writes below everything; the run directory and the
+    # checkpoints below the config they store; the cloze rules below the input paths that call
+    # them; the artifact's layout free of the writer that fills it.
     assert graph["bert4rec_jax.atomic"] == set()
     assert "bert4rec_jax.config" not in graph["bert4rec_jax.workdir"]
+    assert "bert4rec_jax.config" not in graph["bert4rec_jax.checkpointing"]
     assert not graph["bert4rec_jax.cloze"] & {
         "bert4rec_jax.input_pipeline",
         "bert4rec_jax.device_input",
