@@ -1,4 +1,5 @@
-"""The README's ablation table: each idea on top of a recipe, several seeds, test reported once.
+"""The ablation tables of docs/results.md: each idea on top of a recipe, several seeds, test
+reported once.
 
     python benchmarks/ablations.py --data=../shared/data --workroot=/tmp/ablations
     python benchmarks/ablations.py --data=../shared/data --workroot=/tmp/ablations \
@@ -16,7 +17,7 @@ loading, compilation and the validations included, the final test evaluation not
 command's CPU time (user + sys of every thread, test included), which other jobs on the cores
 inflate far less than wall-clock.
 `--out` also writes the per-seed numbers as CSV. Times depend on the machine and its load: the
-README names both for every table it shows.
+docs/results.md names both for every table it shows.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "ml100k-sasrec-x3": ("configs/ml_100k_sasrec.py", ["--config.num_train_steps=1200"]),
 }
 
-# The README's table; the v1 and placement rows run on request (`--rows=...`, the README's
+# docs/results.md's table; the v1 and placement rows run on request (`--rows=...`, its
 # placement comparison used `--seeds=0`).
 TABLE_ROWS = (
     "ml100k",

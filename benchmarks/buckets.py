@@ -11,7 +11,7 @@ Without `--data` a synthetic corpus of Beauty's shape stands in.
 Printed, in one run:
   1. padding: the share of computed positions and prediction slots that hold something, over
      one epoch, without buckets, with `--buckets`, and for ideal packing (every position and
-     slot used), the argument for buckets over packing (see the README's "Length buckets");
+     slot used), the argument for buckets over packing (see docs/training.md, "Length buckets");
   2. the step alone on one premade batch per shape (unbucketed, and each bucket), rounds
      interleaved; the bucketed sequences/s is the epoch's: G * batches / sum over the epoch's
      batches of their bucket's step time (each bucket weighs its share of the epoch's batches);

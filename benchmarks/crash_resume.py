@@ -48,7 +48,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Runnable as a script from anywhere in the checkout.
 sys.path.insert(0, str(REPO))
 
-from bert4rec_jax.faults import (  # noqa: E402
+from benchmarks.faults import (  # noqa: E402
     KINDS,
     TERM,
     crash_and_resume,

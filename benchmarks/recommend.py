@@ -43,7 +43,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bert4rec_jax import artifact, export, models, recommend  # noqa: E402
+from bert4rec_jax import export, models, recommend  # noqa: E402
+from bert4rec_jax.export import artifact  # noqa: E402
 
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -184,7 +185,7 @@ def memory_child(users: int, tmp: pathlib.Path, phase: str) -> None:
 def latency_table(args: argparse.Namespace, output: pathlib.Path, rng: np.random.Generator) -> None:
     """Batch-1 latency and --batch throughput, three ways in, on full-window histories."""
     width = args.max_len - 1
-    vocabulary = np.load(output / artifact.VOCABULARY)
+    vocabulary = artifact.read_raw_ids(output / artifact.VOCABULARY)
     dense = rng.integers(1, args.num_items + 1, size=(args.batch, width), dtype=np.int32)
     raw = [vocabulary[row].tolist() for row in dense]  # the same histories as raw ids
     rec = recommend.Recommender.load(output, batch_size=args.batch)

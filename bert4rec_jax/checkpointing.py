@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import workdir as workdir_lib
-from bert4rec_jax.config import SHAPE_FIELDS
 from bert4rec_jax.workdir import CheckpointError
 
 BEST_METRIC_KEY = "selection_score"
@@ -388,7 +387,8 @@ def _check_shapes(
             raise CheckpointError(
                 f"{where} holds {name} of shape {tuple(have.shape)}, but this config builds "
                 f"{tuple(leaf.shape)}: the checkpoints belong to another model or vocabulary "
-                f"(see {', '.join(SHAPE_FIELDS)} and the data set's fields). Nothing was changed."
+                "(one of config.SHAPE_FIELDS differs: a model field that shapes the parameters, "
+                "the data set or its fields). Nothing was changed."
             )
     return resize
 

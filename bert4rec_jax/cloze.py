@@ -1,6 +1,6 @@
 """The training-instance rules both input paths share: the config, the windows, how many positions a
 window masks, and the next-item rows. `input_pipeline` (tf.data, on the host) and `device_input`
-(on the devices) differ only in how they draw; README "Input pipeline" compares them.
+(on the devices) differ only in how they draw; docs/training.md ("Input pipeline") compares them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class InputConfig:
       buckets: () (off): every batch is [B, max_len] ids and [B, max_predictions] slots.
         Otherwise increasing window lengths, e.g. (8, 16, 32, 50): each batch holds windows of
         one bucket and is cut to its shape (`bucket_shape`); max_len is the last bucket, added
-        when absent. See README "Length buckets".
+        when absent. See docs/training.md, "Length buckets".
       next_item: next-item instances for a left-to-right model (`model.kind="sasrec"`), not
         cloze ones (see `next_item_rows`); max_predictions is then max_len.
     """

@@ -154,7 +154,9 @@ class RunConfig:
     """A whole config, parsed and checked: one typed section per part of the program.
 
     `model.vocab_size` is None here: it is known only once the data set is loaded, and
-    `models.build_model` sets it.
+    `models.build_model` sets it. `source` is the ConfigDict it was parsed from, kept only as the
+    run's record (the workdir's config.json and the hash its results are stamped with): past
+    the command line, modules read the sections, never `source`.
     """
 
     data: DataConfig
@@ -164,6 +166,9 @@ class RunConfig:
     eval: EvalConfig
     train: TrainConfig
     mesh: MeshConfig
+    source: ml_collections.ConfigDict | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     @classmethod
     def from_config_dict(cls, config: ml_collections.ConfigDict) -> RunConfig:
@@ -187,6 +192,7 @@ class RunConfig:
             eval=_eval(config.eval, model, inp),
             train=_train(config),
             mesh=_mesh(config),
+            source=config,
         )
 
     @property

@@ -2,8 +2,8 @@
 
 The corpus's flat arrays go to every device once, replicated, and each step's batch is drawn there
 with `jax.random` by the rules of `cloze`, beside the jitted train step or inside it; the host only
-dispatches. README "Input pipeline" compares it with tf.data; how it draws is written beside
-`_draw_rows`. Imports no TensorFlow, so it runs on bare accelerator images.
+dispatches. docs/training.md ("Input pipeline") compares it with tf.data; how it draws is
+written beside `_draw_rows`. Imports no TensorFlow, so it runs on bare accelerator images.
 """
 
 from __future__ import annotations

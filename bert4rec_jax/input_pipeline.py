@@ -1,8 +1,8 @@
 """The tf.data input path: an epoch's instances in a resumable order, masked on the host.
 
 The rules both input paths share (config, windows, mask counts, next-item rows) are in `cloze`;
-README "Input pipeline" and "Length buckets" describe the paths; the rules of this one (masks,
-order, buckets) are written beside the code that follows them.
+docs/training.md ("Input pipeline", "Length buckets") describes the paths; the rules of this one
+(masks, order, buckets) are written beside the code that follows them.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class TrainingInstances:
         )
 
     def bucketed_batches(self, epoch: int, global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """An epoch's global batches with buckets on (README "Length buckets").
+        """An epoch's global batches with buckets on (docs/training.md, "Length buckets").
 
         An instance belongs to the shortest bucket that holds its window. The epoch keeps
         exactly the unbucketed instances (`perm[:S * G]`: the same instances, masks and S); they

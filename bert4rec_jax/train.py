@@ -76,7 +76,11 @@ def _run() -> None:
         # Nothing has been read or written yet: a rerun starts as this one would have.
         logging.info("Stopping on %s before the run began; nothing written", preemption.received())
         return
+    from bert4rec_jax import config as config_lib
     from bert4rec_jax import train_lib
+
+    # Parsed once, here: past this line only the RunConfig and its sections go down.
+    run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
 
     if jax.process_count() > 1:  # one process: train_lib's first lines say the devices
         logging.info(
@@ -87,7 +91,7 @@ def _run() -> None:
             jax.device_count(),
         )
     train_lib.train_and_evaluate(
-        config, FLAGS.workdir, start_afresh=FLAGS.start_afresh, test=FLAGS.test
+        run, FLAGS.workdir, start_afresh=FLAGS.start_afresh, test=FLAGS.test
     )
 
 

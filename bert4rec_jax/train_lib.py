@@ -105,7 +105,7 @@ def validate(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
+    config: config_lib.RunConfig | ml_collections.ConfigDict,
     workdir: str,
     *,
     stop_at_step: int | None = None,
@@ -115,7 +115,8 @@ def train_and_evaluate(
     """Trains BERT4Rec per `config`, resuming from `workdir` if it holds checkpoints.
 
     Args:
-      config: the run's config (see configs/default.py).
+      config: the run's config, parsed (`config.RunConfig`, as `train.py` passes it) or a
+        ConfigDict (see configs/default.py), which is parsed here.
       workdir: where checkpoints, metrics and results go (local, or e.g. gs://).
       stop_at_step: stop (with a checkpoint) once this step is reached, as a preempted job would;
         the schedule still follows config.num_train_steps.
@@ -131,7 +132,15 @@ def train_and_evaluate(
       The test metrics of the best (or, without validation, the final) parameters; empty when
       the run stopped before writing them or `test` is False.
     """
-    run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
+    if isinstance(config, config_lib.RunConfig):
+        run = config
+        if run.source is None:  # built by hand: nothing to record in the workdir's config.json
+            raise ValueError(
+                "train_and_evaluate: the RunConfig has no source ConfigDict to save as the "
+                "workdir's config.json; parse it with RunConfig.from_config_dict"
+            )
+    else:
+        run = config_lib.RunConfig.from_config_dict(config)  # fails naming the first bad field
     train = run.train
     mesh = run.mesh.make_mesh()  # fails naming mesh.data / mesh.model
     run.check(mesh)
@@ -152,8 +161,8 @@ def train_and_evaluate(
     logging.info("%s", exp.describe())
     if _stopped_before_training():
         return {}
-    checkpointing.set_aside_stale(workdir, config)
-    workdir_lib.save_config(workdir, config)
+    checkpointing.set_aside_stale(workdir, run.source)
+    workdir_lib.save_config(workdir, run.source)
 
     tx, schedule = optimizer.from_train_config(train)
     state = train_step_lib.create_train_state(
@@ -264,7 +273,7 @@ def train_and_evaluate(
         results,
         params_step=params_step,
         checkpoint_step=int(state.step),
-        config=config,
+        config=run.source,
     )
     if signal_name := preemption.stop_now():
         logging.info("%s came during the test evaluation; finished it first", signal_name)

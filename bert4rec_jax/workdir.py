@@ -1,23 +1,20 @@
 """A run's directory (a workdir: local or any path epath reads, e.g. gs://): its layout, its files.
 
-Light on purpose (no JAX, no TensorFlow at import): the data sets' cache and the candidate cache
-write their files with `write_atomically` too. Which checkpoints a config may resume is
-`check_compatible`'s question: it compares the parsed configs' `RunConfig.shape_fields`.
+Light on purpose (no JAX, no TensorFlow at import), and below the config: which checkpoints a
+config may resume is `check_compatible`'s question, asked of any parsed config with
+`shape_fields` (`config.RunConfig`), which this module does not import.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Self
 
 import ml_collections
 from etils import epath
 
-if TYPE_CHECKING:
-    from bert4rec_jax.config import RunConfig
+from bert4rec_jax.atomic import write_atomically
 
 # A workdir holds:
 CONFIG_FILE = "config.json"  # the run's config, written by process 0 before training
@@ -43,6 +40,17 @@ class CheckpointError(RuntimeError):
     model. Nothing in the workdir was changed."""
 
 
+class ParsedConfig(Protocol):
+    """What `check_compatible` asks of a parsed config (`config.RunConfig` is one)."""
+
+    data: Any  # its `dataset` names the data set
+
+    @classmethod
+    def from_config_dict(cls, config: ml_collections.ConfigDict) -> Self: ...
+
+    def shape_fields(self, dataset: str | None = None) -> dict[str, Any]: ...
+
+
 def eval_results_file(model: str, split: str) -> str:
     """The file `bert4rec_jax.evaluate` writes its numbers to: eval_<model>_<split>.json."""
     return f"eval_{model}_{split}.json"
@@ -52,24 +60,6 @@ def absolute(path: epath.PathLike) -> epath.Path:
     """`path` as an absolute epath.Path (Orbax wants them); a cloud path (gs://...) is one."""
     path = epath.Path(path)
     return path if "://" in str(path) else path.absolute()
-
-
-def write_atomically(path: epath.PathLike, data: bytes | str) -> None:
-    """Writes a whole file or nothing: readers (other processes, other runs, a rerun after a
-    crash) never see half of one. The temporary name is unique, so concurrent writers of the
-    same file do not write into each other's; the last rename wins.
-    """
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _is_writer() -> bool:
@@ -126,7 +116,7 @@ def open_run(
     return workdir, config
 
 
-def check_compatible(workdir: epath.PathLike, run: RunConfig) -> None:
+def check_compatible(workdir: epath.PathLike, run: ParsedConfig) -> None:
     """Refuses a config whose parameters could not be those of the workdir's checkpoints.
 
     Compares `run.shape_fields()` with those of the config saved in the workdir, before anything
@@ -139,7 +129,8 @@ def check_compatible(workdir: epath.PathLike, run: RunConfig) -> None:
     workdir = epath.Path(workdir)
     if not (workdir / CONFIG_FILE).exists() or not (workdir / CHECKPOINTS_DIR).exists():
         return
-    # type(run): this module imports no config (it would import the model, JAX and Flax).
+    # type(run): this module imports no config (it would import the model, JAX and Flax, and
+    # the config imports the layers below it).
     saved = type(run).from_config_dict(load_config(workdir))
     now = run.shape_fields()
     before = saved.shape_fields(dataset=run.data.dataset)

@@ -7,12 +7,12 @@
     python benchmarks/time_to_quality.py --config=configs/beauty_cpu.py \
         --workdir=/tmp/beauty_cpu_ttq --config.manual_dir=../shared/data
 
-The values below are reasoned from the ML-100K search (README, "Beyond the paper") and the
-step's cost (README, "Length buckets"), not searched on Beauty: one run takes the hour. Only the
-checkpoint is chosen on validation. Seed 0 (README, "Beauty in an hour of the 2-core CPU"): 55.9
-min, valid pop100 NDCG@10 0.1868, test 0.1489 (HR@10 0.2553), full 0.0139. Seed 1 with
---config.split_mode=paper (the paper's protocol): 45.5 min, test pop100 NDCG@10 0.1805 (HR@10
-0.2957), full 0.0195.
+The values below are reasoned from the ML-100K search (docs/results.md, "Measured on
+MovieLens-100K") and the step's cost (docs/training.md, "Length buckets"), not searched on
+Beauty: one run takes the hour. Only the checkpoint is chosen on validation. Seed 0
+(docs/results.md, "Beauty in an hour of the 2-core CPU"): 55.9 min, valid pop100 NDCG@10
+0.1868, test 0.1489 (HR@10 0.2553), full 0.0139. Seed 1 with --config.split_mode=paper (the
+paper's protocol): 45.5 min, test pop100 NDCG@10 0.1805 (HR@10 0.2957), full 0.0195.
 
 Split: standard (train / validation / test), so that validation, not test, picks the checkpoint;
 the paper's Table 2 uses its own split (validation item merged into training, test = last item),
@@ -20,7 +20,7 @@ so a test number here is one validation item shorter per user than the paper's.
 
 What differs from configs/beauty.py (the paper's recipe, 400k steps at batch 256) and why:
 - Length buckets (4, 6, 8, 12, 16, 24, 32, 50): Beauty's windows are short (77% <= 8 items);
-  buckets cut ~85% of padding positions and slots (README, "Length buckets").
+  buckets cut ~85% of padding positions and slots (docs/training.md, "Length buckets").
 - The sampled softmax (1,024 negatives shared by the batch, drawn by popularity with the logQ
   correction): the exact loss over 54,542 items is most of a step (0.5 s per prediction slot of
   a batch of 256 on this CPU); the sampled one is ~50x cheaper there, which buys ~5x the

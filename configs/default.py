@@ -4,6 +4,10 @@
 
 Every other config starts from this one and changes what its data set needs. Any field can be
 overridden on the command line, e.g. `--config.model.hidden_size=128`.
+
+This file is where the defaults are documented. The typed sections the config is parsed into
+(`config.RunConfig`: `cloze.InputConfig`, `losses.LossConfig`, `evaluation.EvalConfig`, ...) carry
+the same defaults for code that builds one by hand; tests/configs_test.py fails where they differ.
 """
 
 import ml_collections

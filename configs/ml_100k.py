@@ -4,7 +4,8 @@
         --config.manual_dir=../shared/data   # offline copy holding ml-100k/u.data
 
 Uses the standard split: validation picks the best checkpoint, test reports it. 2.7 min of
-training on the quiet 2-core CPU. Chosen on validation (README, "Beyond the paper") among
+training on the quiet 2-core CPU. Chosen on validation (docs/results.md, "Measured on
+MovieLens-100K") among
 positions, dropout, mask rate, fresh vs fixed masks, batch size, learning rate and steps at a fixed
 CPU budget; the first recipe (configs/ml_100k_v1.py: 100 positions, batch 128, learning rate
 1e-3, 2,000 steps) underfits and takes four times as long. What mattered, in order: the learning
@@ -12,7 +13,7 @@ rate (3e-3; 1e-2 diverges), 50 positions instead of 100 (half the cost per step 
 validation NDCG), batch 64 instead of 128 (twice the updates for the same compute), dropout 0.1.
 Adam's beta2 is 0.98, not 0.999: with 0.999 one seed in three (seed 1) sat on the popularity
 plateau for ~500 steps. With 0.98 seed 1 leaves it by step 300 like the others; a 300-step
-warm-up instead only half did (README, "Every seed leaves the plateau";
+warm-up instead only half did (docs/results.md, "Every seed leaves the plateau";
 `benchmarks/seed_convergence.py`). The likely reason, not proven: 0.999 averages the squared
 gradients over ~1,000 steps, so in a 1,200-step run the per-parameter step lags the gradients'
 scale as it changes (it more than doubles while seed 1 leaves the plateau); 0.98 averages over

@@ -10,6 +10,7 @@ import pytest
 from helpers import set_field
 
 from bert4rec_jax import cloze, evaluation, losses, models, sharding
+from bert4rec_jax import config as config_lib
 from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.config import MeshConfig, RunConfig
 from configs import default as default_config
@@ -144,3 +145,17 @@ def test_the_metric_is_checked_only_when_training_validates():
     RunConfig.from_config_dict(config).check(sharding.make_mesh())
     config.split_mode, config.eval.every_steps = "standard", 0
     RunConfig.from_config_dict(config).check(sharding.make_mesh())
+
+
+def test_every_model_field_is_compared_on_resume_unless_listed_with_a_reason():
+    from configs import default
+
+    model_fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+    # The exclusions name real fields (a renamed field would otherwise become compared silently).
+    assert set(config_lib.NOT_SHAPE_MODEL_FIELDS) <= model_fields
+    # Every switch of the config's model group is either compared or excused with a reason.
+    for name in default.get_config().model:
+        assert (
+            f"model.{name}" in config_lib.SHAPE_FIELDS or name in config_lib.NOT_SHAPE_MODEL_FIELDS
+        ), f"model.{name}: add it to ModelConfig or to NOT_SHAPE_MODEL_FIELDS with a reason"
+    assert {"model.item_features", "model.user_features"} <= set(config_lib.SHAPE_FIELDS)

@@ -3,6 +3,7 @@ compilation cache for the session and every process it starts, the real data, tr
 built once per run, and the order and grouping of tests for pytest-xdist (`-n 2`)."""
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import shutil
 import sys
 import tempfile
 
-from helpers import xla_flags  # imports no jax
+from helpers import RANDOM_ITEMS, SERVED_TOP_K, VOCABULARIES, random_model, xla_flags  # no jax
 
 # Sharding tests need several devices; on CPU they are simulated. Must precede `import jax`.
 # Compiled at LLVM -O0 (helpers.xla_flags says why); every process a test starts gets the same
@@ -75,7 +76,7 @@ def _fresh_absl_log_level():
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not (SHARED_DATA / "beauty.txt").exists():
-        pytest.fail(f"real data expected at {SHARED_DATA} (see README: Data sets)")
+        pytest.fail(f"real data expected at {SHARED_DATA} (see docs/data.md)")
     return SHARED_DATA
 
 
@@ -167,71 +168,135 @@ def tiny_stopped_run(tmp_path_factory):
     return run
 
 
+# ---- Shared exports -------------------------------------------------------------------------
+# Read by the tests of export/ and recommend/ alike; each worker loads its own Recommender (so a
+# batch size compiles once per worker), the directories are written once per run.
+
+
+@pytest.fixture(scope="session", params=sorted(VOCABULARIES))
+def random_export(request, tmp_path_factory):
+    """(export directory, vocabulary, its Recommender) of helpers.random_model, once with
+    string and once with integer raw ids: for CPU only and with no SavedModel (`tiny_export`
+    tests the defaults)."""
+    from bert4rec_jax import export, recommend
+
+    with _built_once(tmp_path_factory, f"random_export_{request.param}") as (tmp, built):
+        output = tmp / "parent" / "export"  # alone in its parent (the test of leftovers looks)
+        vocabulary = VOCABULARIES[request.param]
+        if not built:
+            model, params = random_model()
+            export.export_model(model, params, vocabulary, output, top_k=RANDOM_ITEMS,
+                                saved_model=False, platforms=["cpu"])  # fmt: skip
+    return output, vocabulary, recommend.Recommender.load(output)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """A trained run's export: its experiment, its best parameters, the directories, what the
+    export command printed, and a Recommender of the export."""
+
+    exp: object  # experiment.Experiment
+    params: object
+    workdir: pathlib.Path
+    output: pathlib.Path
+    printed: str
+    rec: object  # recommend.Recommender
+    step: int  # of the exported parameters
+
+
+def _exported_once(tmp_path_factory, name, config, workdir, *export_flags) -> Exported:
+    """Exports `workdir` with the command line (a 1-device process) once per run."""
+    from helpers import run_cli
+
+    from bert4rec_jax import checkpointing, experiment, recommend
+    from bert4rec_jax.config import RunConfig
+
+    with _built_once(tmp_path_factory, name) as (tmp, built):
+        output = tmp / "export"
+        if not built:
+            printed = run_cli("bert4rec_jax.export", f"--workdir={workdir}",
+                              f"--output={output}", *export_flags).stdout  # fmt: skip
+            (tmp / "printed.txt").write_text(printed)
+        printed = (tmp / "printed.txt").read_text()
+    params, step = checkpointing.restore_params(workdir, "best")
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
+    rec = recommend.Recommender.load(output)
+    return Exported(exp, params, workdir, output, printed, rec, step)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_finished_run, tmp_path_factory) -> Exported:
+    """`tiny_finished_run` (trained on the 8 test devices) exported by a 1-device process with
+    the defaults (SavedModel and every platform), top_k=20."""
+    run = tiny_finished_run
+    return _exported_once(tmp_path_factory, "tiny_export", run.config, run.workdir, "--top_k=20")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, shared_data) -> Exported:
+    """4 steps of the tiny model on ML-100K (helpers.ml_100k_config), exported by the command
+    line with top_k=SERVED_TOP_K, for CPU."""
+    from helpers import ml_100k_config
+
+    def config(tmp):
+        return ml_100k_config(tmp, shared_data)
+
+    run = _trained_once(tmp_path_factory, "ml100k_served", config)
+    return _exported_once(tmp_path_factory, "ml100k_served_export", run.config, run.workdir,
+                          f"--top_k={SERVED_TOP_K}", "--platforms=cpu")  # fmt: skip
+
+
 # ---- Order under pytest-xdist --------------------------------------------------------------
 
 
-# Rough seconds each file's tests take on the 2-core CPU (summed over the file, empty
-# compilation cache): (its tests not marked slow, its slow tests). Only the ranking matters; a
-# file missing here counts a second per test. Taken from two clean-clone runs of `pytest -n 2`
-# (--durations) on Dec 1, after XLA's older fusion emitters (helpers.xla_flags); fault,
-# multiprocess and train_test estimated after their changes of the same day. Refresh them when
-# a file's cost changes much.
-FILE_SECONDS = {
-    "train_test.py": (59, 84),
-    "launch_test.py": (9, 94),
-    "preemption_test.py": (8, 94),
-    "sasrec_test.py": (28, 77),
-    "device_input_test.py": (17, 32),
-    "cli_test.py": (13, 30),
-    "serving_test.py": (0, 39),
-    "fault_test.py": (0, 30),
-    "losses_test.py": (8, 19),
-    "sharding_test.py": (3, 19),
-    "export_test.py": (6, 15),
-    "features_test.py": (21, 0),
-    "multiprocess_test.py": (0, 15),
-    "models_test.py": (14, 0),
-    "evaluation_test.py": (13, 0),
-    "custom_data_test.py": (1, 6),
-    "datasets_test.py": (7, 0),
-    "optimizer_test.py": (6, 0),
-    "input_pipeline_test.py": (5, 0),
-    "corpus_test.py": (4, 0),
-    "prepared_test.py": (3, 0),
-    "cloze_test.py": (1, 0),
-    "interactions_test.py": (1, 0),
-    "readers_test.py": (1, 0),
-    "metric_writer_test.py": (1, 0),
-    "workdir_test.py": (1, 0),
-    "configs_test.py": (1, 0),
-    "config_test.py": (1, 0),
-}
+# How long each test took (setup, call and teardown), kept in pytest's cache
+# (.pytest_cache/) by `pytest_sessionfinish` after every run and read back to order the next one:
+# measured, so it follows the tests as they change. A test the cache does not know (a clean
+# clone, a new test, `-p no:cacheprovider`) counts an estimate by its marker: the slow ones are
+# the end-to-end, multi-process and real-data runs.
+DURATIONS_KEY = "bert4rec_jax/test_seconds"
+ESTIMATED_SECONDS = {"slow": 10.0, "fast": 1.0}
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Adds up each test's phases; under pytest-xdist the controller receives every worker's."""
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Merges this run's measured seconds into the cache (in the controller, or alone)."""
+    cache = getattr(session.config, "cache", None)
+    if cache is None or os.environ.get("PYTEST_XDIST_WORKER") or not _measured:
+        return
+    recorded = {
+        nodeid: seconds
+        for nodeid, seconds in cache.get(DURATIONS_KEY, {}).items()
+        if (session.config.rootpath / nodeid.split("::")[0]).exists()  # files still there
+    }
+    cache.set(DURATIONS_KEY, recorded | _measured)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection and pytest's own reordering
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The selected files from the longest to the shortest (FILE_SECONDS), each file's tests in
-    their order.
+    """The selected files from the longest to the shortest, each file's tests in their order.
 
     With `-n 2` pytest-xdist hands out whole files (`--dist=loadscope` in setup.cfg: a file's
     module fixtures, such as a trained run or a reference run, are then built once, on one
     worker) in this order (`--no-loadscope-reorder`) to whichever worker has little left: the
     long files start first and the short ones fill the end, so the two workers finish close
-    together rather than one running a long file alone at the end. A file's cost counts only
-    the kinds of its tests that were selected, so `-m "not slow"` (the quick loop) is ordered by
-    its own long files. conftest's own session fixtures are shared between workers by
-    `_built_once`. Without xdist only the order changes.
+    together rather than one running a long file alone at the end. A file's cost is the sum of
+    its selected tests' seconds, measured by earlier runs (`DURATIONS_KEY`) or estimated
+    (`ESTIMATED_SECONDS`), so `-m "not slow"` (the quick loop) is ordered by its own long files.
+    conftest's own session fixtures are shared between workers by `_built_once`. Without xdist
+    only the order changes.
     """
-    kinds: dict[pathlib.Path, set[bool]] = {}
-    counts: dict[pathlib.Path, int] = {}
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    recorded = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    costs: dict[pathlib.Path, float] = {}
     for item in items:
-        kinds.setdefault(item.path, set()).add(item.get_closest_marker("slow") is not None)
-        counts[item.path] = counts.get(item.path, 0) + 1
-
-    def cost(path: pathlib.Path) -> float:
-        if path.name not in FILE_SECONDS:
-            return counts[path]
-        fast, slow = FILE_SECONDS[path.name]
-        return (fast if False in kinds[path] else 0) + (slow if True in kinds[path] else 0)
-
-    items.sort(key=lambda item: -cost(item.path))  # stable: each file's tests keep their order
+        kind = "slow" if item.get_closest_marker("slow") else "fast"
+        seconds = recorded.get(item.nodeid, ESTIMATED_SECONDS[kind])
+        costs[item.path] = costs.get(item.path, 0.0) + seconds
+    # Stable: each file's tests keep their order, and files of equal cost their collection order.
+    items.sort(key=lambda item: -costs[item.path])

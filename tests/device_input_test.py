@@ -9,10 +9,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import device_env, free_port, random_corpus
+from helpers import device_env, free_port, pad_rows, random_corpus, small_model
 from scipy import stats
 
-from bert4rec_jax import input_pipeline, models, optimizer
+from bert4rec_jax import input_pipeline, optimizer
 from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax.config import RunConfig
@@ -290,17 +290,8 @@ def trainer():
     """A tiny model's train step on 8 devices and its initial state on the host, shared so that
     the step and the initialisation compile once for the tests below."""
     corpus, split, config = _small()
-    model = models.BERT4Rec(
-        models.ModelConfig(
-            vocab_size=corpus.vocab_size,
-            max_len=config.max_len,
-            hidden_size=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_size=32,
-            hidden_dropout=0.1,
-            attention_dropout=0.1,
-        )
+    model = small_model(
+        corpus.vocab_size, config.max_len, hidden_dropout=0.1, attention_dropout=0.1
     )
     schedule = optimizer.make_schedule(1e-2, 0, 100)
     tx = optimizer.make_optimizer(schedule)
@@ -501,15 +492,6 @@ def test_prefetch_to_device_keeps_order_and_values():
 # ---- Length buckets ------------------------------------------------------------------------
 
 
-def _pad(rows: dict, n: int, p: int) -> dict:
-    """Bucketed rows padded back to n positions and p slots (padding is 0 everywhere)."""
-    width = {"ids": n, "positions": p, "labels": p, "weights": p}
-    return {
-        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
-        for k, v in rows.items()
-    }
-
-
 @pytest.mark.parametrize("mode", ["mask", "bert"])
 def test_bucketed_rows_are_their_instances_unbucketed_rows_cut_to_the_bucket(mode):
     corpus, split, plain = _small()
@@ -532,7 +514,7 @@ def test_bucketed_rows_are_their_instances_unbucketed_rows_cut_to_the_bucket(mod
         window = np.where(instance >= masked, instance - masked, instance % len(windows))
         # Every row's window belongs to the step's bucket (no mixed batches here).
         np.testing.assert_array_equal(config.bucket_of(windows.lengths[window]), bucket)
-        padded = _pad(rows, plain.max_len, plain.max_predictions)
+        padded = pad_rows(rows, plain.max_len, plain.max_predictions)
         _check_rules(corpus, split, plain, padded)
         for r, i in enumerate(instance):
             if int(i) in by_instance:  # the same fixed mask as without buckets

@@ -2,7 +2,7 @@
 asynchronous checkpoint save, and restarted each time with the same command, ends with the same
 bits as a run that was never interrupted.
 
-The kill-and-restart machinery is bert4rec_jax/faults.py's (benchmarks/crash_resume.py makes
+The kill-and-restart machinery is benchmarks/faults.py's (benchmarks/crash_resume.py makes
 20 such kills).
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import device_env
 
+from benchmarks import faults as crash_resume
 from bert4rec_jax import checkpointing
-from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 STEPS, EVERY = 24, 2

@@ -3,14 +3,20 @@
 Imports no jax: conftest.py imports it before setting the environment jax reads on import.
 """
 
+import contextlib
 import dataclasses
+import functools
+import http.server
 import importlib.metadata
+import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import ml_collections
 import numpy as np
@@ -67,19 +73,78 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def random_corpus(lengths, num_items: int = 0, seed: int = 0) -> Corpus:
-    """Random sequences without repeats; num_items=0 gives every interaction its own item, so an
-    item identifies its user and its place in the sequence."""
+def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
+    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used)."""
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    items = np.concatenate([np.asarray(s, np.int64) for s in sequences])
+    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
+
+
+def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
+    """An evaluation.Evaluator on all the test devices; `config` holds EvalConfig fields;
+    `fns` defaults to the popularity baseline's."""
+    from bert4rec_jax import evaluation, scoring, sharding  # jax: imported only once asked
+
+    fns = fns or scoring.popularity_fns(corpus)[0]
+    return evaluation.Evaluator(
+        corpus, split, evaluation.EvalConfig(**config), fns, mesh=sharding.make_mesh(),
+        cache_dir=cache_dir,
+    )  # fmt: skip
+
+
+def random_corpus(
+    lengths,
+    num_items: int = 0,
+    seed: int = 0,
+    *,
+    max_length: int = 0,
+    repeats: bool = False,
+    every_item: bool = False,
+) -> Corpus:
+    """The tests' one random corpus.
+
+    Args:
+      lengths: each user's number of items; or, with `max_length`, the number of users, each
+        with 3 to `max_length` items drawn at random.
+      num_items: items to draw from; 0 gives every interaction its own item, so an item
+        identifies its user and its place in the sequence.
+      seed: of the draws.
+      max_length: see `lengths`.
+      repeats: a user may meet an item more than once (drawn with replacement).
+      every_item: add two-item users (too short to be evaluated) until every item occurs, so
+        dense id i is the i-th item drawn from.
+    """
     rng = np.random.default_rng(seed)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if num_items:
-        raw = np.concatenate(
-            [rng.choice(num_items, size=n, replace=False) for n in lengths] + [np.zeros(0, int)]
-        )
+    if max_length:
+        lengths = rng.integers(3, max_length + 1, int(lengths))
+    lengths = [int(n) for n in lengths]
+    if not num_items:
+        raw = np.split(rng.permutation(sum(lengths)), np.cumsum(lengths)[:-1])
+    elif repeats:
+        raw = [rng.integers(0, num_items, n) for n in lengths]
     else:
-        raw = rng.permutation(int(offsets[-1]))
-    return corpus_from_sequences("test", np.arange(len(lengths)), offsets, raw + 100)
+        raw = [rng.choice(num_items, size=n, replace=False) for n in lengths]
+    if every_item:
+        raw += [np.array([i, (i + 1) % num_items]) for i in range(0, num_items, 2)]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in raw])])
+    items = np.concatenate([np.asarray(r, np.int64) for r in raw] + [np.zeros(0, np.int64)])
+    return corpus_from_sequences("test", np.arange(len(raw)), offsets, items + 100)
+
+
+def small_model_config(vocab_size: int, max_len: int, **overrides):
+    """A models.ModelConfig small enough to compile in seconds: d 16, one block of 2 heads, FFN
+    32; `overrides` change any field."""
+    from bert4rec_jax import models  # jax: imported only once a test asks
+
+    fields = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+    return models.ModelConfig(vocab_size=vocab_size, max_len=max_len, **(fields | overrides))
+
+
+def small_model(vocab_size: int, max_len: int, **overrides):
+    """models.BERT4Rec of `small_model_config`."""
+    from bert4rec_jax import models
+
+    return models.BERT4Rec(small_model_config(vocab_size, max_len, **overrides))
 
 
 def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
@@ -140,3 +205,241 @@ def run_cli(
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+# ---- A randomly initialised model's export (conftest's random_export) -----------------------
+
+RANDOM_ITEMS = 40
+RANDOM_MAX_LEN = 12
+# Items 1..3 get a large output bias, so they top every history's ranking unless excluded.
+POPULAR = (1, 2, 3)
+VOCABULARIES = {
+    # What Corpus.raw_item_ids holds: entry 0 stands for padding.
+    "strings": np.array([""] + [f"sku-{i:03d}" for i in range(1, RANDOM_ITEMS + 1)]),
+    "sparse ints": np.array([-1] + [1000 + 7 * i for i in range(1, RANDOM_ITEMS + 1)], np.int64),
+}
+
+
+def random_model():
+    """(model, params): `small_model` of RANDOM_ITEMS items with random parameters, POPULAR
+    items biased to the top."""
+    import jax
+    import jax.numpy as jnp
+
+    model = small_model(RANDOM_ITEMS + 2, RANDOM_MAX_LEN)
+    ids = jnp.zeros((1, RANDOM_MAX_LEN), jnp.int32)
+    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), ids, jnp.zeros((1, 1), jnp.int32), train=False)
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes["params"]
+    )
+    params["output_bias"][list(POPULAR)] = 50.0
+    return model, params
+
+
+# ---- A model served on real ML-100K histories (conftest's served) ---------------------------
+
+SERVED_TOP_K = 100
+
+
+def ml_100k_config(tmp, shared_data, **overrides) -> ml_collections.ConfigDict:
+    """The tiny model (max_len 20) on ML-100K: 943 users, most of them longer than 19 items."""
+    return tiny_config(
+        tmp,
+        dataset="ml-100k-raw",
+        manual_dir=str(shared_data),
+        num_train_steps=4,
+        warmup_steps=1,
+        checkpoint_every_steps=4,
+        **{"eval.every_steps": 4, "eval.protocols": ("pop100",)},
+        **overrides,
+    )
+
+
+def dense_histories(corpus: Corpus) -> list[np.ndarray]:
+    """Every user's whole sequence, dense ids: the histories served."""
+    return [corpus.sequence(u).astype(np.int32) for u in range(corpus.num_users)]
+
+
+def in_process_top_k(exp, params, histories, users=None):
+    """The model's top-k computed here, outside the artifact: build_inputs' layout on the last
+    max_len - 1 items, every item of the whole history masked."""
+    import jax
+    import jax.numpy as jnp
+
+    max_len, mask_id = exp.config.model.max_len, exp.corpus.mask_id
+    ids = np.zeros((len(histories), max_len), np.int32)
+    mask_pos = np.zeros(len(histories), np.int32)
+    for row, h in enumerate(histories):
+        window = h[-(max_len - 1) :]
+        ids[row, : len(window)] = window
+        ids[row, len(window)] = mask_id
+        mask_pos[row] = len(window)
+    fns = exp.scoring_fns
+    users = None if users is None else jnp.asarray(users)
+    h = jax.jit(fns.encode)(params, ids, mask_pos, users)
+    items = np.arange(1, exp.corpus.num_items + 1, dtype=np.int32)
+    scores = np.array(jax.jit(fns.score)(params, h, items))  # [n, V], writable
+    for row, hist in enumerate(histories):
+        scores[row, hist - 1] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :SERVED_TOP_K]
+    return order + 1, np.take_along_axis(scores, order, axis=1)
+
+
+# ---- Item losses' inputs (tests/losses/) ---------------------------------------------------
+
+# The item losses' test batch (`head_batch`): B users, P predictions, H features, V rows;
+B, P, H, V = 3, 4, 8, 23  # V = 23 with chunk 5: four full chunks and a partial one of 3
+
+
+def head_batch(seed=0, dtype=np.float32):
+    """Head features, the tied output layer and labels with padded (weight 0, label 0) slots:
+    (h [B, P, H] of `dtype`, table [V, H], bias [V], labels [B, P], weights [B, P])."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(B, P, H)).astype(np.float32)
+    table = rng.normal(size=(V, H)).astype(np.float32)
+    bias = rng.normal(size=(V,)).astype(np.float32)
+    labels = rng.integers(1, V - 1, size=(B, P)).astype(np.int32)
+    weights = (rng.random((B, P)) < 0.7).astype(np.float32)
+    labels[weights == 0] = 0
+    # Two identical columns with the highest scores, in different chunks: argmax ties, and the
+    # first one (3) wins. Labels on both, so one tie counts as correct and the other not.
+    table[17] = table[3]
+    bias[3] = bias[17] = 50.0
+    labels[0, :2] = (3, 17)
+    weights[0, :2] = 1.0
+    return jnp.asarray(h, dtype), table, bias, labels, weights
+
+
+def loss_and_grads(fn, h, table, bias, labels, weights):
+    """(gradients with respect to h, table and bias; the four sums) of loss `fn`, jitted."""
+    import jax
+
+    def loss(h, table, bias):
+        sums = fn(h, table, bias, labels, weights)
+        return sums["loss_sum"], sums
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(h, table, bias)
+
+
+def full_fn(h, table, bias, labels, weights):
+    """The materialised full softmax's sums: what every other item loss is compared with."""
+    from bert4rec_jax import losses
+
+    return losses.masked_cross_entropy(losses.full_logits(h, table, bias), labels, weights)
+
+
+def numpy_reference(logits, labels, weights):
+    """The four sums of the full softmax in float64 numpy: the reference of every item loss."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    correct = logits.argmax(-1) == labels
+    return {
+        "loss_sum": (weights * nll).sum(),
+        "weight_sum": weights.sum(),
+        "correct_sum": ((weights != 0) & correct).sum(),  # a count: accuracy is unweighted
+        "prediction_count": (weights != 0).sum(),
+    }
+
+
+# ---- Data sets ----------------------------------------------------------------------------
+
+# The git blob id of the paper's Beauty file (its download checksum).
+BEAUTY_BLOB_ID = "16718a33ebdb33504f257421b18ae8bf3ddfe327"
+# A synthetic data set that prepares in well under a second.
+SMALL_SYNTHETIC = {"num_users": 50, "num_items": 40, "seed": 0}
+
+
+def write_file(tmp_path: pathlib.Path, name: str, text: str | bytes) -> pathlib.Path:
+    """Writes `text` (str as UTF-8, or bytes) to tmp_path / name, making its folders."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def files_under(path: pathlib.Path) -> list[str]:
+    """Every file below `path`, relative to it, sorted: what a failed step must not leave."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def serve_directory(directory):
+    """An HTTP server on 127.0.0.1 (ephemeral port) serving `directory`; yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            del args
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def run_as_user(module: str, *args: str, devices: int = 1, **env: str):
+    """`python -m <module> <args>` in a subprocess, on `devices` CPU devices; stdout is a pipe
+    (not a terminal), as in CI and in `... > log`."""
+    environ = device_env(devices)
+    # Not the test session's settings: a user's shell sets none of them.
+    for name in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL"):
+        environ.pop(name, None)
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def log_messages(printed: str) -> list[str]:
+    """The messages of absl's log lines ("I1130 15:35:32.54 123 file.py:52] message")."""
+    return [
+        m.group(1) for m in re.finditer(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+\] (.*)$", printed, re.M)
+    ]
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
+    """Every file below `directory` and its bytes: to show a refusal changed nothing."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def heavy_imports(*modules: str) -> list[str]:
+    """Which of jax, tensorflow and flax a fresh Python process holds after importing `modules`:
+    for the modules that promise to stay light."""
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().replace("'", '"'))
+
+
+def pad_rows(rows: dict, n: int, p: int) -> dict:
+    """Batch rows cut to a length bucket, padded back to n positions and p slots (padding is 0
+    everywhere): what the unbucketed batch holds."""
+    width = {"ids": n, "positions": p, "labels": p, "weights": p}
+    return {
+        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
+        for k, v in rows.items()
+    }

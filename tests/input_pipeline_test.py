@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import random_corpus
+from helpers import pad_rows, random_corpus
 
 from bert4rec_jax import cloze, input_pipeline
 from bert4rec_jax.config import RunConfig
@@ -498,15 +498,6 @@ def _bucketed(**overrides):
     return corpus, leave_one_out(corpus, "standard"), config
 
 
-def _pad(rows: dict, n: int, p: int) -> dict:
-    """Rows cut to a bucket, padded back to n positions and p slots (padding is 0 everywhere)."""
-    width = {"ids": n, "positions": p, "labels": p, "weights": p}
-    return {
-        k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
-        for k, v in rows.items()
-    }
-
-
 def _row_multiset(rows: dict) -> list:
     keys = sorted(rows)
     return sorted(zip(*(map(bytes, np.ascontiguousarray(rows[k])) for k in keys), strict=True))
@@ -551,7 +542,7 @@ def test_buckets_keep_each_epochs_instances_and_masks_and_cut_batches_to_their_b
             _assert_batches_equal([batch], [want])
             mixed += len(set(config.bucket_of(lengths))) > 1
             seen_buckets.add(int(buckets[b]))
-            rows.append(_pad(batch, plain.max_len, plain.max_predictions))
+            rows.append(pad_rows(batch, plain.max_len, plain.max_predictions))
         assert mixed <= len(config.bucket_sizes) - 1  # only at the bucket boundaries
         # The same rows, masks included, as a multiset: only the grouping changed.
         joined = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from helpers import free_port, xla_flags
 
+from benchmarks import faults as crash_resume
 from bert4rec_jax import checkpointing
-from bert4rec_jax import faults as crash_resume
 from bert4rec_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -824,10 +824,10 @@ def test_slurm_job_requeued_past_the_bound_by_slurm_stops_at_once(tmp_path):
     assert slurm.lines("sruns") == []
 
 
-def test_readme_shows_the_dry_run_of_a_spot_queued_launch(no_gcloud):
-    """The README's dry-run listing is what the launcher prints today (but for the times, the
-    checkout's path and the temporary directory)."""
-    readme = pathlib.Path(REPO, "README.md").read_text()
+def test_the_docs_show_the_dry_run_of_a_spot_queued_launch(no_gcloud):
+    """docs/clusters.md's dry-run listing is what the launcher prints today (but for the times,
+    the checkout's path and the temporary directory)."""
+    readme = pathlib.Path(REPO, "docs", "clusters.md").read_text()
     section = readme[readme.index("## Train on a TPU pod") : readme.index("## Train on a GPU")]
     command = re.search(r"```bash\n(launch/tpu_pod.py [^`]*--spot --queued[^`]*)```", section)
     words = _words(command.group(1).replace("\\\n", " ").split("2>&1")[0])

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import small_model
 
-from bert4rec_jax import models, optimizer
+from bert4rec_jax import optimizer
 from bert4rec_jax.config import RunConfig
 from configs import default as default_config
 
@@ -30,7 +31,7 @@ def test_schedule_values():
 
 
 def bert4rec_params():
-    model = models.BERT4Rec(models.ModelConfig(vocab_size=12, max_len=6, hidden_size=8))
+    model = small_model(12, 6, hidden_size=8, num_layers=2, intermediate_size=256)
     ids = jnp.ones((1, 6), jnp.int32)
     return jax.eval_shape(
         lambda: model.init(jax.random.key(0), ids, ids[:, :2], train=False)["params"]

@@ -1,9 +1,8 @@
-"""Surviving failures: SIGTERM stops cleanly and resumes exactly; bad checkpoints are handled.
+"""Tests for bert4rec_jax.preemption: SIGTERM stops cleanly at any phase and resumes exactly.
 
 The signal tests run real training processes and send them real signals.
 """
 
-import dataclasses
 import json
 import pathlib
 import re
@@ -15,11 +14,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import checkpointed_config, copy_workdir, device_env, free_port, tiny_config
+from helpers import device_env, free_port, snapshot
 
-from bert4rec_jax import checkpointing, models, preemption, train_lib
-from bert4rec_jax import config as config_lib
-from bert4rec_jax import faults as crash_resume
+from benchmarks import faults as crash_resume
+from bert4rec_jax import checkpointing, preemption
 from bert4rec_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -224,38 +222,6 @@ def test_results_of_an_earlier_run_are_set_aside_when_its_checkpoints_are_gone(s
     assert results != short_run.results
 
 
-def test_a_rerun_checks_the_results_stamp_against_its_checkpoints_and_config(tmp_path, caplog):
-    config = tiny_config(tmp_path)
-    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
-    stamp = dict(params_step=10, checkpoint_step=20, config=config)
-    workdir_lib.write_results(tmp_path, {"full/hr@10": 0.5}, **stamp)
-    with caplog.at_level("INFO"):
-        assert checkpointing.set_aside_stale(tmp_path, config) == []  # consistent
-        other = tiny_config(tmp_path, learning_rate=0.5)
-        assert checkpointing.set_aside_stale(tmp_path, other) == []
-    assert "holds the results of config" in caplog.text  # kept, named, replaced at the end
-    # Stamped past the latest checkpoint: not this lineage's.
-    workdir_lib.write_results(tmp_path, {"full/hr@10": 0.5}, **dict(stamp, checkpoint_step=30))
-    assert checkpointing.set_aside_stale(tmp_path, config) == [workdir_lib.RESULTS_FILE]
-    [aside] = (tmp_path / workdir_lib.SET_ASIDE_DIR).iterdir()
-    assert (aside / workdir_lib.RESULTS_FILE).exists()
-    assert not (tmp_path / workdir_lib.RESULTS_FILE).exists()
-
-
-def test_results_are_stamped_with_the_config_and_the_checkpoint_step(tmp_path):
-    config = tiny_config(tmp_path)
-    workdir_lib.write_results(
-        tmp_path, {"full/hr@10": 0.5}, params_step=10, checkpoint_step=20, config=config
-    )
-    moved = tiny_config(tmp_path / "elsewhere")  # the data directory is no part of the identity
-    assert workdir_lib.read_results(tmp_path) == {
-        "step": 10,
-        "full/hr@10": 0.5,
-        "run": {"config_hash": workdir_lib.config_hash(moved), "checkpoint_step": 20},
-    }
-    assert workdir_lib.config_hash(tiny_config(tmp_path, seed=1)) != workdir_lib.config_hash(config)
-
-
 def assert_same_params(workdir_a, workdir_b):
     a, step_a = checkpointing.restore_params(workdir_a, "latest")
     b, step_b = checkpointing.restore_params(workdir_b, "latest")
@@ -304,100 +270,3 @@ def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path):
             proc.kill()
     assert stops[0] == stops[1]
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == stops[0]
-
-
-# ---- bad checkpoints ----------------------------------------------------------------------
-
-
-def damage(step_dir: pathlib.Path) -> None:
-    """Truncates every file of a checkpoint's train state to half its size."""
-    for path in (step_dir / "state").rglob("*"):
-        if path.is_file():
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
-
-
-def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tiny_stopped_run, tmp_path, caplog):
-    config = tiny_stopped_run.config  # config.json stays as it is
-    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")  # stopped at 10, saved 5 and 10
-    damage(workdir / "checkpoints" / "10")
-    with caplog.at_level("INFO"):
-        assert train_lib.train_and_evaluate(config, str(workdir))  # finishes, with test results
-    [skipped] = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
-    # One short line: the step, the directory and the cause (not TensorStore's spec).
-    assert re.fullmatch(
-        r"Skipping unusable checkpoint of step 10 \(.*checkpoints/10\): \w+: .+", skipped
-    )
-    assert len(skipped) < 600 and "tensorstore_spec" not in skipped, skipped
-    print(skipped)
-    assert "Resuming from checkpoint at step 5" in caplog.text
-    # The damaged files are kept, out of the way; training saved step 10 again.
-    [kept] = (workdir / workdir_lib.UNUSABLE_DIR).iterdir()
-    assert kept.name.startswith("10-")
-    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == config.num_train_steps
-
-
-def test_no_usable_checkpoint_is_an_error_that_changes_nothing(tiny_stopped_run, tmp_path):
-    config = tiny_stopped_run.config  # config.json stays as it is
-    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")  # stopped at 10, saved 5 and 10
-    for step in (5, 10):
-        damage(workdir / "checkpoints" / str(step))
-    before = snapshot(workdir)
-    with pytest.raises(checkpointing.CheckpointError, match=r"no usable checkpoint.*checkpoints"):
-        train_lib.train_and_evaluate(config, str(workdir))
-    assert snapshot(workdir) == before
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("model.hidden_size", 32),
-        ("model.max_len", 24),
-        ("synthetic.num_items", 70),
-        # Switches that add parameters: without a check, resuming failed as "no usable checkpoint".
-        ("model.item_features", True),
-        ("model.user_features", "prefix"),
-    ],
-)
-def test_checkpoints_of_another_model_are_refused_before_any_step(
-    tiny_stopped_run, tmp_path, field, value
-):
-    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
-    before = snapshot(workdir)
-    with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}={value!r}")):
-        train_lib.train_and_evaluate(checkpointed_config(tmp_path, **{field: value}), str(workdir))
-    assert snapshot(workdir) == before
-
-
-def test_every_model_field_is_compared_on_resume_unless_listed_with_a_reason():
-    from configs import default
-
-    model_fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
-    # The exclusions name real fields (a renamed field would otherwise become compared silently).
-    assert set(config_lib.NOT_SHAPE_MODEL_FIELDS) <= model_fields
-    # Every switch of the config's model group is either compared or excused with a reason.
-    for name in default.get_config().model:
-        assert (
-            f"model.{name}" in config_lib.SHAPE_FIELDS or name in config_lib.NOT_SHAPE_MODEL_FIELDS
-        ), f"model.{name}: add it to ModelConfig or to NOT_SHAPE_MODEL_FIELDS with a reason"
-    assert {"model.item_features", "model.user_features"} <= set(config_lib.SHAPE_FIELDS)
-
-
-def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
-    tiny_stopped_run, tmp_path
-):
-    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
-    saved = json.loads((workdir / "config.json").read_text())
-    del saved["model"]["item_features"], saved["model"]["user_features"]  # before side features
-    (workdir / "config.json").write_text(json.dumps(saved))
-    run = config_lib.RunConfig.from_config_dict(tiny_stopped_run.config)
-    workdir_lib.check_compatible(workdir, run)  # both off: the same model
-    with pytest.raises(checkpointing.CheckpointError, match="model.item_features=True"):
-        config = tiny_stopped_run.config.copy_and_resolve_references()
-        config.model.item_features = True
-        workdir_lib.check_compatible(workdir, config_lib.RunConfig.from_config_dict(config))

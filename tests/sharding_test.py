@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_config
+from helpers import small_model, tiny_config
 
 from bert4rec_jax import checkpointing, experiment, losses, models, train_lib
 from bert4rec_jax import sharding as sharding_lib
@@ -53,19 +53,8 @@ def test_mesh_from_config_shapes_and_item_row_layout(tmp_path):
 
 def _model(**overrides) -> models.BERT4Rec:
     # No dropout: both meshes must compute the very same function.
-    return models.BERT4Rec(
-        models.ModelConfig(
-            vocab_size=VOCAB,
-            max_len=8,
-            hidden_size=8,
-            num_layers=1,
-            num_heads=2,
-            intermediate_size=16,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-            **overrides,
-        )
-    )
+    fields = {"hidden_dropout": 0.0, "attention_dropout": 0.0} | overrides
+    return small_model(VOCAB, 8, hidden_size=8, intermediate_size=16, **fields)
 
 
 def _batch(model, params, batch_size=8, num_predictions=3):

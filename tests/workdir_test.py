@@ -1,30 +1,14 @@
-"""The run directory: its files, opening a run, atomic writes."""
+"""Tests for bert4rec_jax.workdir: the run directory, its files, opening a run, results stamped
+with the config, which checkpoints a config may resume."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers import REPO, tiny_config
+from helpers import copy_workdir, heavy_imports, tiny_config
 
+from bert4rec_jax import checkpointing
+from bert4rec_jax import config as config_lib
 from bert4rec_jax import workdir as workdir_lib
-
-
-def test_write_atomically_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "new" / "file.json"  # the folder is created
-    workdir_lib.write_atomically(path, "first")
-    workdir_lib.write_atomically(path, b"second")
-    assert path.read_bytes() == b"second"
-    assert [p.name for p in path.parent.iterdir()] == ["file.json"]
-
-
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "file.json"
-    workdir_lib.write_atomically(path, "kept")
-    with pytest.raises(TypeError):
-        workdir_lib.write_atomically(path, 3)  # neither str nor bytes: fails mid-write
-    assert path.read_text() == "kept"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.json"]
 
 
 def test_open_run_reads_the_saved_config_with_the_data_paths_overridden(tmp_path):
@@ -61,14 +45,8 @@ def test_results_are_stamped_and_read_back(tmp_path):
 
 def test_the_layout_imports_without_jax_or_tensorflow():
     # The data sets' cache writes with write_atomically: it must not pull the model's libraries.
-    code = (
-        "import sys, bert4rec_jax.workdir, bert4rec_jax.datasets.prepared; "
-        "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    modules = ("bert4rec_jax.workdir", "bert4rec_jax.atomic", "bert4rec_jax.datasets.prepared")
+    assert heavy_imports(*modules) == []
 
 
 def test_check_compatible_names_each_changed_shape_field_and_allows_the_rest(tmp_path):
@@ -87,3 +65,32 @@ def test_check_compatible_names_each_changed_shape_field_and_allows_the_rest(tmp
         workdir_lib.check_compatible(workdir, RunConfig.from_config_dict(changed))
     assert "model.item_features=True (the checkpoints have False)" in str(error.value)
     assert "synthetic.num_items=70 (the checkpoints have " in str(error.value)
+
+
+def test_results_are_stamped_with_the_config_and_the_checkpoint_step(tmp_path):
+    config = tiny_config(tmp_path)
+    workdir_lib.write_results(
+        tmp_path, {"full/hr@10": 0.5}, params_step=10, checkpoint_step=20, config=config
+    )
+    moved = tiny_config(tmp_path / "elsewhere")  # the data directory is no part of the identity
+    assert workdir_lib.read_results(tmp_path) == {
+        "step": 10,
+        "full/hr@10": 0.5,
+        "run": {"config_hash": workdir_lib.config_hash(moved), "checkpoint_step": 20},
+    }
+    assert workdir_lib.config_hash(tiny_config(tmp_path, seed=1)) != workdir_lib.config_hash(config)
+
+
+def test_a_config_json_older_than_a_model_field_resumes_with_its_default(
+    tiny_stopped_run, tmp_path
+):
+    workdir = copy_workdir(tiny_stopped_run, tmp_path / "work")
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["model"]["item_features"], saved["model"]["user_features"]  # before side features
+    (workdir / "config.json").write_text(json.dumps(saved))
+    run = config_lib.RunConfig.from_config_dict(tiny_stopped_run.config)
+    workdir_lib.check_compatible(workdir, run)  # both off: the same model
+    with pytest.raises(checkpointing.CheckpointError, match="model.item_features=True"):
+        config = tiny_stopped_run.config.copy_and_resolve_references()
+        config.model.item_features = True
+        workdir_lib.check_compatible(workdir, config_lib.RunConfig.from_config_dict(config))

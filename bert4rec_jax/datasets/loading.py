@@ -1,7 +1,7 @@
 """`load_corpus`: a data set's name in, a `Corpus` out, prepared once through TFDS and cached.
 
 Every data set, your own file included, takes this one path; the cache's key, layout and failure
-rules are in `load_corpus`'s docstring (the README's "Data sets" says what a user sees).
+rules are in `load_corpus`'s docstring (docs/data.md says what a user sees).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _spec(
         config = synthetic.synthetic_config(
             num_users=int(params.get("num_users", synthetic.DEFAULT_NUM_USERS)),
             num_items=int(params.get("num_items", synthetic.DEFAULT_NUM_ITEMS)),
-            seed=int(params.get("seed", 0)),
+            seed=int(params.get("seed", synthetic.DEFAULT_SEED)),
         )
         return _Spec(synthetic.SyntheticSequences, config)
     if dataset == "file":

@@ -26,9 +26,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from bert4rec_jax.atomic import write_atomically
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import features
-from bert4rec_jax.workdir import write_atomically
 
 DATASETS = (
     "synthetic",

@@ -23,6 +23,7 @@ from bert4rec_jax.datasets import builders, readers
 # The size of configs/default.py's synthetic set.
 DEFAULT_NUM_USERS = 2000
 DEFAULT_NUM_ITEMS = 500
+DEFAULT_SEED = 0
 MIN_LENGTH = 5
 MAX_LENGTH = 50
 # Chance, per step, of a jump to a uniformly drawn item (the noise a model cannot predict).
@@ -90,7 +91,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
     num_users: int = DEFAULT_NUM_USERS
     num_items: int = DEFAULT_NUM_ITEMS
-    seed: int = 0
+    seed: int = DEFAULT_SEED
 
 
 def synthetic_config(num_users: int, num_items: int, seed: int) -> SyntheticConfig:
@@ -122,11 +123,14 @@ class SyntheticSequences(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
         SyntheticConfig(
-            name=config_name(DEFAULT_NUM_USERS, DEFAULT_NUM_ITEMS, 0),
-            description=f"Default: {DEFAULT_NUM_USERS} users, {DEFAULT_NUM_ITEMS} items, seed 0.",
+            name=config_name(DEFAULT_NUM_USERS, DEFAULT_NUM_ITEMS, DEFAULT_SEED),
+            description=(
+                f"Default: {DEFAULT_NUM_USERS} users, {DEFAULT_NUM_ITEMS} items, "
+                f"seed {DEFAULT_SEED}."
+            ),
             num_users=DEFAULT_NUM_USERS,
             num_items=DEFAULT_NUM_ITEMS,
-            seed=0,
+            seed=DEFAULT_SEED,
         )
     ]
 

@@ -22,9 +22,9 @@ import zipfile
 import numpy as np
 from etils import epath
 
+from bert4rec_jax.atomic import write_atomically
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
-from bert4rec_jax.workdir import write_atomically
 
 PROTOCOLS = ("pop100", "uniform100", "full")
 SAMPLED_PROTOCOLS = ("pop100", "uniform100")

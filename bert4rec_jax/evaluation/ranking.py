@@ -2,7 +2,7 @@
 
 Every evaluated user is scored once per held-out item ("valid", "test") from the input
 `scoring.build_inputs` places; the candidates are sampled (`candidates.py`, target in column 0)
-or the whole catalogue ("full", scored in item chunks). The protocols are in the README's
+or the whole catalogue ("full", scored in item chunks). The protocols are in docs/evaluation.md's
 "Evaluation"; the tie and NaN rules in `Ranker`'s comment.
 """
 

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from bert4rec_jax import artifact, sharding
+from bert4rec_jax import sharding
+from bert4rec_jax.export import artifact
 from bert4rec_jax.recommend.ids import EncodedHistories, IdMap
 
 # Histories run through the exported function at once, from measurements on the 2-core CPU at
@@ -143,14 +144,14 @@ class Recommender:
         def deserialize(path: pathlib.Path) -> jax.export.Exported:
             return jax.export.deserialize(bytearray(path.read_bytes()))
 
-        vocabulary = read(artifact.VOCABULARY, read_npy)
+        vocabulary = read(artifact.VOCABULARY, artifact.read_raw_ids)
         flat = read(artifact.PARAMS, read_npz)
         for name, file in artifact.SEPARATE_PARAMS.items():
             flat[name] = read(file, read_npy)
         arrays = dict(flat, **{artifact.VOCABULARY: vocabulary})
         user_vocabulary = None
         if manifest["user_features"]:
-            user_vocabulary = arrays[artifact.USERS] = read(artifact.USERS, read_npy)
+            user_vocabulary = arrays[artifact.USERS] = read(artifact.USERS, artifact.read_raw_ids)
         # The manifest's shapes against the files (check_manifest tied them to num_items etc.).
         for name, shape in manifest["shapes"].items():
             have = list(np.shape(arrays[name])) if name in arrays else None

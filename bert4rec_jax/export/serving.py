@@ -2,7 +2,7 @@
 (`serving_fn`), or -> user vectors (`user_vectors_fn`); and their two serialisations, jax.export
 (`export_serving_fn`, `export_encode_fn`) and a TF SavedModel (`write_saved_model`).
 
-Signatures are in the README's "Export and serve"; `export.py` writes them into an artifact.
+Signatures are in docs/serving.md; `writer.py` writes them into an artifact.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert4rec_jax import artifact, models, scoring
+from bert4rec_jax import models, scoring
+from bert4rec_jax.export import artifact
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 # Input and output names, in the jax.export function's argument order and in the SavedModel.

@@ -1,20 +1,12 @@
-"""Tests of the raw-file readers and the synthetic generator (no TFDS involved)."""
+"""Tests of the raw-file readers: the paper's files and MovieLens ratings (no TFDS involved)."""
 
 import zipfile
 
 import numpy as np
 import pytest
+from helpers import BEAUTY_BLOB_ID, write_file
 
-from bert4rec_jax.datasets import hashes, readers, synthetic
-
-BEAUTY_BLOB_ID = "16718a33ebdb33504f257421b18ae8bf3ddfe327"
-
-
-def _write(tmp_path, name, text):
-    path = tmp_path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
+from bert4rec_jax.datasets import hashes, readers
 
 
 def _as_lists(seqs: readers.Sequences):
@@ -25,7 +17,7 @@ def _as_lists(seqs: readers.Sequences):
 
 
 def test_paper_file_keeps_line_order_and_sorts_users(tmp_path):
-    path = _write(tmp_path, "toy.txt", "7 30\n7 10\n7 20\n2 5\n2 6\r\n2 99\n")
+    path = write_file(tmp_path, "toy.txt", "7 30\n7 10\n7 20\n2 5\n2 6\r\n2 99\n")
     seqs = readers.read_paper_file(path)
     assert seqs.raw_user_ids.tolist() == [2, 7]
     assert _as_lists(seqs) == {2: [5, 6, 99], 7: [30, 10, 20]}
@@ -33,7 +25,7 @@ def test_paper_file_keeps_line_order_and_sorts_users(tmp_path):
 
 
 def test_paper_file_without_final_newline_and_tabs(tmp_path):
-    path = _write(tmp_path, "toy.txt", "1\t2\n1   3\n1 4")
+    path = write_file(tmp_path, "toy.txt", "1\t2\n1   3\n1 4")
     assert _as_lists(readers.read_paper_file(path)) == {1: [2, 3, 4]}
 
 
@@ -44,18 +36,18 @@ def test_blocks_are_stitched_at_line_boundaries(tmp_path, monkeypatch):
     users = np.repeat(np.arange(1, 41), 5)
     items = rng.integers(1, 100_000, size=len(users))
     text = "".join(f"{u} {i}\n" for u, i in zip(users, items, strict=True))
-    seqs = readers.read_paper_file(_write(tmp_path, "big.txt", text))
+    seqs = readers.read_paper_file(write_file(tmp_path, "big.txt", text))
     assert seqs.raw_items.tolist() == items.tolist()
-    bad = _write(tmp_path, "bad.txt", text + "41 1 2\n")
+    bad = write_file(tmp_path, "bad.txt", text + "41 1 2\n")
     with pytest.raises(readers.DataFormatError, match=r"bad\.txt:201: expected 2 columns, found 3"):
         readers.read_paper_file(bad)
     # Blank lines are skipped, also when they straddle blocks, and line numbers stay physical.
-    blank_first = _write(tmp_path, "blank.txt", "\n" * 20 + text + "\n  \n" + "41 1 2\n")
+    blank_first = write_file(tmp_path, "blank.txt", "\n" * 20 + text + "\n  \n" + "41 1 2\n")
     with pytest.raises(readers.DataFormatError, match=r"blank\.txt:223: expected 2 columns"):
         readers.read_paper_file(blank_first)
-    blank_lines = _write(tmp_path, "blanks_inside.txt", "\n" * 20 + text.replace("\n", "\n\n"))
+    blank_lines = write_file(tmp_path, "blanks_inside.txt", "\n" * 20 + text.replace("\n", "\n\n"))
     assert readers.read_paper_file(blank_lines).raw_items.tolist() == items.tolist()
-    blank_only = _write(tmp_path, "blanks.txt", "\n  \n" * 20)
+    blank_only = write_file(tmp_path, "blanks.txt", "\n  \n" * 20)
     with pytest.raises(readers.DataFormatError, match=r"blanks\.txt: file is empty"):
         readers.read_paper_file(blank_only)
 
@@ -75,7 +67,7 @@ def test_blocks_are_stitched_at_line_boundaries(tmp_path, monkeypatch):
     ],
 )
 def test_paper_file_errors_name_file_line_and_problem(tmp_path, content, line, problem):
-    path = _write(tmp_path, "broken.txt", content)
+    path = write_file(tmp_path, "broken.txt", content)
     with pytest.raises(readers.DataFormatError) as info:
         readers.read_paper_file(path)
     err = info.value
@@ -87,20 +79,20 @@ def test_paper_file_errors_name_file_line_and_problem(tmp_path, content, line, p
 def test_byte_order_mark_and_blank_lines_are_tolerated(tmp_path):
     # Editors and spreadsheet exports add a UTF-8 BOM and blank (or whitespace-only) lines.
     text = "\ufeff7 30\n\n7 10\r\n   \n\t\n7 20\n\n\n2 5\n2 6\n\n"
-    seqs = readers.read_paper_file(_write(tmp_path, "bom.txt", text))
+    seqs = readers.read_paper_file(write_file(tmp_path, "bom.txt", text))
     assert _as_lists(seqs) == {2: [5, 6], 7: [30, 10, 20]}
     # A BOM-only or blank-only file is still empty.
     with pytest.raises(readers.DataFormatError, match=r"bom_only\.txt: file is empty"):
-        readers.read_paper_file(_write(tmp_path, "bom_only.txt", "\ufeff\n \n"))
+        readers.read_paper_file(write_file(tmp_path, "bom_only.txt", "\ufeff\n \n"))
     # MovieLens 20M's CSV: the header is the first non-blank line, after a BOM.
     rows = [(u, i, f"{r}.5", t) for u, i, r, t in RATINGS]
     body = _ratings(rows, ",").replace("\n", "\n\n", 3)
-    _write(tmp_path, "ml-20m/ratings.csv", "\ufeff\n" + HEADER + body)
+    write_file(tmp_path, "ml-20m/ratings.csv", "\ufeff\n" + HEADER + body)
     assert _as_lists(readers.read_movielens_ratings(tmp_path, "20m")) == EXPECTED
 
 
 def test_non_contiguous_user_names_both_runs(tmp_path):
-    path = _write(tmp_path, "p.txt", "5 1\n5 2\n6 1\n6 2\n5 3\n6 3\n")
+    path = write_file(tmp_path, "p.txt", "5 1\n5 2\n6 1\n6 2\n5 3\n6 3\n")
     with pytest.raises(readers.DataFormatError, match=r"p\.txt:5: user 5 .*start at line 1"):
         readers.read_paper_file(path)
 
@@ -109,7 +101,7 @@ def test_missing_and_empty_files(tmp_path):
     with pytest.raises(readers.DataFormatError, match=r"nothere\.txt: file not found"):
         readers.read_paper_file(tmp_path / "nothere.txt")
     for content in ("", "\n\n  \n"):
-        path = _write(tmp_path, "empty.txt", content)
+        path = write_file(tmp_path, "empty.txt", content)
         with pytest.raises(readers.DataFormatError, match=r"empty\.txt: file is empty"):
             readers.read_paper_file(path)
 
@@ -153,7 +145,7 @@ EXPECTED = {1: [7, 4, 40, 10, 9, 8]}
 
 
 def test_movielens_100k_extracted_folder(tmp_path):
-    _write(tmp_path, "ml-100k/u.data", _ratings(RATINGS, "\t"))
+    write_file(tmp_path, "ml-100k/u.data", _ratings(RATINGS, "\t"))
     assert _as_lists(readers.read_movielens_ratings(tmp_path, "100k")) == EXPECTED
 
 
@@ -169,10 +161,10 @@ HEADER = "userId,movieId,rating,timestamp\n"
 
 def test_movielens_20m_csv_with_header_and_decimal_ratings(tmp_path):
     rows = [(u, i, f"{r}.5", t) for u, i, r, t in RATINGS]
-    _write(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
+    write_file(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
     assert _as_lists(readers.read_movielens_ratings(tmp_path, "20m")) == EXPECTED
     rows[3] = (1, "4.5", "3.0", 50)
-    _write(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
+    write_file(tmp_path, "ml-20m/ratings.csv", HEADER + _ratings(rows, ","))
     with pytest.raises(readers.DataFormatError, match=r"ratings\.csv:5: non-integer id"):
         readers.read_movielens_ratings(tmp_path, "20m")
 
@@ -180,10 +172,10 @@ def test_movielens_20m_csv_with_header_and_decimal_ratings(tmp_path):
 def test_movielens_errors(tmp_path):
     with pytest.raises(readers.DataFormatError, match=r"ml-100k/u\.data: file not found"):
         readers.read_movielens_ratings(tmp_path, "100k")
-    _write(tmp_path, "ml-100k/u.data", "1\t2\t3\t4\n1\t2\t3\n")
+    write_file(tmp_path, "ml-100k/u.data", "1\t2\t3\t4\n1\t2\t3\n")
     with pytest.raises(readers.DataFormatError, match=r"u\.data:2: expected 4 columns, found 3"):
         readers.read_movielens_ratings(tmp_path, "100k")
-    _write(tmp_path, "ml-100k/u.data", _ratings(RATINGS[:4], "\t"))
+    write_file(tmp_path, "ml-100k/u.data", _ratings(RATINGS[:4], "\t"))
     with pytest.raises(readers.DataFormatError, match="no user has at least 5 ratings"):
         readers.read_movielens_ratings(tmp_path, "100k")
     with pytest.raises(ValueError, match="variant"):
@@ -204,53 +196,9 @@ def test_real_beauty_and_its_blob_id(shared_data):
     assert seqs.lengths.min() == 5 and seqs.lengths.max() == 293
 
 
-def test_checksums(tmp_path):
-    path = _write(tmp_path, "x", b"hello\n")
-    # `git hash-object` of "hello\n" and `sha256sum`.
-    assert hashes.git_blob_id(path) == "ce013625030ba8dba906f756967f9e9ca394464a"
-    assert (
-        hashes.sha256_file(path)
-        == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
-    )
-
-
 def test_sorted_by_user():
     seqs = readers.Sequences(
         np.array([9, 3, 5]), np.array([0, 2, 3, 6]), np.array([1, 2, 3, 4, 5, 6])
     ).sorted_by_user()
     assert _as_lists(seqs) == {3: [3], 5: [4, 5, 6], 9: [1, 2]}
     assert seqs.raw_user_ids.tolist() == [3, 5, 9]
-
-
-def test_synthetic_is_deterministic_and_seed_dependent():
-    a = synthetic.generate_sequences(300, 100, seed=0)
-    b = synthetic.generate_sequences(300, 100, seed=0)
-    c = synthetic.generate_sequences(300, 100, seed=1)
-    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.raw_items, b.raw_items)
-    assert not (np.array_equal(a.offsets, c.offsets) and np.array_equal(a.raw_items, c.raw_items))
-    assert a.lengths.min() >= synthetic.MIN_LENGTH and a.lengths.max() <= synthetic.MAX_LENGTH
-    assert a.raw_items.min() >= 1 and a.raw_items.max() <= 100
-    assert a.raw_user_ids.tolist() == list(range(1, 301))
-
-
-def test_synthetic_next_item_is_predictable_from_the_history():
-    # Rule "last item + the user's most common step" vs the most popular item, on the last item.
-    seqs = synthetic.generate_sequences(2000, 500, seed=0)
-    hits_rule, hits_pop = 0, 0
-    popular = np.bincount(seqs.raw_items).argmax()
-    for u in range(seqs.num_users):
-        items = seqs.raw_items[seqs.offsets[u] : seqs.offsets[u + 1]]
-        steps = (np.diff(items[:-1]) + 250) % 500 - 250  # signed steps on the ring
-        values, counts = np.unique(steps, return_counts=True)
-        guess = (items[-2] - 1 + values[counts.argmax()]) % 500 + 1
-        hits_rule += guess == items[-1]
-        hits_pop += popular == items[-1]
-    assert hits_rule / seqs.num_users > 0.6
-    assert hits_pop / seqs.num_users < 0.02
-
-
-def test_synthetic_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="num_users"):
-        synthetic.generate_sequences(0, 100, 0)
-    with pytest.raises(ValueError, match="num_items"):
-        synthetic.generate_sequences(10, 3, 0)

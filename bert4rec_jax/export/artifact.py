@@ -1,7 +1,7 @@
 """The layout of an exported model directory, its manifest and its checksums.
 
-`export.py` writes such a directory and `recommend` reads it; this module is what both agree on.
-It imports neither JAX nor TensorFlow, so reading an artifact costs nothing of either.
+`export/writer.py` writes such a directory and `recommend` reads it; this module is what both
+agree on. It imports neither JAX nor TensorFlow, so reading an artifact costs nothing of either.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from bert4rec_jax import scoring
-from bert4rec_jax.datasets import hashes
+from bert4rec_jax.datasets import corpus, hashes
 
 FORMAT = "bert4rec_jax.export"
 # Bumped whenever a reader of the previous format would misread the new one.
-FORMAT_VERSION = 2  # 2: whole-history input of symbolic length, users input, encode.jax
+# 2: whole-history input of symbolic length, users input, encode.jax; 3: the raw ids stored by
+# length (vocabulary.npz, users.npz) instead of as fixed-width arrays.
+FORMAT_VERSION = 3
 
 # Format, versions, creation time, shapes, top_k, and a sha256 per file.
 MANIFEST = "manifest.json"
@@ -25,14 +29,17 @@ MANIFEST = "manifest.json"
 SERVING_FN = "serving.jax"
 # History -> user vector [hidden + 1], for nearest-neighbour retrieval.
 ENCODE_FN = "encode.jax"
-# Models with user features only: raw user ids by user row ([0] = the unknown user), and the
-# feature rows by user row.
-USERS = "users.npy"
+# Models with user features only: raw user ids by user row ([0] = the unknown user; stored as
+# VOCABULARY is), and the feature rows by user row.
+USERS = "users.npz"
 USER_FEATURES = "user_features.npz"
 # The other parameters the functions take (flattened names, "/"-separated).
 PARAMS = "params.npz"
-# Raw item ids by dense id: [0] stands for padding, [i] for item i.
-VOCABULARY = "vocabulary.npy"
+# Raw item ids by dense id: [0] stands for padding, [i] for item i. Integer ids as one int64
+# array under RAW_IDS; string ids by length, as the corpus stores them (`write_raw_ids`), so one
+# long id costs only its own bytes.
+VOCABULARY = "vocabulary.npz"
+RAW_IDS = "raw_ids"
 # float32 [vocab_size, hidden]: row i embeds dense id i; the parameter item_embedding, kept once,
 # in a file any tool reads. Item i scores h . embedding[i] + bias[i].
 ITEM_EMBEDDINGS = "item_embeddings.npy"
@@ -47,6 +54,21 @@ PARAMETER_FILES = (PARAMS, ITEM_EMBEDDINGS, OUTPUT_BIAS)
 
 class ArtifactError(ValueError):
     """An export directory is missing, incomplete, damaged, or of an unknown format."""
+
+
+def write_raw_ids(path: pathlib.Path, raw_ids: np.ndarray) -> None:
+    """Writes raw ids (int64, or strings of any lengths) to an .npz file without pickle: integer
+    ids under `RAW_IDS`, string ids as `RAW_IDS__offsets` (int64 [n + 1]) and `RAW_IDS__utf8`
+    (uint8 [total bytes]): id i is utf8[offsets[i]:offsets[i + 1]]."""
+    np.savez(path, **corpus.pack_raw_ids(corpus.raw_id_array(raw_ids), RAW_IDS))
+
+
+def read_raw_ids(path: pathlib.Path) -> np.ndarray:
+    """The raw ids `write_raw_ids` wrote: int64, or a unicode array for string ids (what the id
+    map looks up in, vectorised)."""
+    with np.load(path, allow_pickle=False) as saved:
+        raw_ids = corpus.unpack_raw_ids(saved, RAW_IDS)
+    return raw_ids if raw_ids.dtype.kind in "iu" else np.array(raw_ids.tolist(), dtype=str)
 
 
 def file_entries(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
@@ -178,7 +200,7 @@ def check_manifest(manifest: Mapping[str, Any]) -> None:
     for field, inputs in (("serving", serving), ("encode", encode)):
         shape = inputs.get("inputs", {}).get("history", {}).get("shape")
         if shape != ["b", "s"]:
-            _fail(f"{field}.inputs.history.shape", shape, ["b", "s"], "format_version 2")
+            _fail(f"{field}.inputs.history.shape", shape, ["b", "s"], "format_version 2 and later")
     want = {
         "item_embedding": [num_items + 2, hidden],
         "output_bias": [num_items + 2],

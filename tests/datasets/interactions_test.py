@@ -6,14 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_file
 
 from bert4rec_jax.datasets import file_options, interactions, readers
 
 
 def _write(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return str(path)
+    return str(write_file(tmp_path, name, text))  # the readers take str paths here
 
 
 def _read(path, **fields):

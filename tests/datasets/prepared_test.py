@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import SMALL_SYNTHETIC
 
 from bert4rec_jax.datasets import corpus as corpus_lib
 from bert4rec_jax.datasets import load_corpus, prepared
-
-SMALL = {"num_users": 50, "num_items": 40, "seed": 0}
 
 
 def assert_same_corpus(a, b):
@@ -20,19 +19,20 @@ def assert_same_corpus(a, b):
 
 def test_prepared_corpus_is_found_without_tensorflow(tmp_path):
     data_dir = str(tmp_path / "data")
-    assert prepared.load_prepared("synthetic", data_dir=data_dir, synthetic=SMALL) is None
-    corpus = load_corpus("synthetic", data_dir=data_dir, synthetic=SMALL)
+    assert prepared.load_prepared("synthetic", data_dir=data_dir, synthetic=SMALL_SYNTHETIC) is None
+    corpus = load_corpus("synthetic", data_dir=data_dir, synthetic=SMALL_SYNTHETIC)
     assert_same_corpus(
-        prepared.load_prepared("synthetic", data_dir=data_dir, synthetic=SMALL), corpus
+        prepared.load_prepared("synthetic", data_dir=data_dir, synthetic=SMALL_SYNTHETIC), corpus
     )
     # Another request (other synthetic size) has no entry.
-    other = dict(SMALL, num_items=41)
+    other = dict(SMALL_SYNTHETIC, num_items=41)
     assert prepared.load_prepared("synthetic", data_dir=data_dir, synthetic=other) is None
     # In a process where TensorFlow cannot be imported at all.
     code = (
         "import sys; sys.modules['tensorflow'] = None\n"
         "from bert4rec_jax.datasets import prepared\n"
-        f"c = prepared.load_prepared('synthetic', data_dir={data_dir!r}, synthetic={SMALL!r})\n"
+        f"c = prepared.load_prepared('synthetic', data_dir={data_dir!r}, "
+        f"synthetic={SMALL_SYNTHETIC!r})\n"
         "print(c.num_users, c.num_items, 'tensorflow' in sys.modules and sys.modules['tensorflow'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

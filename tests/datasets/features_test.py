@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_corpus
 
 from bert4rec_jax import cloze, device_input, input_pipeline, models, scoring, sharding
 from bert4rec_jax import evaluation as ev
@@ -204,16 +205,8 @@ def test_switch_without_features_fails_naming_it():
 # ---- Pipelines and evaluation pass each row's user ------------------------------------------
 
 
-def random_corpus(num_users=24, num_items=30, seed=0):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, 15, num_users)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    items = rng.integers(1, num_items + 1, offsets[-1])
-    return corpus_from_sequences("rand", np.arange(num_users) * 3, offsets, items)
-
-
 def test_pipelines_carry_user_rows():
-    corpus = random_corpus()
+    corpus = random_corpus(24, num_items=30, max_length=14, repeats=True)
     split = leave_one_out(corpus)
     config = cloze.InputConfig(max_len=8, max_predictions=3, sliding_step=4, dupe_factor=2)
     batch = next(input_pipeline.train_batches(corpus, split, config, 16, with_users=True))
@@ -234,7 +227,7 @@ def test_pipelines_carry_user_rows():
 
 
 def test_evaluator_passes_each_users_row():
-    corpus = random_corpus(seed=1)
+    corpus = random_corpus(24, num_items=30, max_length=14, seed=1, repeats=True)
     split = leave_one_out(corpus)
     rng = np.random.default_rng(2)
     table = jnp.asarray(rng.normal(size=(corpus.num_users + 1, corpus.vocab_size)), jnp.float32)

@@ -1,9 +1,8 @@
 """Checkpoint -> artifact directory: the served functions (`serving.py`) written beside their
 parameters, the item vocabulary, the config and a checksummed manifest (`artifact.py`'s layout).
+The command line is `__main__.py`.
 
-    python -m bert4rec_jax.export --workdir=/tmp/bert4rec --output=/tmp/bert4rec_export
-
-Signatures are in the README's "Export and serve"; raw ids are mapped by `recommend`.
+Signatures are in docs/serving.md; raw ids are mapped by `recommend`.
 """
 
 from __future__ import annotations
@@ -21,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
-from bert4rec_jax import artifact, cli, models, scoring
-from bert4rec_jax.serving import (
+from bert4rec_jax import models, scoring
+from bert4rec_jax.export import artifact
+from bert4rec_jax.export.serving import (
     DEFAULT_PLATFORMS,
     ENCODE_SIGNATURE,
     EXCLUDE_SEEN,
@@ -206,13 +206,13 @@ def export_model(
         (tmp / artifact.ENCODE_FN).write_bytes(encoder.serialize())
         if cfg.user_features:
             # The feature rows are constants of both functions; kept here too, in the open.
-            np.save(tmp / artifact.USERS, user_vocabulary, allow_pickle=False)
+            artifact.write_raw_ids(tmp / artifact.USERS, user_vocabulary)
             np.savez(tmp / artifact.USER_FEATURES, **user_rows)
         flat = artifact.flatten_params(params)
         for name, file in artifact.SEPARATE_PARAMS.items():
             np.save(tmp / file, flat.pop(name), allow_pickle=False)
         np.savez(tmp / artifact.PARAMS, **flat)
-        np.save(tmp / artifact.VOCABULARY, vocabulary, allow_pickle=False)
+        artifact.write_raw_ids(tmp / artifact.VOCABULARY, vocabulary)
         config_text = (
             config.to_json_best_effort(indent=2, sort_keys=True)
             if config is not None
@@ -236,7 +236,7 @@ def export_model(
             "user_features": cfg.user_features,
             "num_users": (len(user_vocabulary) - 1) if cfg.user_features else 0,
             "platforms": list(exported.platforms),
-            "vocabulary_dtype": vocabulary.dtype.str,
+            "vocabulary_dtype": "int64" if vocabulary.dtype.kind in "iu" else "str",
             "serving": {
                 "function": artifact.SERVING_FN,
                 "params": artifact.PARAMS,
@@ -344,51 +344,3 @@ def export_workdir(
         platforms=platforms,
         overwrite=overwrite,
     )
-
-
-def define_flags() -> None:
-    """The command line's flags (defined only when this module runs as the program)."""
-    flags.DEFINE_string("workdir", None, "The training run's workdir (holds config.json).")
-    flags.DEFINE_string("output", None, "The export directory to create.")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which saved parameters.")
-    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Items returned per history (at most).")
-    flags.DEFINE_string("data_dir", None, "Override the run's config.data_dir.")
-    flags.DEFINE_string("manual_dir", None, "Override the run's config.manual_dir.")
-    flags.DEFINE_bool("saved_model", True, "Also write a TensorFlow SavedModel.")
-    flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Lower for these: cpu, cuda, tpu.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
-    flags.mark_flags_as_required(["workdir", "output"])
-
-
-def main(argv: list[str]) -> None:
-    from bert4rec_jax.metric_writer import quiet_library_logs
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    quiet_library_logs()
-    f = flags.FLAGS
-    manifest = export_workdir(
-        f.workdir,
-        f.output,
-        checkpoint=f.checkpoint,
-        top_k=f.top_k,
-        data_dir=f.data_dir,
-        manual_dir=f.manual_dir,
-        saved_model=f.saved_model,
-        platforms=f.platforms,
-        overwrite=f.overwrite,
-    )
-    size = sum(entry["bytes"] for entry in manifest["files"].values())
-    source = manifest["source"]
-    print(
-        f"Exported {source['dataset']} step {source['step']} ({source['checkpoint']}): "
-        f"{manifest['num_items']} items, top_k={manifest['top_k']}, the model reads the last "
-        f"{manifest['history_length']} items of a history, platforms "
-        f"{','.join(manifest['platforms'])}"
-    )
-    print(f"Wrote {f.output} ({len(manifest['files'])} files, {size / 1e6:.1f} MB)")
-
-
-if __name__ == "__main__":
-    define_flags()
-    cli.run(main)
