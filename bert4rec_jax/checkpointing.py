@@ -363,7 +363,7 @@ def _check_shapes(
         raise CheckpointError(
             f"{where} holds {'/'.join(extra[0])}, which this config's model does not have"
             + (f" (and lacks its {'/'.join(missing[0])})" if missing else "")
-            + f": the checkpoints belong to another model (see {', '.join(SHAPE_FIELDS)}). "
+            + ": the checkpoints belong to another model (see config.SHAPE_FIELDS). "
             "Nothing was changed."
         )
     resize = False

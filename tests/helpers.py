@@ -141,10 +141,29 @@ def small_model_config(vocab_size: int, max_len: int, **overrides):
 
 
 def small_model(vocab_size: int, max_len: int, **overrides):
-    """models.BERT4Rec of `small_model_config`."""
+    """The model of `small_model_config` (BERT4Rec unless `kind=` says otherwise)."""
     from bert4rec_jax import models
 
-    return models.BERT4Rec(small_model_config(vocab_size, max_len, **overrides))
+    return models.build_model(small_model_config(vocab_size, max_len, **overrides), vocab_size)
+
+
+def random_params(model, scale: float = 0.5, seed: int = 0):
+    """Variables ({"params": ...}) of the model's shapes with N(0, scale^2) values: running
+    init would compile it (seconds on 2 cores)."""
+    import jax
+    import jax.numpy as jnp
+
+    max_len = model.config.max_len
+    shapes = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0),
+            jnp.zeros((1, max_len), jnp.int32),
+            jnp.zeros((1, 1), jnp.int32),
+            train=False,
+        )
+    )
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(0.0, scale, s.shape).astype(np.float32), shapes)
 
 
 def tiny_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
@@ -223,19 +242,8 @@ VOCABULARIES = {
 def random_model():
     """(model, params): `small_model` of RANDOM_ITEMS items with random parameters, POPULAR
     items biased to the top."""
-    import jax
-    import jax.numpy as jnp
-
     model = small_model(RANDOM_ITEMS + 2, RANDOM_MAX_LEN)
-    ids = jnp.zeros((1, RANDOM_MAX_LEN), jnp.int32)
-    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), ids, jnp.zeros((1, 1), jnp.int32), train=False)
-    )
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(
-        lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes["params"]
-    )
+    params = random_params(model)["params"]
     params["output_bias"][list(POPULAR)] = 50.0
     return model, params
 

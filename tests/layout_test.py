@@ -8,9 +8,6 @@ from helpers import REPO
 
 PACKAGE = REPO / "bert4rec_jax"
 TESTS = REPO / "tests"
-# The model modules are being turned into a package of their own (models/): their tests move
-# with them, outside this check until then.
-NOT_MIRRORED = ("models",)
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -36,8 +33,6 @@ def expected_test_file(path: pathlib.Path) -> pathlib.Path | None:
     __init__.py and __main__.py are tested in tests/<package>/<package>_test.py."""
     relative = path.relative_to(PACKAGE)
     folder = relative.parent
-    if relative.parts[0].removesuffix(".py") in NOT_MIRRORED:
-        return None
     name = relative.stem
     if name in ("__init__", "__main__"):
         if name == "__init__" and not _defines_anything(path) or folder == pathlib.Path("."):

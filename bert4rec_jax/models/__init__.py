@@ -3,7 +3,7 @@
 - `bert4rec.py`: BERT4Rec (Sun et al., CIKM 2019), the paper this project reproduces;
 - `sasrec.py`: SASRec as published (Kang & McAuley, ICDM 2018);
 - `layers.py`: what they share (attention, masks, dense and LayerNorm layers, scoring);
-- `config.py`: the config section they read (`ModelConfig`) and the side features' tables.
+- `model_config.py`: the config section they read (`ModelConfig`) and the side features' tables.
 
 Every kind offers the same methods (`encode`, `predict_hidden`, `item_scores`, `__call__`) and
 `output_layer(params) -> (table, bias)`, so training, evaluation, export and serving never ask
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from bert4rec_jax.models.bert4rec import BERT4Rec
-from bert4rec_jax.models.config import (
+from bert4rec_jax.models.model_config import (
     ATTENTION_IMPLS,
     DTYPES,
     LAST_BLOCK_ROWS,
@@ -28,7 +28,6 @@ from bert4rec_jax.models.config import (
     FeatureTables,
     ModelConfig,
 )
-from bert4rec_jax.models.layers import manual_attention
 from bert4rec_jax.models.sasrec import SASRec
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "ModelConfig",
     "SASRec",
     "build_model",
-    "manual_attention",
     "with_config",
 ]
 

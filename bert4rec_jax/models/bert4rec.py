@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert4rec_jax.models.config import PAD_ID, FeatureTables, ModelConfig
 from bert4rec_jax.models.layers import (
     attend,
     dense,
@@ -27,6 +26,7 @@ from bert4rec_jax.models.layers import (
     score_items,
     table_sizes,
 )
+from bert4rec_jax.models.model_config import PAD_ID, FeatureTables, ModelConfig
 
 
 def _kernel_init(config: ModelConfig) -> nn.initializers.Initializer:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert4rec_jax.models.config import ModelConfig
+from bert4rec_jax.models.model_config import ModelConfig
 
 # The attention logit of a masked key (manual path): finite, as jax.nn.dot_product_attention's.
 MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)

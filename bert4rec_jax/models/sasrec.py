@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert4rec_jax.models.config import PAD_ID, FeatureTables, ModelConfig
 from bert4rec_jax.models.layers import (
     attend,
     causal_mask,
@@ -47,6 +46,7 @@ from bert4rec_jax.models.layers import (
     layer_norm,
     score_items,
 )
+from bert4rec_jax.models.model_config import PAD_ID, FeatureTables, ModelConfig
 
 # TF1's default initialiser for tf.get_variable and tf.layers.dense / conv1d kernels.
 _INIT = nn.initializers.glorot_uniform()

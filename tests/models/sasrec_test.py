@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_corpus, tiny_config
+from helpers import random_corpus, random_params, small_model_config, tiny_config
 
 from bert4rec_jax import (
     checkpointing,
@@ -37,31 +37,13 @@ MAX_LEN = 12
 
 
 def _config(kind="sasrec", num_layers=2, **overrides) -> models.ModelConfig:
-    fields = dict(
-        vocab_size=NUM_ITEMS + 2, max_len=MAX_LEN, hidden_size=16, num_layers=num_layers,
-        num_heads=2, intermediate_size=24, hidden_dropout=0.0, attention_dropout=0.0,
-        layer_norm_eps=1e-8, kind=kind,
-    )  # fmt: skip
-    return models.ModelConfig(**(fields | overrides))
+    fields = dict(num_layers=num_layers, intermediate_size=24, hidden_dropout=0.0,
+                  attention_dropout=0.0, layer_norm_eps=1e-8, kind=kind)  # fmt: skip
+    return small_model_config(NUM_ITEMS + 2, MAX_LEN, **(fields | overrides))
 
 
 def _model(kind="sasrec", num_layers=2, **overrides) -> models.Model:
-    config = _config(kind, num_layers, **overrides)
-    return models.build_model(config, config.vocab_size)
-
-
-def _random_params(model, scale=0.5):
-    # Random values of the right shapes: running init would compile it (seconds on 2 cores).
-    shapes = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0),
-            jnp.zeros((1, model.config.max_len), jnp.int32),
-            jnp.zeros((1, 1), jnp.int32),
-            train=False,
-        )
-    )
-    rng = np.random.default_rng(0)
-    return jax.tree.map(lambda s: rng.normal(0.0, scale, s.shape).astype(np.float32), shapes)
+    return models.build_model(_config(kind, num_layers, **overrides), NUM_ITEMS + 2)
 
 
 def _ids(rng, rows=3):
@@ -121,7 +103,7 @@ def _numpy_sasrec(params, ids, heads):
 @pytest.mark.parametrize("impl", [None, "manual"])
 def test_forward_pass_equals_the_published_equations_in_numpy(impl):
     model = _model(attention_impl=impl)
-    params = _random_params(model, scale=0.3)["params"]
+    params = random_params(model, scale=0.3)["params"]
     ids = _ids(np.random.default_rng(4))
     want = _numpy_sasrec(params, ids, heads=2)
     got = np.asarray(model.apply({"params": params}, ids, train=False, method=model.encode))
@@ -142,7 +124,7 @@ def test_forward_pass_equals_the_published_equations_in_numpy(impl):
 
 def test_padding_at_the_end_changes_nothing_and_the_last_item_sits_at_the_last_position():
     model = _model()
-    variables = _random_params(model, scale=0.3)
+    variables = random_params(model, scale=0.3)
     ids = _ids(np.random.default_rng(5))
     encode = jax.jit(lambda x: model.apply(variables, x, train=False, method=model.encode))
     short = encode(ids[:, :7])  # row 1's 7 items without its padding; row 0 cut to 7 items
@@ -165,7 +147,7 @@ def test_output_at_t_ignores_every_later_item_in_every_layer():
     positions = np.tile(np.arange(MAX_LEN, dtype=np.int32), (2, 1))
     for kind in ("sasrec", "bert4rec"):
         model = _model(kind, intermediate_size=32)
-        variables = _random_params(model)
+        variables = random_params(model)
 
         @jax.jit
         def run(x, model=model, variables=variables):
@@ -196,7 +178,7 @@ def test_output_at_t_ignores_every_later_item_in_every_layer():
 
 def test_last_block_for_chosen_rows_and_dropout_only_in_training():
     model = _model(hidden_dropout=0.3, attention_dropout=0.3)
-    variables = _random_params(model, scale=0.3)
+    variables = random_params(model, scale=0.3)
     ids = _ids(np.random.default_rng(6))
     positions = np.array([[11, 3], [6, 0], [0, 0]], np.int32)
 
@@ -423,7 +405,7 @@ def test_exported_sasrec_scores_equal_in_process_scores_and_the_saved_model(tmp_
     corpus = random_corpus(np.arange(30) % 17 + 3, num_items=NUM_ITEMS, seed=3)
     split = leave_one_out(corpus, "standard")
     model = _model(num_layers=2)
-    params = _random_params(model)["params"]
+    params = random_params(model)["params"]
     vocabulary = np.arange(NUM_ITEMS + 1) + 1000
     output = tmp_path / "export"
     export.export_model(model, params, vocabulary, output, top_k=10, platforms=["cpu"])
