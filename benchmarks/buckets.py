@@ -2,6 +2,7 @@
 
     python benchmarks/buckets.py --data=../shared/data            # Beauty, the paper's recipe
     python benchmarks/buckets.py --data=../shared/data --loss=sampled_softmax --rounds=3
+    python benchmarks/buckets.py --data=../shared/data --last_block=all,scored
 
 The workload is Beauty's paper shape (benchmarks/train_step.py's "beauty": the paper's file,
 its split, 50 positions, 30 prediction slots, mask rate 0.6, batch 256, hidden 64, 2 layers,
@@ -18,6 +19,10 @@ Printed, in one run:
   3. the step fed by tf.data for `--fed_steps` consecutive steps of epoch 0, with and without
      buckets (what training runs; noisier: a short window samples the buckets unevenly).
 The speed-up is the ratio of sequences/s. CPU timings depend on the machine's load: say it.
+
+`--last_block=all,scored` times the steps of both settings of `model.last_block` (the last block
+at every position, or only at the predicted ones), interleaved in the same rounds, with their
+losses on the same batches side by side (dropout off, so that they compare: the same function).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per shape per round")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians shown")
     parser.add_argument("--fed_steps", type=int, default=0, help="tf.data-fed steps (0: skip)")
+    parser.add_argument("--last_block", default="all", help="all, scored, or both: all,scored")
     args = parser.parse_args(argv)
 
     w = common.WORKLOADS["beauty"]
@@ -99,14 +105,18 @@ def main(argv: list[str] | None = None) -> None:
     padding_table(instances, g)
 
     loss_config = losses.LossConfig(type=args.loss, num_negatives=args.num_negatives)
-    built = common.build_step(
-        shape,
-        mesh,
-        hidden_dropout=w.hidden_dropout,
-        loss_config=loss_config,
-        item_counts=corpus.popularity,
-    )
-    step, state = built.step, built.state
+    settings = args.last_block.split(",")
+    steps = {}
+    for setting in settings:
+        built = common.build_step(
+            shape,
+            mesh,
+            hidden_dropout=w.hidden_dropout,
+            loss_config=loss_config,
+            item_counts=corpus.popularity,
+            last_block=setting,
+        )
+        steps[setting] = [built.step, built.state]
     data = sharding.data_sharded(mesh)
 
     # One premade batch per shape: an epoch-0 batch of each bucket, and an unbucketed one.
@@ -122,31 +132,43 @@ def main(argv: list[str] | None = None) -> None:
     premade = {k: {n: jax.device_put(v, data) for n, v in b.items()} for k, b in premade.items()}
 
     t0 = time.perf_counter()
-    for batch in premade.values():  # compile every shape, untimed
-        state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    print(f"# compiled {len(premade)} shapes in {time.perf_counter() - t0:.1f} s")
-    times = {k: [] for k in premade}
+    for pair in steps.values():  # compile every shape of every setting, untimed
+        for batch in premade.values():
+            pair[1], _ = pair[0](pair[1], batch)
+        jax.block_until_ready(pair[1])
+    print(f"# compiled {len(premade)} shapes x {len(steps)} settings in "
+          f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    times = {(setting, k): [] for setting in steps for k in premade}
     for _ in range(args.rounds):  # interleaved, so that load changes hit every shape alike
         for k, batch in premade.items():
-            state, seconds, _ = common.timed(
-                lambda st, s, batch=batch: step(st, batch), state, warmup=0, steps=args.steps
-            )
-            times[k].append(seconds / args.steps)
-    sec = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"{'step alone':28s} {'ms/step':>10s} {'seqs/s':>10s}")
-    for k, s in sec.items():
-        name = "no buckets" if k is None else f"bucket {bucketed.bucket_shape(k)}"
-        print(f"{name:28s} {1e3 * s:10.1f} {g / s:10.0f}")
-    epoch_seconds = sum(sec[int(k)] for k in buckets)
-    flat_rate = g / sec[None]
-    bucket_rate = g * len(buckets) / epoch_seconds
-    print(
-        f"{'epoch-weighted, buckets':28s} {1e3 * epoch_seconds / len(buckets):10.1f} "
-        f"{bucket_rate:10.0f}\n# speed-up with buckets {bucket_rate / flat_rate:.2f}x "
-        f"(epoch of {len(buckets)} steps: {len(buckets) / flat_rate * g / 60:.1f} min without, "
-        f"{epoch_seconds / 60:.1f} min with; load average {os.getloadavg()[0]:.2f})"
-    )
+            for setting, pair in steps.items():
+                pair[1], seconds, _ = common.timed(
+                    lambda st, s, batch=batch, fn=pair[0]: fn(st, batch), pair[1], warmup=0,
+                    steps=args.steps,
+                )  # fmt: skip
+                times[(setting, k)].append(seconds / args.steps)
+    rates = {}
+    for setting in steps:
+        sec = {k: float(np.median(times[(setting, k)])) for k in premade}
+        print(f"{'step alone, last_block=' + setting:28s} {'ms/step':>10s} {'seqs/s':>10s}")
+        for k, s in sec.items():
+            name = "no buckets" if k is None else f"bucket {bucketed.bucket_shape(k)}"
+            print(f"{name:28s} {1e3 * s:10.1f} {g / s:10.0f}")
+        epoch_seconds = sum(sec[int(k)] for k in buckets)
+        flat_rate = g / sec[None]
+        rates[setting] = bucket_rate = g * len(buckets) / epoch_seconds
+        print(
+            f"{'epoch-weighted, buckets':28s} {1e3 * epoch_seconds / len(buckets):10.1f} "
+            f"{bucket_rate:10.0f}\n# speed-up with buckets {bucket_rate / flat_rate:.2f}x "
+            f"(epoch of {len(buckets)} steps: {len(buckets) / flat_rate * g / 60:.1f} min "
+            f"without, {epoch_seconds / 60:.1f} min with; load average "
+            f"{os.getloadavg()[0]:.2f})"
+        )
+    if len(rates) > 1:
+        base = rates[settings[0]]
+        print("# bucketed sequences/s against last_block=" + settings[0] + ": " + ", ".join(
+            f"{k} {v / base:.2f}x" for k, v in rates.items()))  # fmt: skip
+    step, state = steps[settings[0]]
 
     if args.fed_steps:
         fed = {}

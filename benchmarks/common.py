@@ -129,6 +129,7 @@ def build_step(
     loss_config=None,
     item_counts: np.ndarray | None = None,
     kind: str = "bert4rec",
+    last_block: str = "all",
 ) -> Step:
     """A model of `shape` with the trainer's optimizer (warm-up 100 steps to 1e-3, decay over
     10,000; clip + AdamW) and its jitted step: BERT4Rec (FFN 4 d, attention dropout 0.2), or
@@ -143,6 +144,8 @@ def build_step(
       loss_config: a `losses.LossConfig`; None = the trainer's default.
       item_counts: item popularity, for the sampled losses' popularity proposal.
       kind: `models.ModelConfig.kind`.
+      last_block: `models.ModelConfig.last_block` ("scored": the last block at the predicted
+        positions only).
     """
     import jax.numpy as jnp
 
@@ -162,6 +165,7 @@ def build_step(
         dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype],
         attention_impl=attention_impl,
         kind=kind,
+        last_block=last_block,
     )
     model = models.build_model(config, config.vocab_size)
     predictions = shape.predictions if kind == "bert4rec" else shape.max_len
