@@ -1,7 +1,7 @@
 """Losses over the item vocabulary at the masked positions, and `cloze_loss`, the one the config
 picks. Every loss returns the same four sums (`core.loss_sums`): `core` holds the config and the
 full softmax, `streamed` the exact softmax without the [B, P, V] logits, `sampled` the losses
-over drawn negatives. README "Large catalogues" says when to use which.
+over drawn negatives. docs/training.md, "Large catalogues", says when to use which.
 """
 
 from __future__ import annotations
