@@ -1,8 +1,8 @@
 """What every loss shares: the config, the four sums a loss returns, and the full softmax.
 
 The full softmax over the [B, P, V] logits is the reference the streamed (`streamed.py`) and
-sampled (`sampled.py`) losses are measured against; docs/training.md, "Large catalogues", says when to use
-which.
+sampled (`sampled.py`) losses are measured against; docs/training.md, "Large catalogues", says
+when to use which.
 """
 
 from __future__ import annotations
