@@ -3,7 +3,8 @@
 Every evaluated user is scored once per held-out item ("valid", "test") from the input
 `scoring.build_inputs` places; the candidates are sampled (`candidates.py`, target in column 0)
 or the whole catalogue ("full", scored in item chunks). The protocols are in the README's
-"Evaluation"; the tie and NaN rules in `Ranker`'s comment.
+"Evaluation"; the tie and NaN rules in `Ranker`'s comment. `Evaluator.user_results` keeps each
+user's rank (and, for the test, top-k list) with what identifies its candidates (`per_user.py`).
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ class Evaluator:
         self._rankers = {(protocol, 0): jit_ranker(protocol, 0) for protocol in config.protocols}
         self._fingerprints: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._popularity: tuple[np.ndarray, int] | None = None
+        self._corpus_fingerprint: str | None = None  # hashing the corpus once, not per validation
 
     def inputs(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 [num_eval, max_len], mask_pos int32 [num_eval]) of one held-out item."""
@@ -577,9 +579,11 @@ class Evaluator:
                     "num_negatives": self.config.num_negatives,
                     "candidate_seed": self.config.candidate_seed,
                 }
+        if self._corpus_fingerprint is None:
+            self._corpus_fingerprint = candidates_lib.corpus_fingerprint(self.corpus)
         return {
             "dataset": self.corpus.name,
-            "corpus": candidates_lib.corpus_fingerprint(self.corpus),
+            "corpus": self._corpus_fingerprint,
             "split_mode": self.split.mode,
             "split": which,
             "num_items": self.corpus.num_items,
