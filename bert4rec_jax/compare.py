@@ -5,9 +5,9 @@
     python -m bert4rec_jax.compare 'runs/bce/seed*' runs/ce/seed0,runs/ce/seed1 --metrics=ndcg@10
 
 Each side is one run or several (seeds): a comma-separated list of workdirs, per-user files
-(*.parquet) or glob patterns, where a directory that is not a workdir stands for the workdirs
-inside it. A workdir's per-user file is the trainer's (`test_users.parquet`, `valid_users.parquet`)
-or else `evaluate`'s (`eval_<model>_<split>_users.parquet`).
+(*.parquet) or glob patterns of local paths, where a directory that is not a workdir stands for
+the workdirs inside it. A workdir's per-user file is the trainer's (`test_users.parquet`,
+`valid_users.parquet`) or else `evaluate`'s (`eval_<model>_<split>_users.parquet`).
 
 For each protocol and metric it prints B - A over the users both sides evaluated on the same
 targets and candidates: the means, the difference with a 95% paired-bootstrap interval, the
@@ -61,7 +61,8 @@ def side_files(spec: str, split: str, model: str = "bert4rec") -> list[epath.Pat
     files, directories of workdirs and glob patterns of any of these."""
     paths: list[epath.Path] = []
     for part in (p for p in spec.split(",") if p):
-        matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
+        # Patterns are expanded on this machine's files; a gs:// run is named, or its directory.
+        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
         if not matches:
             raise FileNotFoundError(f"{part!r} matches nothing")
         for match in matches:
