@@ -99,7 +99,12 @@ def set_aside_stale(
     if jax.process_count() > 1:  # every process decided before process 0 moves anything
         multihost_utils.sync_global_devices("bert4rec_jax: stale results found")
     if stale:
-        where = _move_aside(workdir, stale)
+        # Each stale entry's per-user file goes with it (named in the returned list only).
+        companions = [
+            workdir_lib.COMPANIONS[name] for name in stale if name in workdir_lib.COMPANIONS
+        ]
+        moved = stale + [name for name in companions if (workdir / name).exists()]
+        where = _move_aside(workdir, moved)
         logging.warning(
             "%s in %s came from an earlier run that no checkpoint here continues (latest "
             "checkpoint: %s); moved to %s, so that this run's results are its own",
@@ -108,6 +113,7 @@ def set_aside_stale(
             steps[-1] if steps else "none",
             where,
         )
+        return moved
     return stale
 
 

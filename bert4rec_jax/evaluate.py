@@ -5,8 +5,11 @@
 
 Only what evaluation needs is checked, so any protocol can be asked for and a run trained on many
 devices is evaluated on one (with its item table split over `mesh.model` devices when this
-machine's device count allows it). Writes the numbers as JSON beside the checkpoints:
-<workdir>/eval_<model>_<split>.json.
+machine's device count allows it). Prints the accuracy table, then the beyond-accuracy and
+history-length tables (docs/evaluation_tools.md). Writes every number as JSON beside the
+checkpoints, <workdir>/eval_<model>_<split>.json, and every evaluated user's outcome (target rank
+per protocol, top items) as Parquet, <workdir>/eval_<model>_<split>_users.parquet, which
+`python -m bert4rec_jax.compare` pairs with another run's.
 """
 
 import dataclasses
@@ -48,6 +51,7 @@ def main(argv: list[str]) -> None:
     workdir, config = workdir_lib.open_run(
         FLAGS.workdir, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir
     )
+    run_hash = workdir_lib.config_hash(config)  # the trained run's, before the overrides below
     if FLAGS.protocol:
         config.eval.protocols = tuple(FLAGS.protocol)
     run = config_lib.RunConfig.from_config_dict(config)
@@ -78,18 +82,25 @@ def main(argv: list[str]) -> None:
     batch_size = -(-run.eval.batch_size // devices) * devices
     eval_config = dataclasses.replace(run.eval, batch_size=batch_size)
     evaluator = exp.evaluator(mesh, fns, eval_config)
-    results = evaluator.evaluate(params, FLAGS.split, FLAGS.num_users)
+    users = evaluator.user_results(params, FLAGS.split, FLAGS.num_users)
+    results = evaluator.summary(users)
 
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"
-    users = int(results.get("num_users", 0))
-    print(f"{run.data.dataset}, {FLAGS.split} split, {users} users, {where}:")
-    print(evaluation.format_table({k: v for k, v in results.items() if k != "num_users"}))
+    print(f"{run.data.dataset}, {FLAGS.split} split, {len(users.users)} users, {where}:")
+    print(evaluation.format_table(evaluation.accuracy_metrics(results)))
+    print("\nBeyond accuracy (top-k lists; popularity = training users per item):")
+    print(evaluation.format_beyond_table(results))
+    print("\nBy history length (items before the target):")
+    print(evaluation.format_history_table(results))
     if jax.process_index() == 0:
+        users_out = workdir / workdir_lib.eval_users_file(FLAGS.model, FLAGS.split)
+        stamp = {"model": FLAGS.model, "step": step, "config_hash": run_hash}
+        users.with_info(**stamp).write(users_out)
         out = workdir / workdir_lib.eval_results_file(FLAGS.model, FLAGS.split)
         record = {"step": step, "split": FLAGS.split, "model": FLAGS.model}
         record.update({k: float(v) for k, v in results.items()})
         out.write_text(json.dumps(record, indent=2))
-        logging.info("Wrote %s", out)
+        logging.info("Wrote %s and %s", out, users_out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ from bert4rec_jax import sharding as sharding_lib
 from bert4rec_jax import train_step as train_step_lib
 from bert4rec_jax import workdir as workdir_lib
 from bert4rec_jax.checkpointing import LoopState
+from bert4rec_jax.evaluation.per_user import UserResults
 from bert4rec_jax.metric_writer import MetricWriter
 
 
@@ -73,18 +75,25 @@ def validate(
     ckpt: checkpointing.Checkpointer,
     writer: MetricWriter,
     train: config_lib.TrainConfig,
+    save_users: Callable[[UserResults], None] | None = None,
 ) -> LoopState:
     """Scores the parameters on validation, offers them as the best, and updates early stopping.
+
+    `save_users`, when given, is handed the per-user results of each new best (a few bytes a
+    user: `valid_users.parquet` then always belongs to the best validated parameters).
 
     Returns:
       The loop state after this validation.
     """
-    results = evaluator.evaluate(params, "valid", train.num_valid_users)
+    users = evaluator.user_results(params, "valid", train.num_valid_users, lists=False)
+    results = users.metrics()
     score = results[train.metric]
     writer.write(step, {f"valid/{k}": v for k, v in results.items()})
     ckpt.save_best(step, params, score)
     if loop.best_score is None or score > loop.best_score:
         loop = dataclasses.replace(loop, best_score=score, best_step=step, evals_without_gain=0)
+        if save_users is not None:
+            save_users(users.with_info(step=step))
     else:
         loop = dataclasses.replace(loop, evals_without_gain=loop.evals_without_gain + 1)
     # One short line: the metric that picks the best step. Every metric is in metrics.jsonl
@@ -182,6 +191,13 @@ def train_and_evaluate(
         ckpt.close()
         return {}
     writer = MetricWriter(workdir, start_step=start)
+    # What the per-user files say of the run that made them (beside the data's identity).
+    stamp = {"model": run.model.kind, "config_hash": workdir_lib.config_hash(run.source)}
+
+    def save_users(users: UserResults, name: str = workdir_lib.VALID_USERS_FILE):
+        if jax.process_index() == 0:
+            users.with_info(**stamp).write(workdir / name)
+
     try:
         if loop.stopped_early or start >= total:
             why = "stopped early" if loop.stopped_early else "reached its last step"
@@ -208,7 +224,9 @@ def train_and_evaluate(
                         _log_train_metrics(writer, step, total, jax.device_get(sums), progress)
                         sums = None
                     if run.validates and is_time(step, train.eval_every_steps, total):
-                        loop = validate(evaluator, state.params, step, loop, ckpt, writer, train)
+                        loop = validate(
+                            evaluator, state.params, step, loop, ckpt, writer, train, save_users
+                        )
                     stopping = loop.stopped_early or stop.requested(step)
                     if stopping or is_time(step, train.checkpoint_every_steps, last):
                         if sums is not None:  # never save parameters a non-finite loss produced
@@ -260,14 +278,20 @@ def train_and_evaluate(
     preemption.at("test_eval")
     # A stop asked for from here on waits for the evaluation and its results file: stopping
     # would save nothing that a rerun could not redo in the same time.
-    results = evaluator.evaluate(params, "test")
-    metrics = {k: v for k, v in results.items() if k != "num_users"}
+    users = evaluator.user_results(params, "test")
+    results = evaluator.summary(users)
+    # The headline table comes last, where a user looks; the others (docs/evaluation_tools.md)
+    # are in the log above it and every number is in the results file.
+    logging.info("Test results by history length:\n%s", evaluation.format_history_table(results))
+    logging.info("Test results beyond accuracy:\n%s", evaluation.format_beyond_table(results))
     logging.info(
         "Test results of the parameters of step %d (%d users):\n%s",
         params_step,
         results.get("num_users", 0),
-        evaluation.format_table(metrics),
+        evaluation.format_table(evaluation.accuracy_metrics(results)),
     )
+    # The per-user file first: results without it are never left behind by a crash.
+    save_users(users.with_info(step=params_step), workdir_lib.TEST_USERS_FILE)
     workdir_lib.write_results(
         workdir,
         results,

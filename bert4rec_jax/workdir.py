@@ -24,13 +24,20 @@ BEST_DIR = "best"  # the parameters that scored best on validation, with their m
 # The test metrics of the run's best (or last) parameters, stamped with the run's identity: the
 # config's hash and the checkpoint step they were computed at.
 RESULTS_FILE = "test_results.json"
+# Every tested user's outcome per protocol (target rank, candidates, top items), beside the
+# results they average to (`evaluation/per_user.py`); the same on validation for the best
+# validated parameters, written when they are found.
+TEST_USERS_FILE = "test_users.parquet"
+VALID_USERS_FILE = "valid_users.parquet"
 METRICS_FILE = "metrics.jsonl"  # training and validation scalars by step, one JSON a line
 TENSORBOARD_DIR = "tensorboard"  # the same scalars as TensorBoard event files
 # Checkpoints that could not be restored are moved here (never deleted) when an older one can.
 UNUSABLE_DIR = "unusable_checkpoints"
 # What a fresh start or a stale lineage moves (kept, not deleted) into <workdir>/set_aside/<time>/.
 SET_ASIDE_DIR = "set_aside"
-RUN_ENTRIES = (CHECKPOINTS_DIR, BEST_DIR, RESULTS_FILE)
+RUN_ENTRIES = (CHECKPOINTS_DIR, BEST_DIR, RESULTS_FILE, TEST_USERS_FILE, VALID_USERS_FILE)
+# The per-user file that belongs with each entry: moved aside with it.
+COMPANIONS = {RESULTS_FILE: TEST_USERS_FILE, BEST_DIR: VALID_USERS_FILE}
 # Config fields that say where files are, not what is trained: left out of the config's hash.
 UNHASHED_FIELDS = ("data_dir", "manual_dir")
 
@@ -54,6 +61,11 @@ class ParsedConfig(Protocol):
 def eval_results_file(model: str, split: str) -> str:
     """The file `bert4rec_jax.evaluate` writes its numbers to: eval_<model>_<split>.json."""
     return f"eval_{model}_{split}.json"
+
+
+def eval_users_file(model: str, split: str) -> str:
+    """Where `bert4rec_jax.evaluate` writes per-user results: eval_<model>_<split>_users.parquet."""
+    return f"eval_{model}_{split}_users.parquet"
 
 
 def absolute(path: epath.PathLike) -> epath.Path:

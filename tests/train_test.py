@@ -53,4 +53,5 @@ def test_quick_start_prints_the_readme_table_and_nothing_noisy(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout.strip().splitlines()
     assert table[0] == "synthetic, test split, 2000 users, popularity baseline:"
-    assert [row.split()[0] for row in table[2:]] == ["pop100", "full"]
+    assert [row.split()[0] for row in table[2:4]] == ["pop100", "full"]
+    assert table[4] == ""  # then the beyond-accuracy and history-length tables

@@ -3,7 +3,8 @@
 Every evaluated user is scored once per held-out item ("valid", "test") from the input
 `scoring.build_inputs` places; the candidates are sampled (`candidates.py`, target in column 0)
 or the whole catalogue ("full", scored in item chunks). The protocols are in docs/evaluation.md's
-"Evaluation"; the tie and NaN rules in `Ranker`'s comment.
+"Evaluation"; the tie and NaN rules in `Ranker`'s comment. `Evaluator.user_results` keeps each
+user's rank (and, for the test, top-k list) with what identifies its candidates (`per_user.py`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from jax.sharding import Mesh
 from bert4rec_jax import sharding
 from bert4rec_jax.datasets.corpus import PAD_ID, Corpus, Split
 from bert4rec_jax.evaluation import candidates as candidates_lib
+from bert4rec_jax.evaluation import per_user
 from bert4rec_jax.evaluation.candidates import PROTOCOLS, SAMPLED_PROTOCOLS, SPLITS
-from bert4rec_jax.evaluation.metrics import ranking_metrics
+from bert4rec_jax.evaluation.metrics import training_popularity
 from bert4rec_jax.scoring import ScoringFns, build_inputs, padded_rows
 
 # Full ranking pads every batch's histories to one width (one compilation) when the longest
@@ -113,8 +115,25 @@ def _padded_rows(
 # ---------------------------------------------------------------------------------------------
 
 
-def sampled_ranker(score_fn: Callable[..., jax.Array]) -> Ranker:
-    """Ranks the target (column 0 of arrays["candidates"] [B, C]) among its sampled negatives."""
+def _top_items(scores: jax.Array, ids: jax.Array, valid: jax.Array, k: int):
+    """The k best-scored valid ids per row, best first: (scores float32 [B, k], ids int32 [B, k]).
+
+    Rows with fewer than k valid ids end in score -inf and id 0 (padding). Ties go to the earlier
+    column (`lax.top_k`); a NaN score is never listed.
+    """
+    masked = jnp.where(valid & ~jnp.isnan(scores), scores, -jnp.inf)  # [B, C]
+    values, index = jax.lax.top_k(masked, min(k, masked.shape[1]))  # [B, k']
+    ids = jnp.broadcast_to(ids, masked.shape)
+    top = jnp.where(values > -jnp.inf, jnp.take_along_axis(ids, index, axis=1), PAD_ID)
+    pad = ((0, 0), (0, k - top.shape[1]))
+    return jnp.pad(values, pad, constant_values=-jnp.inf), jnp.pad(top, pad).astype(jnp.int32)
+
+
+def sampled_ranker(score_fn: Callable[..., jax.Array], top_k: int = 0) -> Ranker:
+    """Ranks the target (column 0 of arrays["candidates"] [B, C]) among its sampled negatives.
+
+    With top_k > 0 it also returns each row's top_k candidates (int32 [B, top_k], best first).
+    """
 
     def ranks(params, h, arrays):
         candidates = arrays["candidates"]  # [B, C]
@@ -125,13 +144,20 @@ def sampled_ranker(score_fn: Callable[..., jax.Array]) -> Ranker:
         # Pessimistic ties: every other candidate not scoring below the target ranks above it
         # (as in full ranking, a NaN candidate counts above the target).
         rank = jnp.sum(real & ~(others < target), axis=1, dtype=jnp.int32)
-        return rank, jnp.isnan(target[:, 0])
+        if not top_k:
+            return rank, jnp.isnan(target[:, 0])
+        _, top = _top_items(scores, candidates, candidates != PAD_ID, top_k)
+        return rank, jnp.isnan(target[:, 0]), top
 
     return ranks
 
 
 def full_ranker(
-    score_fn: Callable[..., jax.Array], num_items: int, item_chunk: int, exclude_history: bool
+    score_fn: Callable[..., jax.Array],
+    num_items: int,
+    item_chunk: int,
+    exclude_history: bool,
+    top_k: int = 0,
 ) -> Ranker:
     """Ranks arrays["targets"] [B] among every item, minus arrays["history"] [B, W] if excluded.
 
@@ -139,7 +165,9 @@ def full_ranker(
     padding (0) and [MASK] (V + 1) are never candidates.
 
     One jitted computation: a fori_loop over item chunks keeps, per user, the count of items
-    scoring >= the target (pessimistic ties), so no [B, num_items] matrix ever exists.
+    scoring >= the target (pessimistic ties), so no [B, num_items] matrix ever exists. With
+    top_k > 0 the loop also keeps each user's top_k candidates (merged chunk by chunk; ties go to
+    the lower item id), returned third as int32 [B, top_k].
     """
     num_chunks = -(-num_items // item_chunk)
 
@@ -152,26 +180,42 @@ def full_ranker(
         def mark(local):  # [W] -> [chunk]; per row, so the batch stays sharded without gathers
             return jnp.zeros(item_chunk, bool).at[local].set(True, mode="drop")
 
-        def body(c, above):
+        def body(c, carry):
+            above, best_scores, best_items = carry
             start = 1 + c * item_chunk  # items are 1..num_items
             item_ids = start + offsets  # [chunk]
             real = item_ids <= num_items  # the last chunk runs past the catalogue
             scores = score_fn(params, h, jnp.minimum(item_ids, num_items))  # [B, chunk]
             scores = scores.astype(jnp.float32)
-            # The target is not its own tie; items past the catalogue do not exist.
-            counted = real[None, :] & (item_ids[None, :] != targets[:, None])  # [B, chunk]
+            candidate = jnp.broadcast_to(real[None, :], scores.shape)  # [B, chunk]
             if exclude_history:
                 local = history - start  # [B, W]; padding and other chunks' items fall outside
                 local = jnp.where((history != PAD_ID) & (local >= 0), local, item_chunk)
                 seen = jax.vmap(mark)(local)  # [B, chunk]
-                counted &= ~seen
+                candidate &= ~seen | (item_ids[None, :] == targets[:, None])
+            # The target is not its own tie; items past the catalogue do not exist.
+            counted = candidate & (item_ids[None, :] != targets[:, None])  # [B, chunk]
             # "not below" rather than ">=": a NaN candidate counts above the target, for free (a
             # separate NaN reduction per chunk costs about a fifth of the ranking time on CPU).
             above += jnp.sum(counted & ~(scores < target_score[:, None]), axis=1, dtype=jnp.int32)
-            return above
+            if top_k:  # the best so far come first: on ties the lower item id stays listed
+                merged = jnp.concatenate([best_scores, scores], axis=1)  # [B, top_k + chunk]
+                valid = jnp.concatenate([best_items != PAD_ID, candidate], axis=1)
+                ids = jnp.concatenate(
+                    [best_items, jnp.broadcast_to(item_ids[None, :], scores.shape)], axis=1
+                )
+                best_scores, best_items = _top_items(merged, ids, valid, top_k)
+            return above, best_scores, best_items
 
-        above = jax.lax.fori_loop(0, num_chunks, body, jnp.zeros(batch, jnp.int32))
-        return above, jnp.isnan(target_score)
+        start = (
+            jnp.zeros(batch, jnp.int32),
+            jnp.full((batch, top_k), -jnp.inf, jnp.float32),
+            jnp.zeros((batch, top_k), jnp.int32),
+        )
+        above, _, top = jax.lax.fori_loop(0, num_chunks, body, start)
+        if not top_k:
+            return above, jnp.isnan(target_score)
+        return above, jnp.isnan(target_score), top
 
     return ranks
 
@@ -240,19 +284,27 @@ class Evaluator:
             in_shardings=(params_layout, data, data) + ((data,) if fns.uses_users else ()),
             out_shardings=data,
         )
-        self._rankers = {}
-        for protocol in config.protocols:
+
+        def jit_ranker(protocol: str, top_k: int):
             if protocol == "full":
                 ranker = full_ranker(
-                    fns.score, corpus.num_items, self._item_chunk, config.exclude_history
+                    fns.score, corpus.num_items, self._item_chunk, config.exclude_history, top_k
                 )
             else:
-                ranker = sampled_ranker(fns.score)
-            self._rankers[protocol] = jax.jit(
+                ranker = sampled_ranker(fns.score, top_k)
+            return jax.jit(
                 with_model_rows(ranker),
                 in_shardings=(params_layout, data, data),
                 out_shardings=replicated,
             )
+
+        self._jit_ranker = jit_ranker
+        # (protocol, top_k) -> the jitted ranker; those that also list items (top_k > 0) are
+        # built when first asked for: validation never pays for them.
+        self._rankers = {(protocol, 0): jit_ranker(protocol, 0) for protocol in config.protocols}
+        self._fingerprints: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._popularity: tuple[np.ndarray, int] | None = None
+        self._corpus_fingerprint: str | None = None  # hashing the corpus once, not per validation
 
     def inputs(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32 [num_eval, max_len], mask_pos int32 [num_eval]) of one held-out item."""
@@ -350,7 +402,13 @@ class Evaluator:
           FloatingPointError: when the model scores NaN for a target (NaN candidates count as
             ranked above the target).
         """
-        unknown = [p for p in protocols if p not in self._rankers]
+        return self._rank(params, which, protocols, rows, top_k=0)[0]
+
+    def _rank(
+        self, params: Any, which: str, protocols: Sequence[str], rows: np.ndarray, top_k: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """`rank_targets`, and with top_k > 0 each user's top_k items: ({p: ranks}, {p: top})."""
+        unknown = [p for p in protocols if (p, 0) not in self._rankers]
         if unknown:
             raise ValueError(
                 f"protocols {unknown} are not among eval.protocols={self.config.protocols}"
@@ -375,28 +433,33 @@ class Evaluator:
         hidden = [
             self._encode(params, *self._put(encoder_inputs(r)).values()) for r, _ in batches
         ]  # [B, H] per batch, sharded over 'data'
-        out = {}
+        out, tops = {}, {}
         for protocol in protocols:
+            if (protocol, top_k) not in self._rankers:
+                self._rankers[protocol, top_k] = self._jit_ranker(protocol, top_k)
+            ranker = self._rankers[protocol, top_k]
             pending = [
-                (
-                    self._rankers[protocol](
-                        params, h, self._put(self._ranker_inputs(which, protocol, r))
-                    ),
-                    real,
-                )
+                (ranker(params, h, self._put(self._ranker_inputs(which, protocol, r))), real)
                 for (r, real), h in zip(batches, hidden, strict=True)
             ]
-            ranks = [np.asarray(rank)[:real] for (rank, _), real in pending]
-            nans = np.concatenate([np.asarray(nan)[:real] for (_, nan), real in pending] or [[]])
+            ranks = [np.asarray(result[0])[:real] for result, real in pending]
+            nans = np.concatenate(
+                [np.asarray(result[1])[:real] for result, real in pending] or [[]]
+            )
             if nans.any():
                 raise FloatingPointError(
                     f"the model scored NaN for the target of {int(nans.sum())} of {len(rows)} "
                     f"users ({protocol}, {which})"
                 )
             out[protocol] = np.concatenate(ranks or [np.zeros(0)]).astype(np.int64)
+            if top_k:
+                lists = [np.asarray(result[2])[:real] for result, real in pending]
+                tops[protocol] = np.concatenate(lists or [np.zeros((0, top_k))]).astype(np.int32)
             if order is not None:  # back to the order of the rows asked for
                 out[protocol][order] = out[protocol].copy()
-        return out
+                if top_k:
+                    tops[protocol][order] = tops[protocol].copy()
+        return out, tops
 
     def evaluate(self, params: Any, which: str = "valid", num_users: int = 0) -> dict[str, float]:
         """Evaluates the parameters on one held-out item under every protocol.
@@ -410,16 +473,120 @@ class Evaluator:
           {"<protocol>/hr@k", "<protocol>/ndcg@k", "<protocol>/mrr": mean over users, ...,
            "num_users": users evaluated}.
         """
+        return self.user_results(params, which, num_users, lists=False).metrics()
+
+    def user_results(
+        self, params: Any, which: str = "test", num_users: int = 0, *, lists: bool = True
+    ) -> per_user.UserResults:
+        """Every evaluated user's outcome on one held-out item, under every protocol.
+
+        Args:
+          params: the parameters the scoring functions take.
+          which: "valid" or "test".
+          num_users: 0 = every evaluated user; else a fixed seeded sample of that many.
+          lists: also each user's top-max(ks) items per protocol (for `summary`'s beyond-accuracy
+            metrics; one more compilation per protocol and a running top-k in full ranking).
+
+        Returns:
+          The per-user results; `.metrics()` are `evaluate`'s.
+        """
         if which not in SPLITS:
             raise ValueError(f"which must be one of {SPLITS}, got {which!r}")
         rows = self.user_sample(num_users)
         # Item rows padded (zeros) to the mesh's model axis and split over it; never ranked:
         # the rankers score ids 1..num_items only.
         params = sharding.place_params(params, self.mesh, self.corpus.vocab_size)
-        ranks = self.rank_targets(params, which, self.config.protocols, rows)
-        results: dict[str, float] = {}
+        top_k = max(self.config.ks) if lists else 0
+        ranks, tops = self._rank(params, which, self.config.protocols, rows, top_k)
+        users = self.split.eval_users[rows]
+        targets = self.split.targets(which)[rows].astype(np.int32)
+        starts = self.corpus.offsets[self.split.eval_users]
+        history = (self.split.history_ends(self.corpus, which) - starts)[rows]
+        counts, _ = self.popularity()
+        fingerprints = {p: self.candidate_fingerprints(which, p) for p in self.config.protocols}
+        return per_user.UserResults(
+            info=self._results_info(which),
+            users=users.astype(np.int64),
+            raw_users=np.asarray(self.corpus.raw_user_ids)[users],
+            targets=targets,
+            raw_targets=np.asarray(self.corpus.raw_item_ids)[targets],
+            history_lengths=history.astype(np.int64),
+            target_known=counts[targets] > 0,
+            ranks=ranks,
+            num_candidates={p: f[1][rows] for p, f in fingerprints.items()},
+            candidates={p: f[0][rows] for p, f in fingerprints.items()},
+            top=tops,
+        )
+
+    def summary(self, results: per_user.UserResults) -> dict[str, float]:
+        """Every aggregate of per-user results: accuracy (`evaluate`'s), by history length, and
+        beyond accuracy where there are lists. Keys: "<protocol>/<metric>", "num_users",
+        "history=<bucket>/...", "<protocol>/coverage@k", "/popularity@k", "/novelty@k"."""
+        return {
+            **results.metrics(),
+            **results.by_history(),
+            **results.beyond_accuracy(*self.popularity()),
+        }
+
+    def popularity(self) -> tuple[np.ndarray, int]:
+        """(users per item in training, training users): `metrics.training_popularity`."""
+        if self._popularity is None:
+            self._popularity = training_popularity(self.corpus, self.split)
+        return self._popularity
+
+    def candidate_fingerprints(self, which: str, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+        """(uint64 [num_eval] candidate-set fingerprints, int64 [num_eval] candidates ranked).
+
+        Sampled protocols: the drawn candidates (the target and the negatives). Full ranking:
+        the catalogue minus the excluded history (the target always stays), so two runs match
+        when they rank every user against the same items, whatever made them.
+        """
+        key = (which, protocol)
+        if key in self._fingerprints:
+            return self._fingerprints[key]
+        num_eval = len(self.split.eval_users)
+        if protocol != "full":
+            drawn = self.candidates(which, protocol)
+            rows, cols = np.nonzero(drawn != PAD_ID)  # row-major: rows come sorted
+            fingerprints = per_user.set_fingerprints(rows, drawn[rows, cols], num_eval, protocol)
+            self._fingerprints[key] = (fingerprints, np.bincount(rows, minlength=num_eval))
+            return self._fingerprints[key]
+        salt = f"full/{self.corpus.num_items}/exclude_history={self.config.exclude_history}"
+        stride = self.corpus.num_items + 1
+        excluded = np.zeros(0, np.int64)  # (row, item) keys: row * stride + item
+        if self.config.exclude_history:
+            starts = self.corpus.offsets[self.split.eval_users]
+            lengths = self.split.history_ends(self.corpus, which) - starts
+            rows = np.repeat(np.arange(num_eval, dtype=np.int64), lengths)
+            first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+            items = self.corpus.items[first + np.arange(len(rows))].astype(np.int64)
+            excluded = np.unique(rows * stride + items)  # distinct items per row, rows sorted
+            excluded = excluded[excluded % stride != self.split.targets(which)[excluded // stride]]
+        rows = excluded // stride
+        fingerprints = per_user.set_fingerprints(rows, excluded % stride, num_eval, salt)
+        ranked = self.corpus.num_items - np.bincount(rows, minlength=num_eval)
+        self._fingerprints[key] = (fingerprints, ranked.astype(np.int64))
+        return self._fingerprints[key]
+
+    def _results_info(self, which: str) -> dict[str, Any]:
+        """What identifies an evaluation: the data, the split and every protocol's settings."""
+        settings = {}
         for protocol in self.config.protocols:
-            for name, value in ranking_metrics(ranks[protocol], self.config.ks).items():
-                results[f"{protocol}/{name}"] = value
-        results["num_users"] = float(len(rows))
-        return results
+            if protocol == "full":
+                settings[protocol] = {"exclude_history": self.config.exclude_history}
+            else:
+                settings[protocol] = {
+                    "num_negatives": self.config.num_negatives,
+                    "candidate_seed": self.config.candidate_seed,
+                }
+        if self._corpus_fingerprint is None:
+            self._corpus_fingerprint = candidates_lib.corpus_fingerprint(self.corpus)
+        return {
+            "dataset": self.corpus.name,
+            "corpus": self._corpus_fingerprint,
+            "split_mode": self.split.mode,
+            "split": which,
+            "num_items": self.corpus.num_items,
+            "ks": list(self.config.ks),
+            "protocols": settings,
+        }
