@@ -140,14 +140,20 @@ def load(path):
     return module
 
 
-def parse_absl(args):
+# Command lines whose runs are positional arguments (`compare RUN_A RUN_B`, `report RUN...`).
+POSITIONAL = {"bert4rec_jax.compare", "bert4rec_jax.report"}
+
+
+def parse_absl(args, positional=False):
     FLAGS.unparse_flags()
     defined = set(FLAGS)
     sys.argv = ["program", *args]  # config_flags reads its --config.* overrides from sys.argv
     try:
         rest = FLAGS(sys.argv, known_only=False)
-        if rest[1:]:
+        if rest[1:] and not positional:
             raise ValueError(f"unexpected arguments {rest[1:]}")
+        if positional and not rest[1:]:
+            raise ValueError("no positional arguments (the runs)")
         for name in defined:
             flag = FLAGS[name]
             if type(flag).__name__ == "_ConfigFlag" and flag.present:
@@ -214,7 +220,7 @@ def check_group(kind, target, indices):
                 elif kind == "tpu_pod":
                     module.parse_args(list(args))
                 elif kind == "module" or set(FLAGS) - before:
-                    parse_absl(args)  # flags defined on import (absl)
+                    parse_absl(args, kind == "module" and target in POSITIONAL)  # absl flags
                 else:
                     parse_argparse(module.main, args)
             except BaseException as e:
