@@ -23,6 +23,11 @@ CLOSED = "http://127.0.0.1:9"
             ["--config.dataset=beauty", "--config.manual_dir="],
             ["cannot download", "beauty.txt", "--config.manual_dir="],
         ),
+        (["--config.model.kind=gpt"], ["model.kind='gpt'", "bert4rec", "sasrec"]),
+        (
+            ["--config.model.kind=sasrec", "--config.model.user_features=add"],
+            ["model.user_features", "model.kind='sasrec' is the published model"],
+        ),
     ],
     ids=[
         "missing config file",
@@ -31,6 +36,8 @@ CLOSED = "http://127.0.0.1:9"
         "value of the wrong type",
         "unknown flag",
         "offline beauty",
+        "unknown model kind",
+        "a switch SASRec does not have",
     ],
 )
 def test_config_mistakes_are_told_in_two_lines_with_exit_status_2(tmp_path, flags, expected):
