@@ -679,3 +679,11 @@ def test_duplicates_and_progress_name_the_parts(tmp_path, caplog, capsys, monkey
         for line in progress
     ), progress
     assert any("pass 2 of 2, interactions" in line for line in progress)
+
+
+def test_paper_format_parts_follow_each_other(tmp_path):
+    root = tmp_path / "paper"
+    root.mkdir()
+    (root / "part-0.txt").write_text("5 1\n6 9\n")
+    (root / "part-1.txt").write_text("5 2\n6 8\n5 3\n")
+    assert _as_lists(_read(str(root), min_user_interactions=1)) == {5: [1, 2, 3], 6: [9, 8]}

@@ -438,10 +438,17 @@ class _ParquetSource(_Source):
                 parquet = pq.ParquetFile(
                     source, read_dictionary=[c for c in columns if c in self.text_columns]
                 )
+                # A row group at a time: pyarrow pre-buffers (coalesces the reads of) every row
+                # group it is asked for at once, which for one big file is the whole file.
+                records = (
+                    record
+                    for group in range(parquet.metadata.num_row_groups)
+                    for record in parquet.iter_batches(
+                        batch_size=_BATCH_ROWS, row_groups=[group], columns=columns
+                    )
+                )
                 first_row = 0
-                for record in parquet.iter_batches(
-                    batch_size=_BATCH_ROWS, columns=columns, use_threads=True
-                ):
+                for record in records:
                     read = dict(zip(record.schema.names, record.columns, strict=True))
                     rows = record.num_rows
                     yield _Batch(
