@@ -334,6 +334,24 @@ class _Source:
                 out[role] = pa.DictionaryArray.from_arrays(indices, pa.array([value], pa.string()))
         return out
 
+    def _batches_of(
+        self,
+        records: Iterator[pa.RecordBatch],
+        index: int,
+        part: parts_lib.Part,
+        roles: list[str],
+        locate: _Locate,
+    ) -> Iterator[_Batch]:
+        """A part's record batches (of the columns of `roles` that its file holds) as batches."""
+        first_row = 0
+        for record in records:
+            read = dict(zip(record.schema.names, record.columns, strict=True))
+            rows = record.num_rows
+            yield _Batch(
+                self._with_partition(part, roles, read, rows), part, index, first_row, locate
+            )
+            first_row += rows
+
     def _no_column(self, part: parts_lib.Part, column: str, names: list[str], line=None):
         whose = "file's" if self.single else "part's"
         if line is not None:
@@ -447,18 +465,7 @@ class _ParquetSource(_Source):
                         batch_size=_BATCH_ROWS, row_groups=[group], columns=columns
                     )
                 )
-                first_row = 0
-                for record in records:
-                    read = dict(zip(record.schema.names, record.columns, strict=True))
-                    rows = record.num_rows
-                    yield _Batch(
-                        self._with_partition(part, roles, read, rows),
-                        part,
-                        index,
-                        first_row,
-                        locate,
-                    )
-                    first_row += rows
+                yield from self._batches_of(records, index, part, roles, locate)
         except (pa.ArrowException, OSError) as e:
             raise readers.DataFormatError(part.name, None, f"cannot read as Parquet ({e})") from e
 
@@ -527,18 +534,7 @@ class _CsvSource(_Source):
                     parse_options=self.parse_options,
                     convert_options=convert_options,
                 )
-                first_row = 0
-                for record in reader:
-                    read = dict(zip(record.schema.names, record.columns, strict=True))
-                    rows = record.num_rows
-                    yield _Batch(
-                        self._with_partition(part, roles, read, rows),
-                        part,
-                        index,
-                        first_row,
-                        locate,
-                    )
-                    first_row += rows
+                yield from self._batches_of(reader, index, part, roles, locate)
         except pa.ArrowInvalid as e:
             if "Empty CSV file" in str(e):
                 return
@@ -591,16 +587,20 @@ def _prefetch(batches: Iterator, depth: int = 2) -> Iterator:
     stop = threading.Event()
     end = object()
 
+    def put(item) -> bool:
+        """Hands `item` over, waiting for room; False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
             item = end
         except BaseException as e:  # handed to the consumer, raised there
@@ -608,12 +608,7 @@ def _prefetch(batches: Iterator, depth: int = 2) -> Iterator:
         finally:
             if stop.is_set() and hasattr(batches, "close"):
                 batches.close()  # closes the part being read
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(item)
 
     thread = threading.Thread(target=produce, name="interactions-prefetch", daemon=True)
     thread.start()
