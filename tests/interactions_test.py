@@ -513,7 +513,8 @@ def test_partition_values_are_columns(tmp_path):
     for user in (7, 12):
         part = tmp_path / "by_user" / f"user_id={user}" / "part-0.csv"
         part.parent.mkdir(parents=True)
-        part.write_text("item_id,ts\n5,2\n6,1\n")
+        # A key that is also a column of the file: the path's value counts, as in Hive.
+        part.write_text("item_id,ts,user_id\n5,2,99\n6,1,99\n")
     encoded = _read(str(tmp_path / "by_user"), timestamp_column="ts", min_user_interactions=1)
     assert _as_lists(encoded) == {7: [6, 5], 12: [6, 5]}
     assert encoded.user_ids.dtype == np.int64  # canonical integers in the paths: integer ids

@@ -73,7 +73,8 @@ def read_sequences(options: FileOptions) -> EncodedSequences:
     skipped) are read one after another in the order of their paths, which is the "file
     order" below; every part must have the columns read, with the same types (Parquet). Hive
     partition values in a part's path (`date=2026-11-30/`) are columns like the file's own,
-    read as text (so "2026-11-30" is a timestamp and "17" an integer id, as in a CSV file).
+    read as text (so "2026-11-30" is a timestamp and "17" an integer id, as in a CSV file); the
+    path's value wins over a column of the file of the same name, as in Hive.
     Splitting a file's rows into parts gives the same result whenever rows that tie (same
     user and timestamp) keep their order: consecutive ranges of rows, or partitions by any
     column, each part keeping its rows' order. Errors name the part file.
@@ -316,7 +317,8 @@ class _Source:
             yield from self._part_batches(index, part, roles)
 
     def _file_columns(self, part: parts_lib.Part, roles: list[str]) -> list[str]:
-        """The columns of `roles` that the part's file holds (the rest are partition keys)."""
+        """The columns of `roles` read from the part's file: all but its partition keys (a key
+        that is also a column of the file is taken from the path, as Hive does)."""
         return [self.columns[r] for r in roles if self.columns[r] not in part.partition]
 
     def _with_partition(
@@ -423,10 +425,10 @@ class _ParquetSource(_Source):
             if metadata.num_rows == 0:
                 continue  # writers leave empty parts (a task without rows): nothing to check
             for role, column in self.columns.items():
-                if column in schema.names:
-                    kind = _type_class(schema.field(column).type)
-                elif column in part.partition:
+                if column in part.partition:  # the path's value, as Hive reads it
                     kind = "text"
+                elif column in schema.names:
+                    kind = _type_class(schema.field(column).type)
                 else:
                     raise self._no_column(part, column, schema.names)
                 if kind == "text" and role != "time":
