@@ -688,3 +688,19 @@ def test_paper_format_parts_follow_each_other(tmp_path):
     (root / "part-0.txt").write_text("5 1\n6 9\n")
     (root / "part-1.txt").write_text("5 2\n6 8\n5 3\n")
     assert _as_lists(_read(str(root), min_user_interactions=1)) == {5: [1, 2, 3], 6: [9, 8]}
+
+
+def test_integer_text_ids_become_text_at_any_later_block(tmp_path, monkeypatch):
+    # Blocks of integers are counted as integers; a "007" in a later block makes the column
+    # string ids from its first block on, a padded " 7" keeps it integers (as for one block).
+    monkeypatch.setattr(interactions, "_CSV_BLOCK_BYTES", 1 << 10)
+    rows = [(k % 50, k % 7) for k in range(1200)]
+    for late, kind in (("007", object), (" 7", np.int64)):
+        body = "".join(f"{u},{late if k == 1100 else i}\n" for k, (u, i) in enumerate(rows))
+        encoded = _read(_write(tmp_path, "ids.csv", "user_id,item_id\n" + body))
+        assert encoded.item_ids.dtype == kind and encoded.user_ids.dtype == np.int64
+        expected = {}
+        for k, (u, i) in enumerate(rows):
+            item = late.strip() if k == 1100 else i
+            expected.setdefault(u, []).append(str(item) if kind is object else int(item))
+        assert _as_lists(encoded) == expected
