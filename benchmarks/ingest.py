@@ -26,6 +26,7 @@ Routes, each timed in a fresh child process so that its peak RSS is its own:
   load: `load_corpus("file", ...)` on an empty data dir: the one path every data set takes (content
     key, the above inside the TFDS builder, records written and read back, the cache written).
   hit: `load_corpus` again on that data dir: the content key (hashing every part) and the cache.
+  key: the content key alone (`file_options.source_key`: every part's name, size and hash).
 Seconds (wall) exclude the interpreter start and imports; CPU seconds (user + system, all threads)
 stay comparable when other jobs share the cores. Peak RSS (VmHWM) includes the imported libraries
 (TensorFlow ~600 MiB for load/hit; `import_rss_mib`). Output size: the corpus's arrays (read),
@@ -167,7 +168,7 @@ def _child(route: str, path: str, data_dir: str, checkout: str) -> None:
     from bert4rec_jax.datasets import corpus as corpus_lib
     from bert4rec_jax.datasets import file_options, interactions
 
-    if route != "read":  # TensorFlow only where it is used
+    if route in ("load", "hit"):  # TensorFlow only where it is used
         from bert4rec_jax.datasets import loading
     logging.set_verbosity(logging.WARNING)
     file = {"path": path, **FILE_OPTIONS}
@@ -184,6 +185,13 @@ def _child(route: str, path: str, data_dir: str, checkout: str) -> None:
             item_vocab=encoded.item_ids,
         )
         output = corpus.items.nbytes + corpus.offsets.nbytes
+    elif route == "key":
+        options = file_options.FileOptions.from_mapping(file)
+        key = file_options.source_key(options)
+        seconds = time.perf_counter() - start
+        usage = _usage(import_rss, cpu_start)
+        print(json.dumps({"seconds": round(seconds, 2), "key": key, **usage}))
+        return
     else:
         corpus = loading.load_corpus("file", data_dir=data_dir, file=file)
         cache = loading.corpus_cache_path("file", data_dir=data_dir, file=file)
@@ -194,9 +202,7 @@ def _child(route: str, path: str, data_dir: str, checkout: str) -> None:
         json.dumps(
             {
                 "seconds": round(seconds, 2),
-                "cpu_seconds": round(_cpu_seconds() - cpu_start, 2),
-                "peak_rss_mib": round(common.peak_rss_mib()),
-                "import_rss_mib": round(import_rss),
+                **_usage(import_rss, cpu_start),
                 "output_mib": round(output / 2**20),
                 "users": corpus.num_users,
                 "items": corpus.num_items,
@@ -204,6 +210,14 @@ def _child(route: str, path: str, data_dir: str, checkout: str) -> None:
             }
         )
     )
+
+
+def _usage(import_rss: float, cpu_start: float) -> dict:
+    return {
+        "cpu_seconds": round(_cpu_seconds() - cpu_start, 2),
+        "peak_rss_mib": round(common.peak_rss_mib()),
+        "import_rss_mib": round(import_rss),
+    }
 
 
 def _run(route: str, path: str, data_dir: str, checkout: str) -> dict:
@@ -281,10 +295,13 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for fmt, what, route, r in results:
+        counts = [
+            f"{r[k]:,}" if k in r else "" for k in ("output_mib", "users", "items", "interactions")
+        ]
         print(
             f"| {fmt} | {what} | {route} | {r['seconds']} | {args.rows / r['seconds']:,.0f} | "
-            f"{r['cpu_seconds']} | {r['peak_rss_mib']:,} | {r['output_mib']:,} | "
-            f"{r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r['load_average']} |"
+            f"{r['cpu_seconds']} | {r['peak_rss_mib']:,} | {' | '.join(counts)} | "
+            f"{r['load_average']} |"
         )
 
 
