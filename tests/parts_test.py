@@ -56,6 +56,7 @@ def test_nothing_to_read_is_one_line_naming_the_path(tmp_path):
         (empty, "no part files in this directory (1 skipped: names starting with _ or .)"),
         (tmp_path / "nowhere", "file not found"),
         (tmp_path / "*.parquet", "no file matches the glob"),
+        (tmp_path / "**" / "*.parquet", "a glob cannot hold ** (etils.epath refuses it)"),
     ]:
         with pytest.raises(readers.DataFormatError) as info:
             parts.list_parts(str(path))

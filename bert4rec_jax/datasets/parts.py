@@ -83,8 +83,8 @@ def list_parts(path: str) -> list[Part]:
 
     Args:
       path: a file, a directory or a glob (`*`, `?` and `[...]` in any component, e.g.
-        `gs://bucket/events/date=2026-11-*/part-*.parquet`; `**` is refused by `etils.epath` on
-        gs://, so give the directory instead), local or any file system `etils.epath` reads.
+        `gs://bucket/events/date=2026-11-*/part-*.parquet`; `etils.epath` refuses `**`, so give
+        the directory instead), local or any file system `etils.epath` reads.
 
     Returns:
       The parts; one, with `relative` "", for a file.
@@ -94,6 +94,13 @@ def list_parts(path: str) -> list[Part]:
     """
     if is_glob(path):
         root, pattern = _split_glob(path)
+        if "**" in pattern:
+            raise readers.DataFormatError(
+                path,
+                None,
+                "a glob cannot hold ** (etils.epath refuses it); give the directory: "
+                "every file below it is a part",
+            )
         found = [p for p in root.glob(pattern) if p.is_file()]
         where = f"no file matches the glob (below {os.fspath(root)})"
     else:
