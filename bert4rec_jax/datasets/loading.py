@@ -325,7 +325,8 @@ def load_corpus(
 
     What a source file holds is part of the key: a manual copy is prepared under the config
     `<name>-manual-<key>` and your own file under `<stem>-<key>`, the key hashing the file's
-    whole content (`hashes.content_fingerprint`; plus the reading options for your own file),
+    whole content (`hashes.content_fingerprint`; for a directory of parts every part's name,
+    size and content, `file_options.source_key`; plus the reading options for your own file),
     so a replaced or edited file is prepared anew on every host that sees the same bytes, for
     one read of the file per load (~0.7 s per 500 MB), also on a cache hit. Downloads are
     verified by checksum, so they keep the plain config name. Paths go through `etils.epath`
@@ -346,7 +347,8 @@ def load_corpus(
         `ml-100k/u.data` or `ml-100k.zip`); nothing is downloaded when it is set.
         "" = download, with checksum verification. Ignored by "synthetic" and "file".
       synthetic: for "synthetic" only: `num_users`, `num_items`, `seed` (defaults 2000, 500, 0).
-      file: for "file" only: `config.file`, the fields of `file_options.FileOptions` (`path`,
+      file: for "file" only: `config.file`, the fields of `file_options.FileOptions` (`path`: a
+        file, a directory of part files or a glob,
         `format`, `columns`, `delimiter`, `user_column`, `item_column`, `timestamp_column`,
         `min_user_interactions`, `min_item_interactions`, `drop_repeats`).
 
