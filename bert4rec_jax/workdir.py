@@ -54,7 +54,7 @@ def absolute(path: epath.PathLike) -> epath.Path:
     return path if "://" in str(path) else path.absolute()
 
 
-def write_atomically(path: epath.PathLike, data: bytes | memoryview | str) -> None:
+def write_atomically(path: epath.PathLike, data: bytes | str) -> None:
     """Writes a whole file or nothing: readers (other processes, other runs, a rerun after a
     crash) never see half of one. The temporary name is unique, so concurrent writers of the
     same file do not write into each other's; the last rename wins.
