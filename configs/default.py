@@ -40,9 +40,13 @@ def get_config() -> ml_collections.ConfigDict:
     # timestamp (ties keep file order), or by file order without one. Filters run in this order:
     # drop_repeats, then min_item_interactions, then min_user_interactions.
     c.file = ml_collections.ConfigDict()
-    c.file.path = ""  # the file: local or gs://...; edits are noticed (content is hashed)
+    # The log: a file, a directory of part files (a Spark / BigQuery / Beam export; parts read
+    # in the order of their paths, files starting with _ or . skipped, hive partition values
+    # such as date=2026-11-30/ readable as columns) or a glob (gs://b/events/*.parquet); local
+    # or gs://...; edits are noticed (every file's content is hashed).
+    c.file.path = ""
     # csv, tsv, parquet or paper (<user> <item> lines); "" = by extension, also for compressed
-    # text files (.csv.gz, .tsv.bz2, .txt.zst: read decompressed).
+    # text files (.csv.gz, .tsv.bz2, .txt.zst: read decompressed); a directory's from its parts'.
     c.file.format = ""
     c.file.columns = ""  # headerless CSV/TSV: names of its columns, "user_id,item_id,rating,ts"
     c.file.delimiter = ""  # CSV/TSV separator, one character ("\t" = tab); "" = , or tab

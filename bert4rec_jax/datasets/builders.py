@@ -65,7 +65,8 @@ def examples_from_sequences(sequences: readers.Sequences):
         sequences.offsets[1:].tolist(),
         strict=True,
     ):
-        yield user, {"user_id": user, "items": items[start:end]}
+        # int32 items (your own file's) are widened per user, never as a whole copy.
+        yield user, {"user_id": user, "items": items[start:end].astype(np.int64, copy=False)}
 
 
 def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:

@@ -183,21 +183,24 @@ def corpus_from_sequences(
     Returns:
       The corpus; dense item ids follow the sorted raw ids.
     """
-    raw_items = np.asarray(raw_items, dtype=np.int64)
+    raw_items = np.asarray(raw_items)
+    if raw_items.dtype not in (np.int32, np.int64):
+        raw_items = raw_items.astype(np.int64)  # int32 (your own file's indices) stays as it is
     if (
         raw_items.size
         and raw_items.min() >= 0
         and raw_items.max() < _TABLE_REMAP_FACTOR * (raw_items.size + 1)
     ):
         # Small non-negative ids (every source we read): a lookup table gives the same ids as
-        # np.unique without its sort, ~5x faster at 20M interactions.
-        present = np.zeros(raw_items.max() + 1, dtype=bool)
+        # np.unique without its sort, ~5x faster at 20M interactions. int32 dense ids: the
+        # table gives them without an int64 copy of every interaction.
+        present = np.zeros(int(raw_items.max()) + 1, dtype=bool)
         present[raw_items] = True
         raw_item_ids = np.flatnonzero(present)
-        dense_of_raw = np.cumsum(present, dtype=np.int64)  # raw id -> its rank + 1
+        dense_of_raw = np.cumsum(present, dtype=np.int32)  # raw id -> its rank + 1
         items = dense_of_raw[raw_items]
     else:
-        raw_item_ids, inverse = np.unique(raw_items, return_inverse=True)
+        raw_item_ids, inverse = np.unique(raw_items.astype(np.int64), return_inverse=True)
         items = inverse + 1
     if item_vocab is not None:
         # The vocabulary is sorted, so indices in ascending order are raw ids in ascending order.
@@ -206,7 +209,7 @@ def corpus_from_sequences(
     return Corpus(
         name=name,
         offsets=np.asarray(offsets, dtype=np.int64),
-        items=items.astype(np.int32),
+        items=items.astype(np.int32, copy=False),
         raw_item_ids=np.concatenate(
             [np.array([padding_raw_id(raw_item_ids)], dtype=raw_item_ids.dtype), raw_item_ids]
         ),

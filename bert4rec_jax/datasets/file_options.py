@@ -1,7 +1,8 @@
-"""Your own interaction file's options (`config.file.*`), checked, and the key of its content.
+"""Your own interaction log's options (`config.file.*`), checked, and the key of its content.
 
-Kept apart from the pyarrow reader (`interactions`): the data set's request and the TFDS
-builder's config name need the options and the key, not the reader.
+The log is one file or a directory (or glob) of part files (`parts`). Kept apart from the
+pyarrow reader (`interactions`): the data set's request and the TFDS builder's config name need
+the options and the key, not the reader.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from bert4rec_jax.datasets import hashes, readers
+from etils import epath
+
+from bert4rec_jax.datasets import hashes, parts, readers
 
 FORMATS = ("csv", "tsv", "parquet", "paper")
 _EXTENSIONS = {
@@ -34,15 +37,54 @@ def compression(path: str | os.PathLike) -> str | None:
     return COMPRESSIONS.get(os.path.splitext(os.fspath(path))[1].lower())
 
 
+def format_of_name(name: str) -> str | None:
+    """The format a file's name says (`_EXTENSIONS`, text formats also compressed), or None."""
+    name = os.path.basename(name.rstrip("/")).lower()
+    compressed = compression(name) is not None
+    if compressed:
+        name = os.path.splitext(name)[0]
+    for extension, fmt in _EXTENSIONS.items():
+        if compressed and fmt == "parquet":
+            continue  # Parquet compresses inside the file
+        if name.endswith(extension):
+            return fmt
+    return None
+
+
+def format_of_parts(found: list[parts.Part]) -> str:
+    """The one format that the names of a directory's part files say.
+
+    Raises:
+      readers.DataFormatError: naming a part whose name says no format or another format than
+        the first part's.
+    """
+    first = format_of_name(found[0].name)
+    for part in found:
+        fmt = format_of_name(part.name)
+        if fmt is None:
+            problem = "cannot tell this part's format from its name"
+        elif fmt != first:
+            problem = f"this part's name says {fmt}, {found[0].relative}'s says {first}"
+        else:
+            continue
+        raise readers.DataFormatError(
+            part.name, None, f"{problem}; set file.format to one of {FORMATS}"
+        )
+    return first
+
+
 @dataclasses.dataclass(frozen=True)
 class FileOptions:
     """What to read from an interaction file and how to filter it (`config.file.*`).
 
     Attributes:
-      path: the file; local or any file system `etils.epath` reads (gs://...).
+      path: the file, a directory of part files or a glob (`parts.list_parts`: hidden and
+        `_`-files skipped, hive partition values readable as columns, parts read in the order of
+        their paths); local or any file system `etils.epath` reads (gs://...).
       format: "csv", "tsv", "parquet" or "paper" (`<user> <item>` lines); "" = from the
         file's extension (.csv, .tsv/.tab, .parquet/.pq, .txt = paper), also when the text
-        formats' files are compressed (.csv.gz, .tsv.bz2, .txt.zst, ...: `COMPRESSIONS`).
+        formats' files are compressed (.csv.gz, .tsv.bz2, .txt.zst, ...: `COMPRESSIONS`); for
+        a directory or glob without one, from its parts' names (which must agree).
       columns: for a CSV/TSV file without a header line: its column names, comma-separated
         (e.g. "user_id,item_id,rating,timestamp"); "" = the first line is the header.
       delimiter: CSV/TSV field separator, one character ("\\t" for a tab); "" = "," for csv,
@@ -91,6 +133,14 @@ class FileOptions:
                 "file.path is empty: name the interaction file with --config.file.path=PATH"
             )
         options = cls(**fields)
+        if not options.format and format_of_name(options.path) is None:
+            # A directory (or glob) of parts, named like Spark's and BigQuery's output folders
+            # ("events/"), says its format through its parts' names. Only files are refused
+            # here, by `resolved_format` below, as before.
+            path = options.path
+            if parts.is_glob(path) or epath.Path(path).is_dir():
+                fmt = format_of_parts(parts.list_parts(path))
+                options = dataclasses.replace(options, format=fmt)
         options.check()
         return options
 
@@ -98,15 +148,9 @@ class FileOptions:
     def resolved_format(self) -> str:
         if self.format:
             return self.format
-        name = os.path.basename(self.path.rstrip("/")).lower()
-        compressed = compression(name) is not None
-        if compressed:
-            name = os.path.splitext(name)[0]
-        for extension, fmt in _EXTENSIONS.items():
-            if compressed and fmt == "parquet":
-                continue  # Parquet compresses inside the file
-            if name.endswith(extension):
-                return fmt
+        fmt = format_of_name(self.path)
+        if fmt is not None:
+            return fmt
         raise ValueError(
             f"file.format is empty and {self.path!r} has no known extension "
             f"({', '.join(_EXTENSIONS)}, the text ones also followed by one of "
@@ -200,9 +244,18 @@ class FileOptions:
 def source_key(options: FileOptions) -> str:
     """16 hex digits identifying what `read_sequences` would produce: content + options.
 
-    The file's content is hashed whole (`hashes.content_fingerprint`), so an edited file gets
-    a new key; its path and modification time are not part of it.
+    A file's content is hashed whole (`hashes.content_fingerprint`), so an edited file gets a
+    new key; its path and modification time are not part of it. A directory's (or glob's) key
+    covers every part's name below it, size and whole content (`hashes.parts_fingerprint`):
+    an added, removed, renamed or edited part is noticed, while an identical copy elsewhere (on
+    each host, in another bucket) shares the key. Hashing reads the parts once more per load
+    (a few seconds for 200M rows of Parquet, several parts at once); sizes and times alone
+    would be cheaper but would miss a same-size edit and split identical copies.
     """
-    content = hashes.content_fingerprint(options.path)
+    found = parts.list_parts(options.path)
+    if len(found) == 1 and not found[0].relative:
+        content = hashes.content_fingerprint(options.path)  # one file: the key as before
+    else:
+        content = hashes.parts_fingerprint([(p.relative, p.path) for p in found])
     text = json.dumps({"content": content, **options.key()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

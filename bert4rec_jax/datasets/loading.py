@@ -29,6 +29,7 @@ from bert4rec_jax.datasets import (
     file_options,
     movielens,
     paper,
+    parts,
     prepared,
     readers,
     synthetic,
@@ -76,7 +77,7 @@ def _spec(
         return _Spec(synthetic.SyntheticSequences, config)
     if dataset == "file":
         options = file_options.FileOptions.from_mapping(file or {})
-        if not epath.Path(options.path).is_file():
+        if not parts.is_glob(options.path) and not epath.Path(options.path).exists():
             raise readers.DataFormatError(options.path, None, "file not found (file.path)")
         return _Spec(custom.CustomInteractions, custom.file_config(options))
     if dataset.endswith("-raw"):
@@ -151,28 +152,65 @@ def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
     return ds.ragged_batch(_READ_BATCH).prefetch(2)
 
 
+def _user_blocks(builder: tfds.core.DatasetBuilder):
+    """`custom.CustomInteractions`'s records: (user ids, lengths, items) of each block."""
+    names = ("user_ids", "lengths", "items")
+    dtypes = (np.int64, np.int64, np.int32)
+    if builder.info.file_format == tfds.core.FileFormat.TFRECORD:
+        # The raw bytes as stored, parsed a few records at a time: no TFDS decoding step.
+        files = [os.fspath(p) for p in builder.info.splits["train"].filepaths]
+        spec = {name: tf.io.FixedLenFeature([], tf.string) for name in names}
+        records = (
+            tf.data.TFRecordDataset(files)
+            .batch(16)
+            .map(lambda batch: tf.io.parse_example(batch, spec))
+            .prefetch(2)
+        )
+        for batch in records:
+            columns = [batch[name].numpy() for name in names]
+            for block in zip(*columns, strict=True):
+                yield tuple(np.frombuffer(b, d) for b, d in zip(block, dtypes, strict=True))
+        return
+    for example in tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False)):
+        yield tuple(example[name] for name in names)
+
+
+def _per_user_blocks(builder: tfds.core.DatasetBuilder):
+    """The other builders' records (one per user) in batches: (user ids, lengths, items)."""
+    for batch in _train_batches(builder):
+        ragged = batch["items"]  # [batch, (length)]
+        yield batch["user_id"].numpy(), ragged.row_lengths().numpy(), ragged.flat_values.numpy()
+
+
 def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
     """Reads a prepared builder's `train` split back into sequences (users by raw id).
 
     Args:
-      builder: a prepared builder with the project's schema (`builders.sequence_info`).
+      builder: a prepared builder with the project's schema (`builders.sequence_info`), or
+        `custom.CustomInteractions` (blocks of users; items stay int32).
 
     Returns:
       The sequences; TFDS shuffles examples when writing, so users are re-sorted by raw id.
     """
+    blocks = "lengths" in builder.info.features.keys()
     users, lengths, items = [], [], []
-    for batch in _train_batches(builder):
-        ragged = batch["items"]  # [batch, (length)]
-        users.append(batch["user_id"].numpy())
-        lengths.append(ragged.row_lengths().numpy())
-        items.append(ragged.flat_values.numpy())
+    for block_users, block_lengths, block_items in (
+        _user_blocks(builder) if blocks else _per_user_blocks(builder)
+    ):
+        users.append(block_users)
+        lengths.append(block_lengths)
+        items.append(block_items)
     if not users:
         raise ValueError(f"TFDS data set {builder.info.full_name} has no examples")
     lengths_all = np.concatenate(lengths).astype(np.int64)
     offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
     np.cumsum(lengths_all, out=offsets[1:])
+    items_all = np.concatenate(items)
+    del items
     return readers.Sequences(
-        np.concatenate(users).astype(np.int64), offsets, np.concatenate(items).astype(np.int64)
+        np.concatenate(users).astype(np.int64),
+        offsets,
+        items_all if blocks else items_all.astype(np.int64, copy=False),
     ).sorted_by_user()
 
 
@@ -287,7 +325,8 @@ def load_corpus(
 
     What a source file holds is part of the key: a manual copy is prepared under the config
     `<name>-manual-<key>` and your own file under `<stem>-<key>`, the key hashing the file's
-    whole content (`hashes.content_fingerprint`; plus the reading options for your own file),
+    whole content (`hashes.content_fingerprint`; for a directory of parts every part's name,
+    size and content, `file_options.source_key`; plus the reading options for your own file),
     so a replaced or edited file is prepared anew on every host that sees the same bytes, for
     one read of the file per load (~0.7 s per 500 MB), also on a cache hit. Downloads are
     verified by checksum, so they keep the plain config name. Paths go through `etils.epath`
@@ -308,7 +347,8 @@ def load_corpus(
         `ml-100k/u.data` or `ml-100k.zip`); nothing is downloaded when it is set.
         "" = download, with checksum verification. Ignored by "synthetic" and "file".
       synthetic: for "synthetic" only: `num_users`, `num_items`, `seed` (defaults 2000, 500, 0).
-      file: for "file" only: `config.file`, the fields of `file_options.FileOptions` (`path`,
+      file: for "file" only: `config.file`, the fields of `file_options.FileOptions` (`path`: a
+        file, a directory of part files or a glob,
         `format`, `columns`, `delimiter`, `user_column`, `item_column`, `timestamp_column`,
         `min_user_interactions`, `min_item_interactions`, `drop_repeats`).
 

@@ -28,7 +28,7 @@ from etils import epath
 
 from bert4rec_jax.atomic import write_atomically
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets import features
+from bert4rec_jax.datasets import features, parts
 
 DATASETS = (
     "synthetic",
@@ -80,7 +80,7 @@ def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
         **{_ITEM_FEATURE + k: v for k, v in corpus.item_features.items()},
         **{_USER_FEATURE + k: v for k, v in corpus.user_features.items()},
     )
-    write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getbuffer())  # a view: no second copy of the corpus
 
 
 def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
@@ -140,7 +140,8 @@ def _index_path(root: epath.Path, request: dict[str, Any]) -> epath.Path:
 def _source_files(request: dict[str, Any]) -> list[epath.Path]:
     """The files a request reads whose later edits must invalidate its index entry."""
     if request["file"].get("path"):
-        return [epath.Path(request["file"]["path"])]
+        # A directory's or glob's parts: one added, removed or rewritten invalidates the entry.
+        return [part.path for part in parts.list_parts(request["file"]["path"])]
     if request["manual_dir"]:
         manual = epath.Path(request["manual_dir"])
         if not manual.is_dir():

@@ -84,7 +84,8 @@ class Sequences:
     Attributes:
       raw_user_ids: int64 [num_users], the source's user ids.
       offsets: int64 [num_users + 1]; user u's items are `raw_items[offsets[u]:offsets[u + 1]]`.
-      raw_items: int64 [num_interactions], the source's item ids, each user's oldest first.
+      raw_items: int64 (or int32) [num_interactions], the source's item ids, each user's oldest
+        first.
     """
 
     raw_user_ids: np.ndarray

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from bert4rec_jax.progress import ProgressLine
 from bert4rec_jax.recommend.files import OutputWriter, Record
 from bert4rec_jax.recommend.ids import EncodedHistories
 from bert4rec_jax.recommend.recommender import Recommender
@@ -19,47 +19,16 @@ DEFAULT_CHUNK_USERS = 4096
 
 class Progress:
     """A progress bar on stderr: a redrawn line on a terminal, plain lines every 10 s otherwise
-    (a log file gets no carriage returns or escape codes)."""
+    (a log file gets no carriage returns or escape codes); `progress.ProgressLine`'s rules."""
 
     def __init__(self, total: int | None, unit: str, stream: TextIO | None = None):
-        self.total = total
-        self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = time.monotonic()
-        self._last = 0.0
+        self.line = ProgressLine(total, unit, stream)
 
     def update(self, done: int, users: int, final: bool = False) -> None:
         """Shows `done` of `total` input units read and `users` users served so far."""
-        now = time.monotonic()
-        if not final and now - self._last < (0.5 if self.tty else 10.0):
-            return
-        if not final and not self.tty and self.total and done >= self.total:
-            return  # the final line follows at once; a log gets it only once
-        self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        text = f"{users:,} users, {users / elapsed:,.0f}/s"
-        if self.total:
-            fraction = min(done / self.total, 1.0)
-            eta = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
-            bar = "#" * int(30 * fraction)
-            eta_text = "" if final or eta != eta else f" ETA {_clock(eta)}"
-            text = (
-                f"[{bar:<30}] {fraction:4.0%} {done:,}/{self.total:,} {self.unit}, {text}, "
-                f"{_clock(elapsed)}{eta_text}"
-            )
-        else:
-            text = f"{done:,} {self.unit}, {text}, {_clock(elapsed)}"
-        if self.tty:
-            self.stream.write("\r" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if self.line.due(done, final):
+            detail = f"{users:,} users, {users / self.line.elapsed:,.0f}/s"
+            self.line.update(done, detail, final)
 
 
 @dataclasses.dataclass

@@ -2,8 +2,11 @@
 refused without leftovers, and a custom CSV that trains end to end."""
 
 import os
+import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +20,7 @@ from bert4rec_jax.datasets import (
     custom,
     file_options,
     load_corpus,
+    load_prepared,
     loading,
     readers,
 )
@@ -86,11 +90,16 @@ def test_custom_csv_goes_through_tfds_and_the_cache(tmp_path, monkeypatch):
     builder = custom.CustomInteractions(config=custom.file_config(options), data_dir=str(data))
     assert builder.is_prepared() and (builder.data_path / custom.RAW_IDS_FILE).exists()
     assert builder.info.metadata["item_ids"].tolist() == RAW_ITEMS[1:]
-    examples = {
-        int(e["user_id"]): e["items"].tolist()
+    # One block of users (custom.blocks_of_users), ids as indices into the vocabularies.
+    [block] = [
+        {k: v.tolist() for k, v in e.items()}
         for e in tfds.as_numpy(builder.as_dataset(split="train"))
+    ]
+    assert block == {
+        "user_ids": [0, 1, 2],
+        "lengths": [6, 5, 5],
+        "items": [0, 1, 2, 0, 3, 4] + [1, 2, 3, 0, 4] + [0, 4, 1, 2, 3],
     }
-    assert examples == {0: [0, 1, 2, 0, 3, 4], 1: [1, 2, 3, 0, 4], 2: [0, 4, 1, 2, 3]}
 
     # Without the cache, the prepared records and their vocabularies are read back.
     cache.unlink()
@@ -168,6 +177,71 @@ def test_bad_file_fails_clearly_and_leaves_nothing(tmp_path, text, fields, expec
     data.mkdir()
     with pytest.raises(readers.DataFormatError, match=expected):
         load_corpus("file", data_dir=str(data), file={"path": str(path), **FILE, **fields})
+    assert files_under(data) == []
+
+
+def _export(tmp_path, name="export"):
+    """LOG as a Spark-style export: hive partitions by device, parts, a _SUCCESS file."""
+    table = pacsv.read_csv(_write_log(tmp_path))
+    root = tmp_path / name
+    for k, device in enumerate(["phone", "tv"]):
+        rows = table.filter(pc.equal(table["device"], device)).drop_columns(["device"])
+        for j, start in enumerate(range(0, rows.num_rows, 7)):
+            part = root / f"device={device}" / f"part-{k:02d}{j:03d}.snappy.parquet"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(rows.slice(start, 7), part)
+    (root / "_SUCCESS").write_text("")
+    return root
+
+
+def test_a_directory_of_parts_gives_the_same_corpus_and_key_rules(tmp_path):
+    root = _export(tmp_path)
+    data = str(tmp_path / "data")
+    file = {"path": str(root), **FILE}
+    # The same rows split by device: ties (bea's two at one time) are both tv, in order.
+    _assert_expected(load_corpus("file", data_dir=data, file=file))
+    key = corpus_cache_path("file", data_dir=data, file=file)
+    assert key.name.startswith("custom_interactions-export-")
+    # An identical copy elsewhere shares the key; an edited, added or renamed part does not.
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert corpus_cache_path("file", data_dir=data, file={**file, "path": str(copy)}).name == (
+        key.name.replace("export", "copy")
+    )
+    part = next((copy / "device=tv").iterdir())
+    stat = part.stat()
+    part.write_bytes(part.read_bytes().replace(b"m-", b"n-"))  # same size, same time
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    keys = {corpus_cache_path("file", data_dir=data, file={**file, "path": str(copy)}).name}
+    part.rename(part.with_name("part-99.parquet"))
+    keys.add(corpus_cache_path("file", data_dir=data, file={**file, "path": str(copy)}).name)
+    shutil.copy(part.with_name("part-99.parquet"), part)
+    keys.add(corpus_cache_path("file", data_dir=data, file={**file, "path": str(copy)}).name)
+    assert len(keys | {key.name.replace("export", "copy")}) == 4
+    # Without TensorFlow, the index trusts the prepared corpus until a part changes.
+    _assert_expected(load_prepared("file", data_dir=data, file=file))
+    (root / "device=tv" / "part-new.parquet").write_bytes(part.read_bytes())
+    assert load_prepared("file", data_dir=data, file=file) is None
+
+
+@pytest.mark.parametrize("damage", ["empty", "schema", "corrupt"])
+def test_a_bad_directory_fails_clearly_and_leaves_nothing(tmp_path, damage):
+    root = _export(tmp_path)
+    part = sorted((root / "device=tv").iterdir())[-1]
+    if damage == "empty":
+        shutil.rmtree(root / "device=tv")
+        shutil.rmtree(root / "device=phone")
+        part = root
+    elif damage == "schema":
+        table = pq.read_table(part)
+        pq.write_table(table.set_column(2, "watched_at", pa.array(range(table.num_rows))), part)
+    else:
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(readers.DataFormatError) as info:
+        load_corpus("file", data_dir=str(data), file={"path": str(root), **FILE})
+    assert str(info.value).startswith(f"{part}: ") and len(str(info.value).splitlines()) <= 3
     assert files_under(data) == []
 
 

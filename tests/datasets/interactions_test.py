@@ -1,9 +1,12 @@
 """Tests of reading your own interaction files (CSV, TSV, Parquet, paper format); no TFDS."""
 
+import pathlib
 import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from helpers import write_file
@@ -400,3 +403,303 @@ def test_an_id_over_the_limit_is_refused_naming_its_line(tmp_path):
         min_user_interactions=1,
     )
     assert [len(s) for s in encoded.item_ids] == [1, 10_000]
+
+
+# ---- Directories of part files ------------------------------------------------------------
+
+
+def _arrays(encoded):
+    seqs = encoded.sequences
+    return (
+        seqs.raw_user_ids.tolist(),
+        seqs.offsets.tolist(),
+        seqs.raw_items.tolist(),
+        encoded.user_ids.tolist(),
+        encoded.item_ids.tolist(),
+    )
+
+
+def _write_parts(root, table, cuts, fmt="parquet", names=None, **write_options):
+    """Writes `table`'s rows [cuts[k], cuts[k + 1]) as part k, the last part first (creation
+    order is not file order)."""
+    root.mkdir(parents=True, exist_ok=True)
+    bounds = list(zip(cuts[:-1], cuts[1:], strict=True))
+    for k in reversed(range(len(bounds))):
+        a, b = bounds[k]
+        name = names[k] if names else f"part-{k:05d}.{fmt}"
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = table.slice(a, b - a)
+        if fmt == "parquet":
+            pq.write_table(part, path, **write_options)
+        else:
+            pacsv.write_csv(part, path)
+    return str(root)
+
+
+def test_a_directory_of_parts_reads_as_the_one_file(tmp_path):
+    table = pacsv.read_csv(_write(tmp_path, "log.csv", LOG))
+    single = _read(_write(tmp_path, "log.csv", LOG), min_user_interactions=3, **COLUMNS)
+    for fmt in ("csv", "parquet"):
+        root = _write_parts(tmp_path / fmt, table, [0, 1, 1, 4, 6], fmt)  # one part empty
+        assert _arrays(_read(root, min_user_interactions=3, **COLUMNS)) == _arrays(single)
+        (tmp_path / fmt / "_SUCCESS").write_text("")
+        glob = str(tmp_path / fmt / f"part-*.{fmt}")
+        assert _arrays(_read(glob, min_user_interactions=3, **COLUMNS)) == _arrays(single)
+
+
+def _random_log(rng, n, string_ids):
+    users = rng.integers(0, 40, n)
+    items = rng.integers(0, 25, n)
+    return pa.table(
+        {
+            "user": pa.array([f"u{u}" for u in users]) if string_ids else pa.array(users),
+            "item": pa.array([f"i{i}" for i in items]) if string_ids else pa.array(items),
+            "time": pa.array(rng.integers(0, 12, n)),  # many ties, a few exact duplicates
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_logs_split_any_way_give_the_same_sequences(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    n = 3000
+    table = _random_log(rng, n, string_ids=seed % 2 == 1)
+    fields = {
+        "user_column": "user",
+        "item_column": "item",
+        "timestamp_column": "time",
+        "min_user_interactions": 1 + seed,
+        "drop_duplicates": seed >= 2,
+        "drop_repeats": seed in (1, 2),
+        "min_item_interactions": 100 * (seed == 3),
+    }
+    pq.write_table(table, tmp_path / "log.parquet")
+    expected = _arrays(_read(str(tmp_path / "log.parquet"), **fields))
+    # Consecutive ranges, in CSV and in Parquet with small row groups.
+    cuts = [0, *sorted(rng.integers(0, n, 5).tolist()), n]
+    for fmt in ("csv", "parquet"):
+        root = _write_parts(tmp_path / f"ranges-{fmt}", table, cuts, fmt, row_group_size=100)
+        assert _arrays(_read(root, **fields)) == expected, fmt
+    # Hive partitions by user and by time, each keeping its rows' order: the rows that tie
+    # (same user and time) stay in one part, in order. The key column stays in the files too.
+    for key in ("user", "time"):
+        codes = np.asarray(pc.cast(pc.dictionary_encode(table[key]).chunk(0).indices, pa.int64()))
+        order = np.argsort(codes % 3, kind="stable")
+        bounds = np.searchsorted((codes % 3)[order], [0, 1, 2, 3]).tolist()
+        names = [f"{key}_bucket={b}/data.parquet" for b in range(3)]
+        root = _write_parts(tmp_path / f"by-{key}", table.take(order), bounds, names=names)
+        assert _arrays(_read(root, **fields)) == expected, key
+
+
+def test_partition_values_are_columns(tmp_path):
+    # A BigQuery-style export by day: the day only in the path, the order within a day by
+    # file order; the user id only in the path of a second layout.
+    rows = {"2026-11-30": [("u1", "a"), ("u2", "b")], "2026-11-29": [("u1", "c"), ("u1", "d")]}
+    for day, pairs in rows.items():
+        part = tmp_path / "by_day" / f"day={day}" / "000000000000.parquet"
+        part.parent.mkdir(parents=True)
+        users, items = zip(*pairs, strict=True)
+        pq.write_table(pa.table({"user": list(users), "item": list(items)}), part)
+    encoded = _read(
+        str(tmp_path / "by_day"),
+        user_column="user",
+        item_column="item",
+        timestamp_column="day",
+        min_user_interactions=1,
+    )
+    assert _as_lists(encoded) == {"u1": ["c", "d", "a"], "u2": ["b"]}
+    for user in (7, 12):
+        part = tmp_path / "by_user" / f"user_id={user}" / "part-0.csv"
+        part.parent.mkdir(parents=True)
+        # A key that is also a column of the file: the path's value counts, as in Hive.
+        part.write_text("item_id,ts,user_id\n5,2,99\n6,1,99\n")
+    encoded = _read(str(tmp_path / "by_user"), timestamp_column="ts", min_user_interactions=1)
+    assert _as_lists(encoded) == {7: [6, 5], 12: [6, 5]}
+    assert encoded.user_ids.dtype == np.int64  # canonical integers in the paths: integer ids
+
+
+def test_mixed_compression_across_parts(tmp_path):
+    table = pacsv.read_csv(_write(tmp_path, "log.csv", LOG))
+    expected = _arrays(_read(str(tmp_path / "log.csv"), min_user_interactions=3, **COLUMNS))
+    root = tmp_path / "parquet"
+    root.mkdir()
+    for k, codec in enumerate(["snappy", "zstd", "gzip", "none"]):
+        pq.write_table(table.slice(k * 2, 2), root / f"part-{k}.parquet", compression=codec)
+    assert _arrays(_read(str(root), min_user_interactions=3, **COLUMNS)) == expected
+    lines = LOG.splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    csv_root = tmp_path / "csv"
+    csv_root.mkdir()
+    (csv_root / "part-0.csv").write_text(header + "".join(body[:2]))
+    for k, (name, codec) in enumerate([("part-1.csv.gz", "gzip"), ("part-2.csv.zst", "zstd")]):
+        _compressed(csv_root, name, header + "".join(body[2 + 2 * k : 4 + 2 * k]), codec)
+    assert _arrays(_read(str(csv_root), min_user_interactions=3, **COLUMNS)) == expected
+
+
+def test_gs_paths_go_through_epath(tmp_path, monkeypatch):
+    # A local directory stands in for the bucket: every epath call on gs://bucket/... is sent
+    # there, so the reader reaches the parts through etils.epath alone (not os or pyarrow's).
+    from etils.epath import gpath
+    from etils.epath import testing as epath_testing
+
+    # mock_epath replaces the backends by prefix, which epath skips when TensorFlow is there.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+
+    local = str(tmp_path / "bucket")
+
+    def to_local(path):
+        return str(path).replace("gs://bucket", local)
+
+    def to_gs(path):
+        return str(path).replace(local, "gs://bucket")
+
+    def walk(fn, top, **kwargs):
+        for root, dirs, files in fn(to_local(top), **kwargs):
+            yield to_gs(root), dirs, files
+
+    table = pacsv.read_csv(_write(tmp_path, "log.csv", LOG))
+    _write_parts(tmp_path / "bucket" / "events", table, [0, 3, 6], "parquet")
+    _write_parts(tmp_path / "bucket" / "csv", table, [0, 3, 6], "csv")
+    expected = _arrays(_read(str(tmp_path / "log.csv"), min_user_interactions=3, **COLUMNS))
+    with epath_testing.mock_epath(
+        open=lambda fn, path, mode: fn(to_local(path), mode),
+        exists=lambda fn, path: fn(to_local(path)),
+        isdir=lambda fn, path: fn(to_local(path)),
+        glob=lambda fn, path: [to_gs(p) for p in fn(to_local(path))],
+        stat=lambda fn, path: fn(to_local(path)),
+        walk=walk,
+    ):
+        for path in ("gs://bucket/events", "gs://bucket/csv/part-*.csv"):
+            encoded = _read(path, min_user_interactions=3, **COLUMNS)
+            assert _arrays(encoded) == expected, path
+        with pytest.raises(readers.DataFormatError, match=r"^gs://bucket/nothing: file not"):
+            _read("gs://bucket/nothing", format="parquet", **COLUMNS)
+
+
+def _one_to_three_lines(error, part):
+    text = str(error)
+    assert text.startswith(str(part)), text
+    assert 1 <= len(text.splitlines()) <= 3, text
+
+
+def test_bad_parts_are_named_in_a_short_error(tmp_path):
+    table = pacsv.read_csv(_write(tmp_path, "log.csv", LOG))
+    root = tmp_path / "export"
+    _write_parts(root, table, [0, 2, 4, 6])
+    # A part with another schema: the item column as integers...
+    other = root / "part-00001.parquet"
+    pq.write_table(table.slice(2, 2).set_column(1, "item", pa.array([1, 2])), other)
+    with pytest.raises(readers.DataFormatError) as info:
+        _read(str(root), **COLUMNS)
+    _one_to_three_lines(info.value, other)
+    assert "column 'item' is integer here but text in the first part, part-00000.parquet" in str(
+        info.value
+    )
+    # ...or without the timestamp column.
+    pq.write_table(table.slice(2, 2).drop_columns(["time"]), other)
+    with pytest.raises(readers.DataFormatError, match=r"no column 'time' \(file.timestamp_col"):
+        _read(str(root), **COLUMNS)
+    # A corrupt part: not Parquet at all, or cut short.
+    other.write_bytes(b"not parquet at all")
+    with pytest.raises(readers.DataFormatError, match="cannot read as Parquet") as info:
+        _read(str(root), **COLUMNS)
+    _one_to_three_lines(info.value, other)
+    pq.write_table(table.slice(2, 2), other)
+    other.write_bytes(other.read_bytes()[:-30])
+    with pytest.raises(readers.DataFormatError, match="cannot read as Parquet") as info:
+        _read(str(root), **COLUMNS)
+    _one_to_three_lines(info.value, other)
+    # Empty: only bookkeeping files, or parts without rows.
+    for part in root.iterdir():
+        part.unlink()
+    (root / "_SUCCESS").write_text("")
+    with pytest.raises(readers.DataFormatError) as info:
+        _read(str(root), **COLUMNS)
+    _one_to_three_lines(info.value, root)
+    pq.write_table(table.slice(0, 0), root / "part-0.parquet")
+    with pytest.raises(readers.DataFormatError, match="no interactions in any of its 1 part"):
+        _read(str(root), **COLUMNS)
+    # A compressed CSV part cut short.
+    csv_root = tmp_path / "csv"
+    csv_root.mkdir()
+    (csv_root / "part-0.csv").write_text(LOG)
+    cut = pathlib.Path(_compressed(csv_root, "part-1.csv.gz", LOG, "gzip"))
+    cut.write_bytes(cut.read_bytes()[:40])
+    with pytest.raises(readers.DataFormatError, match="cannot read") as info:
+        _read(str(csv_root), **COLUMNS)
+    _one_to_three_lines(info.value, cut)
+
+
+def test_errors_in_a_part_name_the_part_and_its_row(tmp_path):
+    table = pacsv.read_csv(_write(tmp_path, "log.csv", LOG))
+    nulls = table.set_column(1, "item", pa.array(["a", "b", "c", None, "e", "f"]))
+    root = _write_parts(tmp_path / "pq", nulls, [0, 2, 6], row_group_size=3)
+    with pytest.raises(readers.DataFormatError) as info:
+        _read(root, **COLUMNS)
+    part = tmp_path / "pq" / "part-00001.parquet"
+    assert str(info.value) == f"{part}: row group 0, row 1 (0-based), column 'item': missing id"
+    csv_root = tmp_path / "csv"
+    csv_root.mkdir()
+    (csv_root / "part-0.csv").write_text(LOG)
+    (csv_root / "part-1.csv").write_text(LOG.replace("bob,tt2,2020", "bob,tt2,20x20"))
+    with pytest.raises(readers.DataFormatError) as info:
+        _read(str(csv_root), **COLUMNS)
+    assert info.value.path == str(csv_root / "part-1.csv") and info.value.line == 4
+    assert "cannot parse '20x20-01-01T10:00:00' as a timestamp" in str(info.value)
+
+
+def test_integers_then_numbers_across_parts_are_numbers(tmp_path):
+    # The first part's timestamps are whole, the second's are not: one kind, numbers, as when
+    # the two parts are one file.
+    root = tmp_path / "parts"
+    root.mkdir()
+    (root / "part-0.csv").write_text("u,i,t\n1,a,3\n1,b,1\n")
+    (root / "part-1.csv").write_text("u,i,t\n1,c,2.5\n1,d,1\n")
+    one = _write(tmp_path, "one.csv", "u,i,t\n1,a,3\n1,b,1\n1,c,2.5\n1,d,1\n")
+    fields = dict(user_column="u", item_column="i", timestamp_column="t", min_user_interactions=1)
+    assert _as_lists(_read(str(root), **fields)) == {1: ["b", "d", "c", "a"]}
+    assert _arrays(_read(str(root), **fields)) == _arrays(_read(one, **fields))
+
+
+def test_duplicates_and_progress_name_the_parts(tmp_path, caplog, capsys, monkeypatch):
+    root = tmp_path / "parts"
+    root.mkdir()
+    (root / "part-0.csv").write_text(LOG)
+    (root / "part-1.csv").write_text(
+        DUPLICATED.split("\n", 1)[0] + "\n" + "alice,tt1,2020-01-01T12:00:00,5\n"
+    )
+    monkeypatch.setattr(interactions, "_PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO"):
+        _read(str(root), min_user_interactions=3, **COLUMNS)
+    assert re.search(r"1 exact duplicate rows .*the first at line 2 of part-1\.csv", caplog.text)
+    progress = capsys.readouterr().err.splitlines()
+    assert any(
+        re.search(r"pass 1 of 2, ids\): \[#+ *\] +100% 2/2 parts, 7 rows, [\d,]+ rows/s", line)
+        for line in progress
+    ), progress
+    assert any("pass 2 of 2, interactions" in line for line in progress)
+
+
+def test_paper_format_parts_follow_each_other(tmp_path):
+    root = tmp_path / "paper"
+    root.mkdir()
+    (root / "part-0.txt").write_text("5 1\n6 9\n")
+    (root / "part-1.txt").write_text("5 2\n6 8\n5 3\n")
+    assert _as_lists(_read(str(root), min_user_interactions=1)) == {5: [1, 2, 3], 6: [9, 8]}
+
+
+def test_integer_text_ids_become_text_at_any_later_block(tmp_path, monkeypatch):
+    # Blocks of integers are counted as integers; a "007" in a later block makes the column
+    # string ids from its first block on, a padded " 7" keeps it integers (as for one block).
+    monkeypatch.setattr(interactions, "_CSV_BLOCK_BYTES", 1 << 10)
+    rows = [(k % 50, k % 7) for k in range(1200)]
+    for late, kind in (("007", object), (" 7", np.int64)):
+        body = "".join(f"{u},{late if k == 1100 else i}\n" for k, (u, i) in enumerate(rows))
+        encoded = _read(_write(tmp_path, "ids.csv", "user_id,item_id\n" + body))
+        assert encoded.item_ids.dtype == kind and encoded.user_ids.dtype == np.int64
+        expected = {}
+        for k, (u, i) in enumerate(rows):
+            item = late.strip() if k == 1100 else i
+            expected.setdefault(u, []).append(str(item) if kind is object else int(item))
+        assert _as_lists(encoded) == expected
