@@ -90,7 +90,8 @@ class TrainConfig:
     Attributes:
       seed: parameters, dropout and data order derive from it.
       batch_size: the global batch.
-      num_train_steps, learning_rate, warmup_steps: the schedule (`optimizer.make_schedule`).
+      num_train_steps, learning_rate, warmup_steps, lr_decay: the schedule
+        (`optimizer.make_schedule`).
       weight_decay, clip_norm, adam_bias_correction, adam_b1, adam_b2, adam_eps: the optimizer.
       log_every_steps, checkpoint_every_steps, keep_checkpoints: logging and checkpoints.
       eval_every_steps: validate every this many steps (and at the last); 0 = never.
@@ -104,6 +105,7 @@ class TrainConfig:
     num_train_steps: int
     learning_rate: float
     warmup_steps: int
+    lr_decay: str
     weight_decay: float
     clip_norm: float
     adam_bias_correction: bool
@@ -339,6 +341,7 @@ def _train(config: ml_collections.ConfigDict) -> TrainConfig:
         num_train_steps=int(c.num_train_steps),
         learning_rate=float(c.learning_rate),
         warmup_steps=int(c.warmup_steps),
+        lr_decay=str(c.get("lr_decay", "linear")),  # older runs decayed linearly
         weight_decay=float(c.weight_decay),
         clip_norm=float(c.clip_norm),
         adam_bias_correction=bool(c.adam_bias_correction),

@@ -20,12 +20,18 @@ import optax
 if TYPE_CHECKING:
     from bert4rec_jax import config as config_lib
 
+# After the warm-up the rate decays linearly to 0 at the last step (BERT's), or stays at its peak
+# (SASRec's reference code, and most PyTorch recommenders: Adam at a constant rate).
+LR_DECAYS = ("linear", "none")
 # BERT's exclude_from_weight_decay, matched (case-insensitively here) against the parameter's path.
 NO_DECAY_PATTERNS = ("layernorm", "layer_norm", "bias")
 
 
-def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to `peak_lr`, then linear decay to 0 at `total_steps`.
+def make_schedule(
+    peak_lr: float, warmup_steps: int, total_steps: int, decay: str = "linear"
+) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak_lr`, then linear decay to 0 at `total_steps` (or, with
+    decay="none", the peak rate from the warm-up's end on).
 
     `step` is the number of updates already applied (optax's count, the trainer's step before the
     update), so the first update uses schedule(0), which is 0 when warmup_steps > 0, as in BERT:
@@ -38,10 +44,13 @@ def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.
       peak_lr: the largest learning rate.
       warmup_steps: steps of linear warm-up; 0 = start at the peak.
       total_steps: the step at which the rate reaches 0.
+      decay: one of `LR_DECAYS`.
 
     Returns:
       A function of the step returning a float32 scalar.
     """
+    if decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay={decay!r}; expected one of {LR_DECAYS}")
     if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(
             f"need 0 <= warmup_steps ({warmup_steps}) <= num_train_steps ({total_steps}) and "
@@ -51,8 +60,8 @@ def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
         warm = step / warmup_steps if warmup_steps else jnp.float32(jnp.inf)
-        decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
-        frac = jnp.minimum(warm, decay)
+        falling = (total_steps - step) / max(total_steps - warmup_steps, 1)
+        frac = jnp.minimum(warm, falling if decay == "linear" else jnp.float32(1.0))
         return jnp.float32(peak_lr) * jnp.clip(frac, 0.0, 1.0)
 
     return schedule
@@ -169,12 +178,14 @@ def from_train_config(
 
     Args:
       train: the train section (`config.RunConfig.train`): learning_rate, warmup_steps,
-        num_train_steps, weight_decay, clip_norm, adam_bias_correction, adam_b1/b2/eps.
+        num_train_steps, lr_decay, weight_decay, clip_norm, adam_bias_correction, adam_b1/b2/eps.
 
     Returns:
       (tx, schedule); log `schedule(step)` for the current learning rate.
     """
-    schedule = make_schedule(train.learning_rate, train.warmup_steps, train.num_train_steps)
+    schedule = make_schedule(
+        train.learning_rate, train.warmup_steps, train.num_train_steps, train.lr_decay
+    )
     tx = make_optimizer(
         schedule,
         weight_decay=train.weight_decay,

@@ -158,7 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global batch; divisible by the number of devices
     c.num_train_steps = 1500  # the synthetic default: a few minutes on a laptop CPU
     c.learning_rate = 1e-3  # peak learning rate (the paper uses 1e-4 for its long runs)
-    c.warmup_steps = 100  # linear warm-up, then linear decay to zero at num_train_steps
+    c.warmup_steps = 100  # linear warm-up, then the decay below
+    # "linear": to zero at num_train_steps (BERT's); "none": the peak rate to the end (Adam at a
+    # constant rate, as SASRec's reference code and pmixer/SASRec.pytorch train).
+    c.lr_decay = "linear"
     c.weight_decay = 0.01  # decoupled; LayerNorm and bias parameters are not decayed
     c.clip_norm = 5.0  # global gradient norm clip
     c.adam_bias_correction = True  # False = BERT's original Adam (no bias correction)

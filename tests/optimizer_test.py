@@ -29,6 +29,12 @@ def test_schedule_values():
     with pytest.raises(ValueError, match="warmup_steps"):
         optimizer.make_schedule(1e-3, warmup_steps=10, total_steps=5)
 
+    constant = optimizer.make_schedule(1e-3, warmup_steps=100, total_steps=1100, decay="none")
+    np.testing.assert_allclose([constant(50), constant(100), constant(1099)], [5e-4, 1e-3, 1e-3],
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="lr_decay='cosine'"):
+        optimizer.make_schedule(1e-3, warmup_steps=10, total_steps=50, decay="cosine")
+
 
 def bert4rec_params():
     model = small_model(12, 6, hidden_size=8, num_layers=2, intermediate_size=256)
