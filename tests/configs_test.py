@@ -67,12 +67,6 @@ def _disagreements(cls, parsed, names=None) -> list[str]:
     ]
 
 
-def _model_max_len_default() -> int:
-    from bert4rec_jax import models
-
-    return _defaults(models.ModelConfig)["max_len"]
-
-
 def _parsed_default():
     from bert4rec_jax.config import RunConfig
     from configs import default
@@ -80,26 +74,7 @@ def _parsed_default():
     return RunConfig.from_config_dict(default.get_config())
 
 
-@pytest.mark.parametrize(
-    "section",
-    [
-        "input",
-        "loss",
-        "eval",
-        "mesh",
-        pytest.param(
-            "model",
-            marks=pytest.mark.xfail(
-                # Only while the one known disagreement lasts: the models package of the SASRec
-                # work sets the default to the config's 50; from then on the case runs as any.
-                condition=_model_max_len_default() == 200,
-                strict=True,
-                reason="models.ModelConfig.max_len is 200, configs/default.py's 50: the models "
-                "package of the SASRec work settles it (this file does not edit models.py)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("section", ["input", "loss", "eval", "mesh", "model"])
 def test_a_sections_dataclass_defaults_are_the_default_configs(section):
     parsed = getattr(_parsed_default(), section)
     assert not _disagreements(type(parsed), parsed)
