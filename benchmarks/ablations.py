@@ -54,6 +54,16 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "configs/ml_100k_sasrec.py",
         ["--config.loss.type=sampled_softmax", "--config.loss.num_negatives=256"],
     ),
+    # The same with popularity-drawn negatives: uniform ones are rarely the popular items that
+    # pop100's candidates are, and their logQ term is a constant (no correction at all).
+    "ml100k-sasrec-sampled-pop": (
+        "configs/ml_100k_sasrec.py",
+        [
+            "--config.loss.type=sampled_softmax",
+            "--config.loss.num_negatives=256",
+            "--config.loss.proposal=popularity",
+        ],
+    ),
     "ml100k-gsasrec": (
         "configs/ml_100k_sasrec.py",
         [

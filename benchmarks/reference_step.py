@@ -141,7 +141,9 @@ class SASRecReference(nn.Module):
         x = table[ids] * np.sqrt(self.hidden) + pos[jnp.clip(index, 0, self.max_len - 1)]
         keep = valid[..., None].astype(x.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train) * keep
-        mask = nn.make_attention_mask(valid, valid) & nn.make_causal_mask(ids)  # [B, 1, N, N]
+        # [B, 1, N, N]; flax builds float masks by default, so ask for booleans to combine.
+        padding = nn.make_attention_mask(valid, valid, dtype=bool)
+        mask = padding & nn.make_causal_mask(ids, dtype=bool)
         for _ in range(self.layers):
             x = _SASRecBlock(self.hidden, self.heads, self.dropout)(x, keep, mask, train)
         return nn.LayerNorm(epsilon=1e-8)(x) @ table.T
