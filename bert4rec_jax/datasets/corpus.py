@@ -50,6 +50,10 @@ class Corpus:
         items without the feature). Empty when the source has none.
       user_features: likewise for users: name -> int32 [num_users + 1, width]; row u + 1 is
         user u, row 0 the unknown user (zeros).
+      timestamps: int64 or float64 [num_interactions], aligned with `items`: each interaction's
+        time in seconds (unix seconds where the source's times are dates), non-decreasing
+        within a user; None when the source has no times (the paper's files). Only the temporal
+        split reads them (`temporal_split`).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Corpus:
     raw_user_ids: np.ndarray
     item_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     user_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    timestamps: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -167,6 +172,7 @@ def corpus_from_sequences(
     raw_items: np.ndarray,
     *,
     item_vocab: np.ndarray | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> Corpus:
     """Builds a corpus from per-user sequences of raw item ids, remapping items to 1..V.
 
@@ -179,6 +185,7 @@ def corpus_from_sequences(
       item_vocab: [vocab], sorted unique raw item ids (integers or strings) that `raw_items`
         indexes; the way to pass string ids without repeating each string at every interaction.
         Items of the vocabulary that no sequence uses get no dense id.
+      timestamps: [num_interactions] seconds aligned with `raw_items`, or None (no times).
 
     Returns:
       The corpus; dense item ids follow the sorted raw ids.
@@ -214,6 +221,7 @@ def corpus_from_sequences(
             [np.array([padding_raw_id(raw_item_ids)], dtype=raw_item_ids.dtype), raw_item_ids]
         ),
         raw_user_ids=raw_id_array(raw_user_ids),
+        timestamps=None if timestamps is None else np.asarray(timestamps),
     )
 
 
