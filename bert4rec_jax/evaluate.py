@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     run = config_lib.RunConfig.from_config_dict(config)
     exp = experiment.Experiment.from_run(run)
     if FLAGS.model == "popularity":
-        fns, params = scoring.popularity_fns(exp.corpus)
+        fns, params = scoring.popularity_fns(exp.corpus, exp.split)
         step = None
     else:
         fns = exp.scoring_fns

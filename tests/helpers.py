@@ -73,11 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
-    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used)."""
+def make_corpus(
+    sequences: list[list[int]], name: str = "toy", times: list[list[float]] | None = None
+) -> Corpus:
+    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used);
+    `times`, each user's interactions' seconds (non-decreasing), give it timestamps."""
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
     items = np.concatenate([np.asarray(s, np.int64) for s in sequences])
-    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
+    stamps = None if times is None else np.concatenate([np.asarray(t, np.int64) for t in times])
+    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items, timestamps=stamps)
 
 
 def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
