@@ -86,8 +86,17 @@ class DataConfig:
         if self.split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode={self.split_mode!r}: must be one of {SPLIT_MODES}")
         if self.split_mode == "temporal":
+            timed = self.dataset.endswith("-raw") or (
+                self.dataset == "file" and bool((self.file or {}).get("timestamp_column"))
+            )
+            if not timed:
+                raise ValueError(
+                    f"split_mode='temporal' needs timestamps, and dataset={self.dataset!r} has "
+                    "none; use ml-100k-raw (ml-1m-raw, ml-20m-raw) or file with "
+                    "file.timestamp_column"
+                )
             # The form of each cut-off now, before any data is read; the data's own checks
-            # (timestamps, periods that hold users) come with the split.
+            # (periods that hold users) come with the split.
             for field in ("valid_start", "test_start"):
                 corpus_lib.parse_cutoff(getattr(self, field), np.zeros(1), f"temporal.{field}")
 
