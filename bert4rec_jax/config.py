@@ -24,7 +24,7 @@ import numpy as np
 
 from bert4rec_jax import cloze, losses, models, sharding
 from bert4rec_jax.datasets import corpus as corpus_lib
-from bert4rec_jax.datasets.corpus import SPLIT_MODES
+from bert4rec_jax.datasets.corpus import ALL_SPLIT_MODES
 from bert4rec_jax.datasets.prepared import DATASETS
 from bert4rec_jax.evaluation import EvalConfig
 
@@ -59,7 +59,7 @@ class DataConfig:
 
     Attributes:
       dataset: one of `prepared.DATASETS`.
-      split_mode: one of `corpus.SPLIT_MODES`.
+      split_mode: one of `corpus.ALL_SPLIT_MODES`.
       data_dir: where prepared data sets are cached ("" = TFDS's default).
       manual_dir: an offline copy of the source files ("" = download).
       synthetic: `synthetic.*` (dataset=synthetic: size and seed).
@@ -83,8 +83,8 @@ class DataConfig:
             raise ValueError(
                 f"dataset={self.dataset!r}: unknown data set; choose one of {DATASETS}"
             )
-        if self.split_mode not in SPLIT_MODES:
-            raise ValueError(f"split_mode={self.split_mode!r}: must be one of {SPLIT_MODES}")
+        if self.split_mode not in ALL_SPLIT_MODES:
+            raise ValueError(f"split_mode={self.split_mode!r}: must be one of {ALL_SPLIT_MODES}")
         if self.split_mode == "temporal":
             timed = self.dataset.endswith("-raw") or (
                 self.dataset == "file" and bool((self.file or {}).get("timestamp_column"))
