@@ -20,9 +20,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from bert4rec_jax import cloze, losses, models, sharding
-from bert4rec_jax.datasets.corpus import SPLIT_MODES
+from bert4rec_jax.datasets import corpus as corpus_lib
+from bert4rec_jax.datasets.corpus import ALL_SPLIT_MODES
 from bert4rec_jax.datasets.prepared import DATASETS
 from bert4rec_jax.evaluation import EvalConfig
 
@@ -57,11 +59,14 @@ class DataConfig:
 
     Attributes:
       dataset: one of `prepared.DATASETS`.
-      split_mode: one of `corpus.SPLIT_MODES`.
+      split_mode: one of `corpus.ALL_SPLIT_MODES`.
       data_dir: where prepared data sets are cached ("" = TFDS's default).
       manual_dir: an offline copy of the source files ("" = download).
       synthetic: `synthetic.*` (dataset=synthetic: size and seed).
       file: `file.*` (dataset=file); None for a config older than the group.
+      valid_start, test_start: `temporal.*`, the temporal split's two cut-offs (a date such
+        as "2026-01-31" or a quantile of all interactions' times such as "q0.8";
+        `corpus.parse_cutoff`); read only when split_mode="temporal".
     """
 
     dataset: str
@@ -70,14 +75,30 @@ class DataConfig:
     manual_dir: str
     synthetic: Mapping[str, Any]
     file: Mapping[str, Any] | None
+    valid_start: str = "q0.8"
+    test_start: str = "q0.9"
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(
                 f"dataset={self.dataset!r}: unknown data set; choose one of {DATASETS}"
             )
-        if self.split_mode not in SPLIT_MODES:
-            raise ValueError(f"split_mode={self.split_mode!r}: must be one of {SPLIT_MODES}")
+        if self.split_mode not in ALL_SPLIT_MODES:
+            raise ValueError(f"split_mode={self.split_mode!r}: must be one of {ALL_SPLIT_MODES}")
+        if self.split_mode == "temporal":
+            timed = self.dataset.endswith("-raw") or (
+                self.dataset == "file" and bool((self.file or {}).get("timestamp_column"))
+            )
+            if not timed:
+                raise ValueError(
+                    f"split_mode='temporal' needs timestamps, and dataset={self.dataset!r} has "
+                    "none; use ml-100k-raw (ml-1m-raw, ml-20m-raw) or file with "
+                    "file.timestamp_column"
+                )
+            # The form of each cut-off now, before any data is read; the data's own checks
+            # (periods that hold users) come with the split.
+            for field in ("valid_start", "test_start"):
+                corpus_lib.parse_cutoff(getattr(self, field), np.zeros(1), f"temporal.{field}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,8 +220,8 @@ class RunConfig:
 
     @property
     def validates(self) -> bool:
-        """Whether training validates: only the standard split keeps a validation item apart."""
-        return self.train.eval_every_steps > 0 and self.data.split_mode == "standard"
+        """Whether training validates: the standard and temporal splits keep validation apart."""
+        return self.train.eval_every_steps > 0 and self.data.split_mode in ("standard", "temporal")
 
     def shape_fields(self, dataset: str | None = None) -> dict[str, Any]:
         """{dotted name: value} of `SHAPE_FIELDS`, and the leaves of `dataset`'s group of fields
@@ -250,6 +271,8 @@ def _data(config: ml_collections.ConfigDict) -> DataConfig:
         synthetic=config.synthetic.to_dict(),
         # A run older than `file.*` has no such group.
         file=config.file.to_dict() if config.get("file") else None,
+        # A run older than `temporal.*` never split on time: the defaults stand in.
+        **{k: str(v) for k, v in (config.get("temporal") or {}).items()},
     )
 
 

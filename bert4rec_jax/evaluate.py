@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     run = config_lib.RunConfig.from_config_dict(config)
     exp = experiment.Experiment.from_run(run)
     if FLAGS.model == "popularity":
-        fns, params = scoring.popularity_fns(exp.corpus)
+        fns, params = scoring.popularity_fns(exp.corpus, exp.split)
         step = None
     else:
         fns = exp.scoring_fns
@@ -88,6 +88,13 @@ def main(argv: list[str]) -> None:
     where = f"step {step} ({FLAGS.checkpoint})" if step is not None else "popularity baseline"
     print(f"{run.data.dataset}, {FLAGS.split} split, {len(users.users)} users, {where}:")
     print(evaluation.format_table(evaluation.accuracy_metrics(results)))
+    if "unseen_targets" in results:  # a temporal split: targets no one trained on, apart
+        seen = {k.removeprefix("seen/"): v for k, v in results.items() if k.startswith("seen/")}
+        print(
+            f"\n{int(results['unseen_targets'])} targets never seen in training; "
+            f"the other {int(results['seen/num_users'])} users:"
+        )
+        print(evaluation.format_table(evaluation.accuracy_metrics(seen)))
     print("\nBeyond accuracy (top-k lists; popularity = training users per item):")
     print(evaluation.format_beyond_table(results))
     print("\nBy history length (items before the target):")

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from bert4rec_jax import models, scoring
 from bert4rec_jax.config import DataConfig, RunConfig
 from bert4rec_jax.datasets import prepared
-from bert4rec_jax.datasets.corpus import Corpus, Split, leave_one_out
+from bert4rec_jax.datasets.corpus import Corpus, Split, make_split
 from bert4rec_jax.evaluation import EvalConfig, Evaluator
 
 # Sampled candidates are cached beside the data sets, so every run on a data set shares them.
@@ -94,7 +94,9 @@ class Experiment:
         return cls(
             config=run,
             corpus=corpus,
-            split=leave_one_out(corpus, run.data.split_mode),
+            split=make_split(
+                corpus, run.data.split_mode, run.data.valid_start, run.data.test_start
+            ),
             model=model,
         )
 
@@ -129,9 +131,13 @@ class Experiment:
 
     def describe(self) -> str:
         """One line on the data, for the logs."""
-        c = self.corpus
+        c, split = self.corpus, self.split
+        evaluated = f"{len(split.eval_users)} evaluated users"
+        if split.mode == "temporal":
+            evaluated = (
+                f"{len(split.users('valid'))} validation and {len(split.users('test'))} test users"
+            )
         return (
             f"Data set {c.name}: {c.num_users} users, {c.num_items} items, "
-            f"{c.num_interactions} interactions, {len(self.split.eval_users)} evaluated users "
-            f"({self.split.mode} split)"
+            f"{c.num_interactions} interactions, {evaluated} ({split.mode} split)"
         )

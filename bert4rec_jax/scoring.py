@@ -93,7 +93,7 @@ def build_inputs(
         raise ValueError(f"max_len={max_len}: need at least one history item and [MASK]")
     ends = split.history_ends(corpus, which)  # [E]
     width = history_length(max_len, append_mask)
-    starts = np.maximum(corpus.offsets[split.eval_users], ends - width)  # [E]
+    starts = np.maximum(corpus.offsets[split.users(which)], ends - width)  # [E]
     window = padded_rows(corpus.items, starts, ends, width)  # [E, W]
     return place_history(window, ends - starts, corpus.mask_id, append_mask)
 
@@ -194,15 +194,19 @@ def scoring_fns(model: Model, *, last_block_at_mask: bool = False) -> ScoringFns
     )
 
 
-def popularity_fns(corpus: Corpus) -> tuple[ScoringFns, dict[str, jax.Array]]:
+def popularity_fns(
+    corpus: Corpus, split: Split | None = None
+) -> tuple[ScoringFns, dict[str, jax.Array]]:
     """A trivial baseline that scores every item by its popularity, whoever the user is.
 
     The counts are `corpus.popularity` (over the full sequences, held-out items included, as the
     original's negative sampler), so this baseline peeks slightly at the targets: it is a floor that
-    a trained model should clear, not a fair competitor.
+    a trained model should clear, not a fair competitor. A temporal split counts only the
+    training period (before its first cut-off): a timeline split must not look ahead.
 
     Args:
       corpus: the corpus.
+      split: its split; only a temporal one changes the counts.
 
     Returns:
       (scoring functions, their params) for an `Evaluator`.
@@ -210,7 +214,10 @@ def popularity_fns(corpus: Corpus) -> tuple[ScoringFns, dict[str, jax.Array]]:
     import jax.numpy as jnp
 
     counts = np.zeros(corpus.vocab_size, np.float32)  # [V + 2]; padding and [MASK] score 0
-    counts[: corpus.num_items + 1] = corpus.popularity
+    popularity = corpus.popularity
+    if split is not None and split.cutoffs is not None:
+        popularity = split.known_popularity(corpus, "valid")
+    counts[: corpus.num_items + 1] = popularity
     params = {"popularity": jnp.asarray(counts)}
 
     def encode(params, ids, mask_pos):

@@ -29,7 +29,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.manual_dir = ""
     # "standard": train on all but the last two items, select models on the second to last.
     # "paper": merge the validation item into training, as the original code does.
+    # "temporal": one timeline for all users, cut twice (c.temporal; docs/evaluation.md).
     c.split_mode = "standard"
+    # Only for split_mode=temporal: the two cut-offs, each a date ("2026-01-31", or an ISO
+    # time, UTC unless it names a zone) or a quantile of all interactions' times ("q0.8").
+    # Training sees what came before valid_start; validation targets are each user's first
+    # interaction in [valid_start, test_start); test targets each user's first at or after
+    # test_start. The source needs timestamps (MovieLens, or file.timestamp_column).
+    c.temporal = ml_collections.ConfigDict()
+    c.temporal.valid_start = "q0.8"
+    c.temporal.test_start = "q0.9"
     # Only for dataset=synthetic: its size and seed.
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.num_users = 2000  # users

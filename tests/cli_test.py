@@ -28,6 +28,18 @@ CLOSED = "http://127.0.0.1:9"
             ["--config.model.kind=sasrec", "--config.model.user_features=add"],
             ["model.user_features", "model.kind='sasrec' is the published model"],
         ),
+        (
+            ["--config.split_mode=temporal"],
+            ["split_mode='temporal' needs timestamps", "dataset='synthetic' has none"],
+        ),
+        (
+            [
+                "--config.dataset=ml-100k-raw",
+                "--config.split_mode=temporal",
+                "--config.temporal.test_start=soon",
+            ],
+            ["temporal.test_start='soon'", "q0.8"],
+        ),
     ],
     ids=[
         "missing config file",
@@ -38,6 +50,8 @@ CLOSED = "http://127.0.0.1:9"
         "offline beauty",
         "unknown model kind",
         "a switch SASRec does not have",
+        "temporal split without timestamps",
+        "unparseable cut-off",
     ],
 )
 def test_config_mistakes_are_told_in_two_lines_with_exit_status_2(tmp_path, flags, expected):

@@ -73,11 +73,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_corpus(sequences: list[list[int]], name: str = "toy") -> Corpus:
-    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used)."""
+def make_corpus(
+    sequences: list[list[int]], name: str = "toy", times: list[list[float]] | None = None
+) -> Corpus:
+    """A corpus from raw item sequences (raw ids 1..V map to dense ids 1..V when all are used);
+    `times`, each user's interactions' seconds (non-decreasing), give it timestamps."""
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
     items = np.concatenate([np.asarray(s, np.int64) for s in sequences])
-    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items)
+    stamps = None if times is None else np.concatenate([np.asarray(t, np.int64) for t in times])
+    return corpus_from_sequences(name, np.arange(len(sequences)), offsets, items, timestamps=stamps)
 
 
 def make_evaluator(corpus, split, fns=None, *, cache_dir=None, **config):
@@ -451,3 +455,17 @@ def pad_rows(rows: dict, n: int, p: int) -> dict:
         k: np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, width[k] - v.shape[-1])]) if k in width else v
         for k, v in rows.items()
     }
+
+
+def write_timed_log(tmp_path: pathlib.Path, num_users: int = 120, num_items: int = 40):
+    """A TSV log (header user, item, time; unix seconds over ~a year) whose users come and go
+    at different dates, with a learnable next-item rule: for the temporal split's runs."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(num_users):
+        days = np.sort(rng.integers(0, 200) + rng.integers(0, 160, rng.integers(8, 20)))
+        item = int(rng.integers(1, num_items))
+        for d in days:
+            item = (item + int(rng.integers(1, 4))) % num_items + 1
+            rows.append(f"u{u}\ti{item}\t{int(d) * 86_400}")
+    return write_file(tmp_path, "log.tsv", "user\titem\ttime\n" + "\n".join(rows) + "\n")

@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import device_env, tiny_config
+from helpers import device_env, tiny_config, write_timed_log
 from helpers import run_cli as _run_cli
 
 from bert4rec_jax import checkpointing, experiment, train_lib
@@ -257,3 +257,40 @@ def test_a_parsed_config_without_its_source_is_refused_before_anything_is_writte
     with pytest.raises(ValueError, match="no source ConfigDict"):
         train_lib.train_and_evaluate(dataclasses.replace(run, source=None), str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow  # ~20 s each on 2 cores
+@pytest.mark.parametrize(
+    "kind, pipeline, buckets", [("bert4rec", "tf.data", ()), ("sasrec", "device", (8, 20))]
+)
+def test_temporal_split_trains_validates_and_tests_on_a_timed_log(
+    tmp_path, kind, pipeline, buckets
+):
+    log = write_timed_log(tmp_path)
+    config = tiny_config(
+        tmp_path,
+        **{
+            "dataset": "file",
+            "file.path": str(log),
+            "file.user_column": "user",
+            "file.item_column": "item",
+            "file.timestamp_column": "time",
+            "split_mode": "temporal",
+            "temporal.valid_start": "q0.7",
+            "temporal.test_start": "q0.85",
+            "model.kind": kind,
+            "input.pipeline": pipeline,
+            "input.buckets": buckets,
+        },
+    )
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "work"))
+    exp = experiment.Experiment.from_run(RunConfig.from_config_dict(config))
+    split = exp.split
+    assert split.mode == "temporal" and len(split.users("valid")) != len(split.users("test"))
+    assert results["num_users"] == len(split.users("test"))
+    assert results["seen/num_users"] + results["unseen_targets"] == results["num_users"]
+    assert 0.0 <= results["pop100/ndcg@10"] <= 1.0
+    # Checkpoints were chosen on validation, as with leave-one-out.
+    assert RunConfig.from_config_dict(config).validates
+    lines = (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()
+    assert any("valid/pop100/ndcg@10" in line for line in lines)

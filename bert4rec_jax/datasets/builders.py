@@ -3,7 +3,8 @@ the manual (offline) directory, downloading with a fast reachability check and a
 and the refusal of a data set in which no user could be evaluated.
 
 Example schema: `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, one
-example per user, items oldest first.
+example per user, items oldest first; sources with times add `"timestamps": Tensor(shape=(None,),
+int64)`, seconds aligned with `items` (for the temporal split).
 """
 
 from __future__ import annotations
@@ -33,17 +34,23 @@ def sequence_info(
     homepage: str | None = None,
     citation: str | None = None,
     metadata: tfds.core.Metadata | None = None,
+    timestamps: bool = False,
 ) -> tfds.core.DatasetInfo:
-    """The DatasetInfo of every builder of the project: one example per user, source order."""
-    features = tfds.features.FeaturesDict(
-        {
-            "user_id": np.int64,  # the source's user id
-            # The source's item ids, oldest first. A 1-D Tensor rather than Sequence(int64): the
-            # same data and serialisation, but TFDS encodes a Sequence element by element, which
-            # made preparing 20M interactions ~20x slower.
-            "items": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        }
-    )
+    """The DatasetInfo of every builder of the project: one example per user, source order.
+
+    `timestamps`: the examples also hold each interaction's time (int64 seconds), which the
+    temporal split needs; sources without times leave it out.
+    """
+    schema = {
+        "user_id": np.int64,  # the source's user id
+        # The source's item ids, oldest first. A 1-D Tensor rather than Sequence(int64): the
+        # same data and serialisation, but TFDS encodes a Sequence element by element, which
+        # made preparing 20M interactions ~20x slower.
+        "items": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+    }
+    if timestamps:
+        schema["timestamps"] = tfds.features.Tensor(shape=(None,), dtype=np.int64)
+    features = tfds.features.FeaturesDict(schema)
     return tfds.core.DatasetInfo(
         builder=builder,
         # Keep the source's user order; TFDS's shuffle only costs time here.
@@ -57,8 +64,9 @@ def sequence_info(
 
 
 def examples_from_sequences(sequences: readers.Sequences):
-    """Yields (key, example) pairs, one per user, keyed by the raw user id."""
-    items = sequences.raw_items
+    """Yields (key, example) pairs, one per user, keyed by the raw user id (with the users'
+    timestamps where the sequences have them)."""
+    items, times = sequences.raw_items, sequences.timestamps
     for user, start, end in zip(
         sequences.raw_user_ids.tolist(),
         sequences.offsets[:-1].tolist(),
@@ -66,7 +74,10 @@ def examples_from_sequences(sequences: readers.Sequences):
         strict=True,
     ):
         # int32 items (your own file's) are widened per user, never as a whole copy.
-        yield user, {"user_id": user, "items": items[start:end].astype(np.int64, copy=False)}
+        example = {"user_id": user, "items": items[start:end].astype(np.int64, copy=False)}
+        if times is not None:
+            example["timestamps"] = times[start:end].astype(np.int64, copy=False)
+        yield user, example
 
 
 def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:

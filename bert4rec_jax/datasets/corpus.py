@@ -18,6 +18,7 @@ validation target; users with fewer than 3 interactions only train.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 
 import numpy as np
@@ -25,7 +26,9 @@ import numpy as np
 PAD_ID = 0
 # Users with fewer interactions than this are kept for training but never evaluated.
 MIN_EVAL_LENGTH = 3
+# Leave-one-out's modes (`leave_one_out`); a config may also ask for "temporal" (`make_split`).
 SPLIT_MODES = ("standard", "paper")
+ALL_SPLIT_MODES = (*SPLIT_MODES, "temporal")
 # Raw item ids below this many times the interaction count are remapped through a lookup table.
 _TABLE_REMAP_FACTOR = 8
 # The longest raw id accepted, in UTF-8 bytes: far above URLs and SKUs (browsers cap URLs near
@@ -50,6 +53,10 @@ class Corpus:
         items without the feature). Empty when the source has none.
       user_features: likewise for users: name -> int32 [num_users + 1, width]; row u + 1 is
         user u, row 0 the unknown user (zeros).
+      timestamps: int64 or float64 [num_interactions], aligned with `items`: each interaction's
+        time in seconds (unix seconds where the source's times are dates), non-decreasing
+        within a user; None when the source has no times (the paper's files). Only the temporal
+        split reads them (`temporal_split`).
     """
 
     name: str
@@ -59,6 +66,7 @@ class Corpus:
     raw_user_ids: np.ndarray
     item_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     user_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    timestamps: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -167,6 +175,7 @@ def corpus_from_sequences(
     raw_items: np.ndarray,
     *,
     item_vocab: np.ndarray | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> Corpus:
     """Builds a corpus from per-user sequences of raw item ids, remapping items to 1..V.
 
@@ -179,6 +188,7 @@ def corpus_from_sequences(
       item_vocab: [vocab], sorted unique raw item ids (integers or strings) that `raw_items`
         indexes; the way to pass string ids without repeating each string at every interaction.
         Items of the vocabulary that no sequence uses get no dense id.
+      timestamps: [num_interactions] seconds aligned with `raw_items`, or None (no times).
 
     Returns:
       The corpus; dense item ids follow the sorted raw ids.
@@ -214,22 +224,33 @@ def corpus_from_sequences(
             [np.array([padding_raw_id(raw_item_ids)], dtype=raw_item_ids.dtype), raw_item_ids]
         ),
         raw_user_ids=raw_id_array(raw_user_ids),
+        timestamps=None if timestamps is None else np.asarray(timestamps),
     )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    """The leave-one-out split of a corpus.
+    """A split of a corpus: leave-one-out (`leave_one_out`) or on a timeline (`temporal_split`).
+
+    Every training sequence and every evaluated history is a prefix of the user's sequence
+    (items are oldest first), so only where each ends is stored.
 
     Attributes:
-      mode: "standard" (train = all but the last two items) or "paper" (the validation item is
-        merged into training, as the original code does).
+      mode: "standard" (train = all but the last two items), "paper" (the validation item is
+        merged into training, as the original code does) or "temporal" (two cut-off times).
       train_ends: int64 [num_users]; a training sequence starts where the user's full sequence
         starts, so only its end is stored: user u trains on
         `corpus.items[corpus.offsets[u]:train_ends[u]]`.
-      eval_users: int64 [num_eval]; users with at least 3 interactions.
-      valid_targets: int32 [num_eval]; second-to-last item of each evaluated user.
-      test_targets: int32 [num_eval]; last item of each evaluated user.
+      eval_users: int64 [num_eval]; leave-one-out: users with at least 3 interactions; temporal:
+        the test's users (`users(which)` gives either held-out item's).
+      valid_targets: int32 [num_valid]; second-to-last item of each evaluated user (temporal:
+        each validation user's first item in [first cut-off, second)).
+      test_targets: int32 [num_eval]; last item of each evaluated user (temporal: each test
+        user's first item at or after the second cut-off).
+      valid_users: temporal only: int64 [num_valid], the validation's users; None = eval_users.
+      valid_ends, test_ends: temporal only: int64 history ends in `corpus.items` (the target's
+        own index); None = leave-one-out's rule.
+      cutoffs: temporal only: (first, second) cut-off in the corpus's seconds.
     """
 
     mode: str
@@ -237,27 +258,61 @@ class Split:
     eval_users: np.ndarray
     valid_targets: np.ndarray
     test_targets: np.ndarray
+    valid_users: np.ndarray | None = None
+    valid_ends: np.ndarray | None = None
+    test_ends: np.ndarray | None = None
+    cutoffs: tuple[float, float] | None = None
 
     def train_sequence(self, corpus: Corpus, user: int) -> np.ndarray:
         return corpus.items[corpus.offsets[user] : self.train_ends[user]]
 
-    def history_ends(self, corpus: Corpus, which: str) -> np.ndarray:
-        """int64 [num_eval]: where each evaluated user's input history ends in `corpus.items`.
+    def users(self, which: str) -> np.ndarray:
+        """int64 [n]: the users evaluated on one held-out item ("valid" or "test")."""
+        _check_which(which)
+        if which == "valid" and self.valid_users is not None:
+            return self.valid_users
+        return self.eval_users
 
-        Validation inputs use the training items only; test inputs use training + validation.
+    def history_ends(self, corpus: Corpus, which: str) -> np.ndarray:
+        """int64 [n]: where each of `users(which)`'s input history ends in `corpus.items`.
+
+        Leave-one-out: validation inputs use the training items only; test inputs training +
+        validation. Temporal: everything before the target (for the test, the validation
+        period's items too).
         """
+        _check_which(which)
+        if self.mode == "temporal":
+            return self.valid_ends if which == "valid" else self.test_ends
         ends = corpus.offsets[self.eval_users + 1]
-        if which == "valid":
-            return ends - 2
-        if which == "test":
-            return ends - 1
-        raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        return ends - 2 if which == "valid" else ends - 1
+
+    def cutoff(self, which: str) -> float | None:
+        """The time before which everything was known at `which`'s targets (None: leave-one-out)."""
+        _check_which(which)
+        if self.cutoffs is None:
+            return None
+        return self.cutoffs[0] if which == "valid" else self.cutoffs[1]
+
+    def known_popularity(self, corpus: Corpus, which: str) -> np.ndarray:
+        """int64 [num_items + 1]: interactions per item known at `which`'s targets.
+
+        Leave-one-out: the whole corpus (`Corpus.popularity`, as the paper draws negatives);
+        temporal: only interactions before the target's cut-off, so no item first seen after
+        it is drawn as a candidate and popularity says only what was known then.
+        """
+        cutoff = self.cutoff(which)
+        if cutoff is None:
+            return corpus.popularity
+        before = corpus.items[corpus.timestamps < cutoff]
+        return np.bincount(before, minlength=corpus.num_items + 1).astype(np.int64)
 
     def targets(self, which: str) -> np.ndarray:
-        if which == "valid":
-            return self.valid_targets
-        if which == "test":
-            return self.test_targets
+        _check_which(which)
+        return self.valid_targets if which == "valid" else self.test_targets
+
+
+def _check_which(which: str) -> None:
+    if which not in ("valid", "test"):
         raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
 
 
@@ -295,3 +350,123 @@ def leave_one_out(corpus: Corpus, mode: str = "standard") -> Split:
         valid_targets=corpus.items[last - 2],
         test_targets=corpus.items[last - 1],
     )
+
+
+def parse_cutoff(value: str, timestamps: np.ndarray, field: str) -> float:
+    """A cut-off time in the corpus's seconds from "q<fraction>" or an ISO-8601 date/time.
+
+    Args:
+      value: "q0.8" = the time below which 80% of all interactions lie (a quantile of every
+        interaction's time); or "2026-01-31" / "2026-01-31T12:00:00" (UTC unless it names a
+        zone), read as unix seconds.
+      timestamps: every interaction's time, in seconds.
+      field: the config field, for the message.
+
+    Raises:
+      ValueError: naming `field`, for anything else or a quantile outside (0, 1).
+    """
+    text = str(value).strip()
+    if text.startswith("q"):
+        try:
+            q = float(text[1:])
+        except ValueError:
+            q = -1.0
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"{field}={value!r}: a quantile must be q<fraction> in (0, 1)")
+        return float(np.quantile(timestamps, q, method="higher"))
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{field}={value!r}: expected a date such as 2026-01-31 (or a time, ISO 8601) or a "
+            "quantile of the interactions' times such as q0.8"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def temporal_split(corpus: Corpus, valid_start: str, test_start: str) -> Split:
+    """Splits a corpus on one timeline for all users (Sun, SIGIR 2023).
+
+    With cut-offs t1 < t2: training sees only interactions before t1; the validation target of
+    a user is their first interaction in [t1, t2), with everything before it as history; the
+    test target their first interaction at or after t2, with everything before it (validation
+    period included). A user with no interaction in a period, or none before its target (no
+    history to recommend from), is not evaluated on it.
+
+    Args:
+      corpus: a corpus with timestamps.
+      valid_start: t1 (`parse_cutoff`: a date or "q<fraction>"); config `temporal.valid_start`.
+      test_start: t2, likewise; config `temporal.test_start`.
+
+    Returns:
+      The split (mode "temporal").
+
+    Raises:
+      ValueError: naming the field: no timestamps, an unparseable cut-off, t2 before t1, no
+        training interaction, or no user to validate or test.
+    """
+    if corpus.timestamps is None:
+        raise ValueError(
+            f"split_mode='temporal' needs timestamps, and data set {corpus.name!r} has none "
+            "(MovieLens and your own file with file.timestamp_column have them)"
+        )
+    times = corpus.timestamps
+    t1 = parse_cutoff(valid_start, times, "temporal.valid_start")
+    t2 = parse_cutoff(test_start, times, "temporal.test_start")
+    if t2 < t1:
+        raise ValueError(
+            f"temporal.test_start={test_start!r} comes before temporal.valid_start={valid_start!r}"
+        )
+    starts, ends = corpus.offsets[:-1], corpus.offsets[1:]
+    rows = np.repeat(np.arange(corpus.num_users), corpus.lengths)
+
+    def first_at_or_after(t: float) -> np.ndarray:
+        # Times are non-decreasing within a user: those before t form a prefix.
+        return starts + np.bincount(rows[times < t], minlength=corpus.num_users)
+
+    train_ends = first_at_or_after(t1)
+    if not (train_ends > starts).any():
+        raise ValueError(
+            f"temporal.valid_start={valid_start!r} leaves no training interaction (the first "
+            f"is at {_date(times.min())})"
+        )
+    valid_at = train_ends
+    valid_users = np.flatnonzero(
+        (valid_at < ends) & (times[np.minimum(valid_at, len(times) - 1)] < t2) & (valid_at > starts)
+    )
+    test_at = first_at_or_after(t2)
+    test_users = np.flatnonzero((test_at < ends) & (test_at > starts))
+    for users, field, value in (
+        (valid_users, "temporal.valid_start", valid_start),
+        (test_users, "temporal.test_start", test_start),
+    ):
+        if not len(users):
+            raise ValueError(
+                f"{field}={value!r} leaves no user to evaluate (nobody has an interaction in its "
+                f"period with one before it; times run from {_date(times.min())} to "
+                f"{_date(times.max())})"
+            )
+    return Split(
+        mode="temporal",
+        train_ends=train_ends.astype(np.int64),
+        eval_users=test_users.astype(np.int64),
+        valid_targets=corpus.items[valid_at[valid_users]],
+        test_targets=corpus.items[test_at[test_users]],
+        valid_users=valid_users.astype(np.int64),
+        valid_ends=valid_at[valid_users].astype(np.int64),
+        test_ends=test_at[test_users].astype(np.int64),
+        cutoffs=(t1, t2),
+    )
+
+
+def _date(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(float(seconds), datetime.UTC).isoformat()
+
+
+def make_split(corpus: Corpus, mode: str, valid_start: str = "", test_start: str = "") -> Split:
+    """The split a config asks for: `leave_one_out`, or `temporal_split` with its cut-offs."""
+    if mode == "temporal":
+        return temporal_split(corpus, valid_start, test_start)
+    return leave_one_out(corpus, mode)

@@ -107,24 +107,35 @@ class CustomInteractions(tfds.core.GeneratorBasedBuilder):
     Example schema: `{"user_ids": int64 [users], "lengths": int64 [users], "items": int32
     [sum of lengths]}`, all stored as raw bytes: a block of users in ascending order, `items`
     holding their items one user after another, each oldest first. Ids are indices into the
-    vocabularies of `RawIds`.
+    vocabularies of `RawIds`. With `file.timestamp_column` set, `"timestamps"`: float64 [sum of
+    lengths] seconds aligned with `items` (2.1.0).
     """
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("2.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         # A 200M-interaction log has ~1.4M users; TFDS encoding one example each (~70 us) and
         # every item one by one into the protobuf took more time than reading the log.
         "2.0.0": "Blocks of users per example, ids as raw bytes.",
+        # The temporal split cuts at dates; 2.0.0 used the times for the order only. The
+        # version is in the config's record path and the corpus cache's name, so a 2.0.0
+        # cache (no times) is never read for a 2.1.0 request.
+        "2.1.0": "Each interaction's time in seconds (float64) when the log has a timestamp.",
     }
 
     def _info(self) -> tfds.core.DatasetInfo:
         def tensor(dtype):
             return tfds.features.Tensor(shape=(None,), dtype=dtype, encoding="bytes")
 
-        features = tfds.features.FeaturesDict(
-            {"user_ids": tensor(np.int64), "lengths": tensor(np.int64), "items": tensor(np.int32)}
-        )
+        schema = {
+            "user_ids": tensor(np.int64),
+            "lengths": tensor(np.int64),
+            "items": tensor(np.int32),
+        }
+        options = self.builder_config.options
+        if options is not None and options.timestamp_column:
+            schema["timestamps"] = tensor(np.float64)
+        features = tfds.features.FeaturesDict(schema)
         return tfds.core.DatasetInfo(
             builder=self,
             disable_shuffling=True,  # the users' order (ascending) is kept
@@ -154,13 +165,14 @@ BLOCK_ITEMS = 1 << 20
 def blocks_of_users(sequences: readers.Sequences, block_items: int = BLOCK_ITEMS):
     """Yields (key, example) pairs of `CustomInteractions`: consecutive users of about
     `block_items` items together (a longer user alone), keyed by the block's number."""
-    offsets = sequences.offsets
+    offsets, times = sequences.offsets, sequences.timestamps
     for key, (first, end) in enumerate(ordering.user_chunks(offsets, block_items)):
-        yield (
-            key,
-            {
-                "user_ids": np.asarray(sequences.raw_user_ids[first:end], np.int64),
-                "lengths": np.diff(offsets[first : end + 1]),
-                "items": np.asarray(sequences.raw_items[offsets[first] : offsets[end]], np.int32),
-            },
-        )
+        low, high = offsets[first], offsets[end]
+        example = {
+            "user_ids": np.asarray(sequences.raw_user_ids[first:end], np.int64),
+            "lengths": np.diff(offsets[first : end + 1]),
+            "items": np.asarray(sequences.raw_items[low:high], np.int32),
+        }
+        if times is not None:
+            example["timestamps"] = np.asarray(times[low:high], np.float64)
+        yield key, example

@@ -89,7 +89,9 @@ def read_sequences(options: FileOptions) -> EncodedSequences:
 
     Timestamps: integers or floats (e.g. unix seconds), ISO-8601 strings ("2015-03-31",
     "2015-03-31T06:40:02", with or without a zone such as "Z" or "+02:00", but the same kind in
-    the whole column), or Parquet timestamp/date columns; only their order matters (`_Times`).
+    the whole column), or Parquet timestamp/date columns; they order each user's interactions
+    (`_Times`) and are kept as float64 seconds (numbers taken as unix seconds, times and dates by
+    their unit) for the temporal split.
     Each user's interactions are sorted by timestamp, ties kept in file order (a stable sort);
     without a timestamp column the file order is the order.
 
@@ -150,7 +152,7 @@ def read_sequences(options: FileOptions) -> EncodedSequences:
         )
     users.finish()
     items.finish()
-    layout = _placed(source, users, items)
+    layout, seconds_per_unit = _placed(source, users, items)
     filters = ordering.Filters(
         drop_duplicates=options.drop_duplicates,
         drop_repeats=options.drop_repeats,
@@ -171,6 +173,13 @@ def read_sequences(options: FileOptions) -> EncodedSequences:
             else "kept; set file.drop_duplicates=True to drop them",
         )
     sequences = ordered.sequences
+    if sequences.timestamps is not None:
+        # Seconds for the temporal split's cut-offs; float64 keeps each user's order (a
+        # monotone map) and whole seconds exactly. In place when the unit is seconds already.
+        seconds = sequences.timestamps.astype(np.float64, copy=False)
+        if seconds_per_unit != 1.0:
+            seconds = seconds * seconds_per_unit
+        sequences = dataclasses.replace(sequences, timestamps=seconds)
     if sequences.num_users == 0:
         steps = ", ".join(f"{n} {what}" for what, n in counts.items())
         raise readers.DataFormatError(
@@ -205,8 +214,11 @@ def _changed(source: _Source) -> readers.DataFormatError:
     )
 
 
-def _placed(source: _Source, users: _Vocabulary, items: _Vocabulary) -> ordering.Layout:
-    """Pass 2: every interaction into its user's slots, timestamps beside them."""
+def _placed(
+    source: _Source, users: _Vocabulary, items: _Vocabulary
+) -> tuple[ordering.Layout, float]:
+    """Pass 2: every interaction into its user's slots, timestamps beside them; with the
+    seconds per unit of the timestamps (`_Times.seconds_per_unit`)."""
     column = source.columns.get("time")
     roles = ["user", "item"] + (["time"] if column else [])
     text_kind = None
@@ -229,7 +241,7 @@ def _placed(source: _Source, users: _Vocabulary, items: _Vocabulary) -> ordering
             raise _changed(source) from None
         if not layout.complete:
             raise _changed(source)
-        return layout
+        return layout, 1.0 if times is None else times.seconds_per_unit
 
 
 def _first_duplicate(source: _Source, users: _Vocabulary, slots: np.ndarray) -> str:
@@ -970,6 +982,9 @@ _TIMESTAMP_KINDS = (
 )
 
 
+_SECONDS_PER = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
 class _Times:
     """A timestamp column, batch by batch, as one sortable kind: int64 or float64 values.
 
@@ -983,6 +998,10 @@ class _Times:
         self.column = column
         self.text_kind = text_kind
         self._first: tuple[str, str, pa.DataType] | None = None  # value, its kind, its target
+        # Seconds per unit of the values `convert` returns: numbers are taken as seconds (unix
+        # time), times and dates by their unit, ISO text as nanoseconds. The order needs no
+        # unit; the temporal split's dated cut-offs do (`read_sequences` scales by it).
+        self.seconds_per_unit = 1.0
 
     def convert(self, batch: _Batch) -> np.ndarray:
         """int64 or float64 [rows]: the batch's timestamps.
@@ -1008,6 +1027,12 @@ class _Times:
             # Counts of the column's own unit (days for date32): only the order within one
             # column matters, and no unit conversion can overflow.
             as_int = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+            if pa.types.is_date32(kind):
+                self.seconds_per_unit = 86400.0
+            elif pa.types.is_date64(kind):
+                self.seconds_per_unit = 1e-3
+            else:
+                self.seconds_per_unit = _SECONDS_PER[kind.unit]
             return pc.cast(column, as_int).to_numpy().astype(np.int64, copy=False)
         if not _is_text(kind):
             raise readers.DataFormatError(
@@ -1070,6 +1095,7 @@ class _Times:
 
     def _checked(self, values: pa.Array, batch: _Batch) -> np.ndarray:
         if pa.types.is_timestamp(values.type):
+            self.seconds_per_unit = _SECONDS_PER[values.type.unit]
             values = values.cast(pa.int64())
         values = values.to_numpy()
         if values.dtype.kind == "f" and np.isnan(values).any():

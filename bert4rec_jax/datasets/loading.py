@@ -132,8 +132,9 @@ def _cache_path(dataset: str, spec: _Spec, data_dir: str) -> epath.Path:
     return data_root(data_dir) / CACHE_DIRNAME / dataset / name
 
 
-def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
-    """The `train` split in batches of users: {"user_id": [b], "items": [b, (length)]}."""
+def _train_batches(builder: tfds.core.DatasetBuilder, timed: bool = False) -> tf.data.Dataset:
+    """The `train` split in batches of users: {"user_id": [b], "items": [b, (length)]}, and
+    "timestamps" [b, (length)] when `timed`."""
     if builder.info.file_format == tfds.core.FileFormat.TFRECORD:
         # TFDS decodes records one by one; parsing whole batches of the same records with the
         # same schema is several times faster (most of a 20M-interaction read-back).
@@ -142,6 +143,8 @@ def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
             "user_id": tf.io.FixedLenFeature([], tf.int64),
             "items": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
         }
+        if timed:
+            spec["timestamps"] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
         return (
             tf.data.TFRecordDataset(files)
             .batch(_READ_BATCH)
@@ -153,9 +156,13 @@ def _train_batches(builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
 
 
 def _user_blocks(builder: tfds.core.DatasetBuilder):
-    """`custom.CustomInteractions`'s records: (user ids, lengths, items) of each block."""
-    names = ("user_ids", "lengths", "items")
-    dtypes = (np.int64, np.int64, np.int32)
+    """`custom.CustomInteractions`'s records: (user ids, lengths, items, timestamps or None)."""
+    names = ["user_ids", "lengths", "items"]
+    dtypes = [np.int64, np.int64, np.int32]
+    timed = "timestamps" in builder.info.features.keys()
+    if timed:
+        names.append("timestamps")
+        dtypes.append(np.float64)
     if builder.info.file_format == tfds.core.FileFormat.TFRECORD:
         # The raw bytes as stored, parsed a few records at a time: no TFDS decoding step.
         files = [os.fspath(p) for p in builder.info.splits["train"].filepaths]
@@ -169,17 +176,27 @@ def _user_blocks(builder: tfds.core.DatasetBuilder):
         for batch in records:
             columns = [batch[name].numpy() for name in names]
             for block in zip(*columns, strict=True):
-                yield tuple(np.frombuffer(b, d) for b, d in zip(block, dtypes, strict=True))
+                arrays = [np.frombuffer(b, d) for b, d in zip(block, dtypes, strict=True)]
+                yield (*arrays, None) if not timed else tuple(arrays)
         return
     for example in tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False)):
-        yield tuple(example[name] for name in names)
+        arrays = [example[name] for name in names]
+        yield (*arrays, None) if not timed else tuple(arrays)
 
 
 def _per_user_blocks(builder: tfds.core.DatasetBuilder):
-    """The other builders' records (one per user) in batches: (user ids, lengths, items)."""
-    for batch in _train_batches(builder):
+    """The other builders' records (one per user) in batches: (user ids, lengths, items,
+    timestamps or None)."""
+    timed = "timestamps" in builder.info.features.keys()
+    for batch in _train_batches(builder, timed):
         ragged = batch["items"]  # [batch, (length)]
-        yield batch["user_id"].numpy(), ragged.row_lengths().numpy(), ragged.flat_values.numpy()
+        times = batch["timestamps"].flat_values.numpy() if timed else None
+        yield (
+            batch["user_id"].numpy(),
+            ragged.row_lengths().numpy(),
+            ragged.flat_values.numpy(),
+            times,
+        )
 
 
 def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
@@ -190,16 +207,19 @@ def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
         `custom.CustomInteractions` (blocks of users; items stay int32).
 
     Returns:
-      The sequences; TFDS shuffles examples when writing, so users are re-sorted by raw id.
+      The sequences (with timestamps where the records hold them); TFDS shuffles examples when
+      writing, so users are re-sorted by raw id.
     """
     blocks = "lengths" in builder.info.features.keys()
-    users, lengths, items = [], [], []
-    for block_users, block_lengths, block_items in (
+    users, lengths, items, times = [], [], [], []
+    for block_users, block_lengths, block_items, block_times in (
         _user_blocks(builder) if blocks else _per_user_blocks(builder)
     ):
         users.append(block_users)
         lengths.append(block_lengths)
         items.append(block_items)
+        if block_times is not None:
+            times.append(block_times)
     if not users:
         raise ValueError(f"TFDS data set {builder.info.full_name} has no examples")
     lengths_all = np.concatenate(lengths).astype(np.int64)
@@ -211,6 +231,7 @@ def sequences_from_tfds(builder: tfds.core.DatasetBuilder) -> readers.Sequences:
         np.concatenate(users).astype(np.int64),
         offsets,
         items_all if blocks else items_all.astype(np.int64, copy=False),
+        np.concatenate(times) if times else None,
     ).sorted_by_user()
 
 
@@ -280,7 +301,12 @@ def _prepare_with_tfds(
         raw_user_ids = builder.info.metadata["user_ids"][raw_user_ids]
         item_vocab = builder.info.metadata["item_ids"]
     corpus = corpus_lib.corpus_from_sequences(
-        dataset, raw_user_ids, sequences.offsets, sequences.raw_items, item_vocab=item_vocab
+        dataset,
+        raw_user_ids,
+        sequences.offsets,
+        sequences.raw_items,
+        item_vocab=item_vocab,
+        timestamps=sequences.timestamps,
     )
     metadata = builder.info.metadata
     if isinstance(metadata, movielens.SideFeatures):

@@ -113,7 +113,8 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
       `builders.download_and_verify`).
 
     Example schema: as every builder of the project (`builders.sequence_info`), one example per user
-    `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first.
+    `{"user_id": int64, "items": Tensor(shape=(None,), int64)}`, raw ids, items oldest first, plus
+    `"timestamps"` (1.2.0): the ratings' unix seconds, aligned with `items`.
 
     Side features (1.1.0): for 100K, the movies' genres and release-year buckets (`u.item`) and the
     users' age bucket, gender and occupation (`u.user`), read from the same release as the ratings
@@ -122,10 +123,14 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
     20M carry none yet (their `movies.dat` / `users.dat` have other layouts).
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "ML-100K item (genre, year) and user (age, gender, occupation) features.",
+        # The temporal split cuts the data at dates; 1.1.0's records kept only the order. The
+        # version is part of the corpus cache's name, so a 1.1.0 cache (no times) is never
+        # read as if it had none to give.
+        "1.2.0": "Each rating's timestamp (unix seconds) beside its item.",
     }
     BUILDER_CONFIGS = [
         MovieLensConfig(
@@ -151,6 +156,7 @@ class MovielensSequences(tfds.core.GeneratorBasedBuilder):
                 " year={2015}}"
             ),
             metadata=SideFeatures(),
+            timestamps=True,
         )
 
     @classmethod

@@ -5,7 +5,8 @@ batch's items straight into their user's slots of one flat array, in file order 
 so no table of raw rows is ever held. `order_and_filter` then sorts each user's slots by time
 (stable: ties keep file order), counts and drops duplicates and applies the filters, a chunk of
 whole users at a time, compacting the array in place. Memory: 4 bytes per interaction for the
-items, 8 more for the timestamps until they are sorted, and a chunk's buffers.
+items, 8 more for the timestamps (kept, compacted beside the items, for the temporal split),
+and a chunk's buffers.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ def order_and_filter(layout: Layout, filters: Filters, num_items: int) -> Ordere
     """Sorts each user's rows by time, then drops duplicates, repeats, rare items, short users.
 
     Rows without timestamps keep file order and have no duplicates (see
-    `interactions.read_sequences`). Consumes the layout: its arrays are compacted in place.
+    `interactions.read_sequences`). Consumes the layout: its arrays are compacted in place; the
+    timestamps, when there are any, stay beside the items (`Sequences.timestamps`, in the
+    column's own unit).
 
     Args:
       layout: filled by every batch.
@@ -221,6 +224,7 @@ def order_and_filter(layout: Layout, filters: Filters, num_items: int) -> Ordere
         seg = np.repeat(np.arange(end - first, dtype=np.int32), lengths[first:end])  # [rows]
         chunk = items[low:high]
         keep = None
+        stamps = None
         if times is not None:
             stamps = times[low:high]
             order = time_order(seg, stamps)
@@ -244,9 +248,9 @@ def order_and_filter(layout: Layout, filters: Filters, num_items: int) -> Ordere
                 else:
                     keep[keep] = keep_repeat
             kept_after_repeats += len(kept_seg) - int(repeat.sum())
-        write = _compact(items, lengths, low, first, end, seg, chunk, keep, min_user_first, write)
-    del times
-    layout.times = None
+        write = _compact(
+            items, lengths, low, first, end, seg, chunk, keep, min_user_first, write, times, stamps
+        )
     if num_duplicates:
         counts["exact duplicates"] = num_duplicates
         if filters.drop_duplicates:
@@ -262,17 +266,23 @@ def order_and_filter(layout: Layout, filters: Filters, num_items: int) -> Ordere
             low, high = int(offsets[first]), int(offsets[end])
             seg = np.repeat(np.arange(end - first, dtype=np.int32), lengths[first:end])
             chunk = items[low:high]
+            stamps = None if times is None else times[low:high]
             keep = per_item[chunk] >= filters.min_item_interactions
             kept_rows += int(keep.sum())
             min_user = filters.min_user_interactions
-            write = _compact(items, lengths, low, first, end, seg, chunk, keep, min_user, write)
+            write = _compact(
+                items, lengths, low, first, end, seg, chunk, keep, min_user, write, times, stamps
+            )
         counts[f"after dropping items with < {filters.min_item_interactions}"] = kept_rows
     kept_users = np.flatnonzero(lengths)
     offsets = np.zeros(len(kept_users) + 1, np.int64)
     np.cumsum(lengths[kept_users], out=offsets[1:])
     items = _shrunk(layout, write)
+    if times is not None:
+        layout.times = None
+        times = _shrunk_array(times, write)
     duplicate_slots = np.sort(np.concatenate(slots)) if slots else np.zeros(0, np.int64)
-    return Ordered(readers.Sequences(kept_users, offsets, items), counts, duplicate_slots)
+    return Ordered(readers.Sequences(kept_users, offsets, items, times), counts, duplicate_slots)
 
 
 def _compact(
@@ -286,10 +296,13 @@ def _compact(
     keep: np.ndarray | None,
     min_user: int,
     write: int,
+    times: np.ndarray | None = None,
+    stamps: np.ndarray | None = None,
 ) -> int:
     """Writes a chunk's kept rows (`keep`, and only of users with >= `min_user` of them) at
     `items[write:]`, updates the users' `lengths`, and returns the new end of the kept rows.
-    The chunk holds the rows of users [first, end), which started at `items[low]`.
+    The chunk holds the rows of users [first, end), which started at `items[low]`; `stamps`,
+    the chunk's timestamps in the same order, go to `times[write:]` likewise.
 
     `write` never passes the chunk's start, so the kept rows of earlier chunks stay intact.
     """
@@ -306,6 +319,10 @@ def _compact(
     kept = chunk if keep is None else chunk[keep]  # a copy when filtered: safe to write below
     if not (kept is chunk and write == low and np.may_share_memory(chunk, items)):
         items[write : write + len(kept)] = kept  # (else the chunk is already in its place)
+    if times is not None:
+        kept_stamps = stamps if keep is None else stamps[keep]
+        if not (kept_stamps is stamps and write == low and np.may_share_memory(stamps, times)):
+            times[write : write + len(kept_stamps)] = kept_stamps
     return write + len(kept)
 
 
@@ -313,6 +330,11 @@ def _shrunk(layout: Layout, size: int) -> np.ndarray:
     """The layout's first `size` items, giving back the memory of the rest when it can."""
     items = layout.items
     layout.items = None
+    return _shrunk_array(items, size)
+
+
+def _shrunk_array(items: np.ndarray, size: int) -> np.ndarray:
+    """`items[:size]`, in place when the array owns its memory (no second copy)."""
     if size == len(items):
         return items
     try:

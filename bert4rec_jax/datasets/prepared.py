@@ -45,6 +45,9 @@ DATASETS = (
 # 3: optional item and user features (`_ITEM_FEATURE` / `_USER_FEATURE` + name).
 # 4: string raw ids as offsets + UTF-8 bytes (`corpus.pack_raw_ids`), not fixed-width unicode;
 #    format 3 files are still read (their ids are converted as they load).
+# An optional `timestamps` array (the temporal split's) needed no new format: the builders that
+# now store times changed their VERSION, which is in the cache's name, so a cache written before
+# them (without times) is never found for them; older code reading a new file ignores the key.
 CACHE_FORMAT = 4
 _READABLE_FORMATS = (3, 4)
 CACHE_DIRNAME = "bert4rec_corpus"
@@ -79,6 +82,7 @@ def write_cache(path: epath.Path, corpus: corpus_lib.Corpus) -> None:
         **corpus_lib.pack_raw_ids(corpus.raw_user_ids, "raw_user_ids"),
         **{_ITEM_FEATURE + k: v for k, v in corpus.item_features.items()},
         **{_USER_FEATURE + k: v for k, v in corpus.user_features.items()},
+        **({} if corpus.timestamps is None else {"timestamps": corpus.timestamps}),
     )
     write_atomically(path, buffer.getbuffer())  # a view: no second copy of the corpus
 
@@ -99,9 +103,12 @@ def read_cache(path: epath.Path) -> corpus_lib.Corpus | None:
                 raw_user_ids=corpus_lib.unpack_raw_ids(z, "raw_user_ids"),
                 item_features=_prefixed(z, _ITEM_FEATURE),
                 user_features=_prefixed(z, _USER_FEATURE),
+                timestamps=z["timestamps"] if "timestamps" in z.files else None,
             )
         if result.offsets[-1] != result.num_interactions:
             raise ValueError("offsets do not match items")
+        if result.timestamps is not None and len(result.timestamps) != result.num_interactions:
+            raise ValueError("timestamps do not match items")
         features.check_features(result.item_features, result.vocab_size, "item")
         features.check_features(result.user_features, result.num_users + 1, "user")
         return result

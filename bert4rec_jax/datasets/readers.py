@@ -86,11 +86,14 @@ class Sequences:
       offsets: int64 [num_users + 1]; user u's items are `raw_items[offsets[u]:offsets[u + 1]]`.
       raw_items: int64 (or int32) [num_interactions], the source's item ids, each user's oldest
         first.
+      timestamps: int64 or float64 [num_interactions] seconds aligned with `raw_items`, or None
+        when the source has no times (`corpus.Corpus.timestamps`).
     """
 
     raw_user_ids: np.ndarray
     offsets: np.ndarray
     raw_items: np.ndarray
+    timestamps: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -111,7 +114,8 @@ class Sequences:
         # Item k of the new layout comes from old start of its user + its position in the user.
         shift = np.repeat(self.offsets[:-1][order] - offsets[:-1], lengths)
         source = np.arange(len(self.raw_items), dtype=np.int64) + shift
-        return Sequences(self.raw_user_ids[order], offsets, self.raw_items[source])
+        times = None if self.timestamps is None else self.timestamps[source]
+        return Sequences(self.raw_user_ids[order], offsets, self.raw_items[source], times)
 
 
 def _byte_classes(separators: bytes, decimal: bool) -> np.ndarray:
@@ -420,22 +424,25 @@ def sequences_from_ratings(
       min_interactions: users with fewer ratings are dropped.
 
     Returns:
-      The sequences, users in ascending raw-id order.
+      The sequences, users in ascending raw-id order, with their timestamps.
     """
     order = np.lexsort((items, timestamps, users))  # last key is the primary one
-    users, items = users[order], items[order]
+    users, items, timestamps = users[order], items[order], timestamps[order]
     run_starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
     bounds = np.append(run_starts, len(users))
     lengths = np.diff(bounds)
     keep = lengths >= min_interactions
     run_users = users[run_starts]
     if not keep.all():
-        items = items[np.repeat(keep, lengths)]
+        kept = np.repeat(keep, lengths)
+        items, timestamps = items[kept], timestamps[kept]
         lengths = lengths[keep]
         run_users = run_users[keep]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Sequences(run_users.astype(np.int64), offsets, items.astype(np.int64))
+    return Sequences(
+        run_users.astype(np.int64), offsets, items.astype(np.int64), timestamps.astype(np.int64)
+    )
 
 
 def read_movielens_ratings(path: str | os.PathLike, variant: str) -> Sequences:

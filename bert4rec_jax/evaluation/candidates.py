@@ -150,7 +150,7 @@ def draw_candidates(
 
     Args:
       corpus: the corpus.
-      split: its leave-one-out split.
+      split: its split (leave-one-out or temporal).
       which: "valid" or "test".
       protocol: "pop100" (popularity-weighted) or "uniform100".
       num_negatives: negatives per user.
@@ -170,14 +170,25 @@ def draw_candidates(
     if num_negatives < 1:
         raise ValueError(f"num_negatives={num_negatives} must be positive")
     targets = split.targets(which)  # also validates `which`
+    # Leave-one-out: counts over the whole corpus, every item a candidate. Temporal: only what
+    # was known before the target's cut-off, so items first seen after it are never drawn.
+    known = split.known_popularity(corpus, which)
     if protocol == "pop100":
-        weights = corpus.popularity.astype(np.float64)
+        weights = known.astype(np.float64)
     else:
         weights = np.ones(corpus.num_items + 1)
+        if split.cutoff(which) is not None:
+            weights = (known > 0).astype(np.float64)
     weights[PAD_ID] = 0
-    # Forbidden: the user's full sequence, which contains both held-out targets.
-    starts = corpus.offsets[split.eval_users]
-    lengths = corpus.offsets[split.eval_users + 1] - starts
+    users = split.users(which)
+    starts = corpus.offsets[users]
+    if split.cutoff(which) is None:
+        # Forbidden: the user's full sequence, which contains both held-out targets.
+        lengths = corpus.offsets[users + 1] - starts
+    else:
+        # Forbidden: what the user had done up to and including the target; later items are
+        # the future, which a timeline split does not look at.
+        lengths = split.history_ends(corpus, which) + 1 - starts
     forbid_offsets = np.concatenate([[0], np.cumsum(lengths)])
     forbid_items = corpus.items[
         np.repeat(starts - forbid_offsets[:-1], lengths) + np.arange(forbid_offsets[-1])
@@ -217,8 +228,11 @@ def candidates_path(
     seed: int,
 ) -> epath.Path:
     """Where `load_candidates` keeps one draw (any path epath reads: local or gs://)."""
+    mode = split.mode
+    if split.cutoffs is not None:  # another pair of cut-offs is another draw
+        mode += "-" + "-".join(f"{t:.0f}" for t in split.cutoffs)
     name = (
-        f"candidates_{corpus.name}_{split.mode}_{which}_{protocol}_n{num_negatives}_seed{seed}_"
+        f"candidates_{corpus.name}_{mode}_{which}_{protocol}_n{num_negatives}_seed{seed}_"
         f"{corpus_fingerprint(corpus)}.npz"
     )
     return epath.Path(cache_dir) / name
@@ -251,10 +265,10 @@ def load_candidates(
                 candidates, users = saved["candidates"], saved["eval_users"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             candidates = users = np.zeros(0)  # unreadable: drawn again below
-        expected = (len(split.eval_users), 1 + num_negatives)
+        expected = (len(split.users(which)), 1 + num_negatives)
         if (
             candidates.shape == expected
-            and np.array_equal(users, split.eval_users)
+            and np.array_equal(users, split.users(which))
             and np.array_equal(candidates[:, 0], split.targets(which))
         ):
             return candidates.astype(np.int32)
@@ -262,6 +276,6 @@ def load_candidates(
     candidates = draw_candidates(corpus, split, which, protocol, num_negatives, seed)
     # Atomic: several processes (or runs) may write the same file; readers never see half of one.
     buffer = io.BytesIO()
-    np.savez(buffer, candidates=candidates, eval_users=split.eval_users)
+    np.savez(buffer, candidates=candidates, eval_users=split.users(which))
     write_atomically(path, buffer.getvalue())
     return candidates

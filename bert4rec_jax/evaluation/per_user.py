@@ -114,7 +114,10 @@ class UserResults:
         """The aggregate accuracy metrics, as `Evaluator.evaluate` returns them.
 
         Returns:
-          {"<protocol>/hr@k", "<protocol>/ndcg@k", "<protocol>/mrr", "num_users"}.
+          {"<protocol>/hr@k", "<protocol>/ndcg@k", "<protocol>/mrr", "num_users"}; a temporal
+          split adds "unseen_targets" (users whose target no one trained on: an item first
+          seen after the training period, which no sequential model can rank from training)
+          and the metrics over the other users, "seen/num_users" and "seen/<protocol>/...".
         """
         ks = self.ks if ks is None else tuple(ks)
         out: dict[str, float] = {}
@@ -122,6 +125,15 @@ class UserResults:
             for name, value in metrics_lib.ranking_metrics(ranks, ks).items():
                 out[f"{protocol}/{name}"] = value
         out["num_users"] = float(len(self.users))
+        if self.info.get("split_mode") == "temporal":
+            seen = np.asarray(self.target_known, bool)
+            out["unseen_targets"] = float((~seen).sum())
+            out["seen/num_users"] = float(seen.sum())
+            if seen.any():
+                for protocol, ranks in self.ranks.items():
+                    seen_ranks = np.asarray(ranks)[seen]
+                    for name, value in metrics_lib.ranking_metrics(seen_ranks, ks).items():
+                        out[f"seen/{protocol}/{name}"] = value
         return out
 
     def by_history(self) -> dict[str, float]:

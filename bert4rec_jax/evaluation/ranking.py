@@ -329,9 +329,9 @@ class Evaluator:
             )
         return self._candidates[key]
 
-    def user_sample(self, num_users: int) -> np.ndarray:
-        """int64 [n]: sorted rows of split.eval_users; the same seeded sample on every call."""
-        total = len(self.split.eval_users)
+    def user_sample(self, num_users: int, which: str = "valid") -> np.ndarray:
+        """int64 [n]: sorted rows of split.users(which); the same seeded sample on every call."""
+        total = len(self.split.users(which))
         if num_users <= 0 or num_users >= total:
             return np.arange(total)
         rng = np.random.default_rng(self.config.candidate_seed)
@@ -365,7 +365,7 @@ class Evaluator:
         targets = self.split.targets(which)[rows].astype(np.int32)
         if not self.config.exclude_history:
             return {"targets": targets, "history": np.zeros((len(rows), 1), np.int32)}
-        starts = self.corpus.offsets[self.split.eval_users]
+        starts = self.corpus.offsets[self.split.users(which)]
         ends = self.split.history_ends(self.corpus, which)
         return {
             "targets": targets,
@@ -376,7 +376,7 @@ class Evaluator:
 
     def _history_width(self, which: str) -> int:
         """One padded history width for every batch when the longest history allows it."""
-        starts = self.corpus.offsets[self.split.eval_users]
+        starts = self.corpus.offsets[self.split.users(which)]
         longest = sharding.pow2(
             int((self.split.history_ends(self.corpus, which) - starts).max(initial=1))
         )
@@ -420,7 +420,7 @@ class Evaluator:
             rows = rows[order]
         batches = self._batches(rows)
         # User rows (corpus user u is row u + 1, see models.BERT4Rec), for user features only.
-        users = (self.split.eval_users + 1).astype(np.int32)  # [num_eval]
+        users = (self.split.users(which) + 1).astype(np.int32)  # [num_eval]
 
         def encoder_inputs(r: np.ndarray) -> dict[str, np.ndarray]:
             width = self.config.input_width(int(mask_pos[r].max()) + 1)
@@ -492,15 +492,15 @@ class Evaluator:
         """
         if which not in SPLITS:
             raise ValueError(f"which must be one of {SPLITS}, got {which!r}")
-        rows = self.user_sample(num_users)
+        rows = self.user_sample(num_users, which)
         # Item rows padded (zeros) to the mesh's model axis and split over it; never ranked:
         # the rankers score ids 1..num_items only.
         params = sharding.place_params(params, self.mesh, self.corpus.vocab_size)
         top_k = max(self.config.ks) if lists else 0
         ranks, tops = self._rank(params, which, self.config.protocols, rows, top_k)
-        users = self.split.eval_users[rows]
+        users = self.split.users(which)[rows]
         targets = self.split.targets(which)[rows].astype(np.int32)
-        starts = self.corpus.offsets[self.split.eval_users]
+        starts = self.corpus.offsets[self.split.users(which)]
         history = (self.split.history_ends(self.corpus, which) - starts)[rows]
         counts, _ = self.popularity()
         fingerprints = {p: self.candidate_fingerprints(which, p) for p in self.config.protocols}
@@ -544,7 +544,7 @@ class Evaluator:
         key = (which, protocol)
         if key in self._fingerprints:
             return self._fingerprints[key]
-        num_eval = len(self.split.eval_users)
+        num_eval = len(self.split.users(which))
         if protocol != "full":
             drawn = self.candidates(which, protocol)
             rows, cols = np.nonzero(drawn != PAD_ID)  # row-major: rows come sorted
@@ -555,7 +555,7 @@ class Evaluator:
         stride = self.corpus.num_items + 1
         excluded = np.zeros(0, np.int64)  # (row, item) keys: row * stride + item
         if self.config.exclude_history:
-            starts = self.corpus.offsets[self.split.eval_users]
+            starts = self.corpus.offsets[self.split.users(which)]
             lengths = self.split.history_ends(self.corpus, which) - starts
             rows = np.repeat(np.arange(num_eval, dtype=np.int64), lengths)
             first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
@@ -585,6 +585,7 @@ class Evaluator:
             "dataset": self.corpus.name,
             "corpus": self._corpus_fingerprint,
             "split_mode": self.split.mode,
+            **({} if self.split.cutoffs is None else {"cutoffs": list(self.split.cutoffs)}),
             "split": which,
             "num_items": self.corpus.num_items,
             "ks": list(self.config.ks),

@@ -95,6 +95,8 @@ def test_custom_csv_goes_through_tfds_and_the_cache(tmp_path, monkeypatch):
         {k: v.tolist() for k, v in e.items()}
         for e in tfds.as_numpy(builder.as_dataset(split="train"))
     ]
+    # 2.1.0: the log's times beside the items, in seconds, for the temporal split.
+    assert len(block.pop("timestamps")) == sum(block["lengths"])
     assert block == {
         "user_ids": [0, 1, 2],
         "lengths": [6, 5, 5],

@@ -83,6 +83,25 @@ def test_timestamp_kinds(tmp_path):
             item_column="item",
         )
         assert _as_lists(encoded) == {"u": ["b", "c", "a"]}, kind
+        # Kept beside the items as seconds (numbers as unix seconds), for the temporal split.
+        seconds = encoded.sequences.timestamps
+        assert seconds.dtype == np.float64 and (np.diff(seconds) > 0).all(), kind
+    assert seconds.tolist() == [1609462800.0, 1609464600.0, 1609466400.0]  # 01:00Z 01:30Z 02:00Z
+
+
+def test_dates_and_parquet_times_become_unix_seconds(tmp_path):
+    dates = "user,item,t\nu,a,2021-01-02\nu,b,2021-01-01\n"
+    encoded = _read(_write(tmp_path, "dates.csv", dates), min_user_interactions=1, **_T)
+    assert encoded.sequences.timestamps.tolist() == [1609459200.0, 1609545600.0]
+    for kind in (pa.timestamp("ms"), pa.date32()):
+        path = tmp_path / f"{str(kind).replace('[', '_').replace(']', '')}.parquet"
+        at = pa.array([86_400_000, 0], pa.timestamp("ms")).cast(kind)
+        pq.write_table(pa.table({"user": ["u", "u"], "item": ["a", "b"], "t": at}), path)
+        encoded = _read(str(path), min_user_interactions=1, **_T)
+        assert encoded.sequences.timestamps.tolist() == [0.0, 86_400.0], kind
+
+
+_T = {"timestamp_column": "t", "user_column": "user", "item_column": "item"}
 
 
 def test_integer_ids_and_file_order_without_timestamps(tmp_path):
