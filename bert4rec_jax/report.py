@@ -140,10 +140,13 @@ class Run:
         def under(key: str, names: Sequence[str]) -> bool:
             return any(key == name or key.startswith(name + ".") for name in names)
 
+        # The cut-offs matter only to the temporal split: a leave-one-out run from before they
+        # existed and one after share a row.
+        unread = () if self.config.get("split_mode") == "temporal" else ("temporal",)
         kept = {
             k: v
             for k, v in self.config.items()
-            if not under(k, NOT_GROUPED) and (fields is None or under(k, fields))
+            if not under(k, (*NOT_GROUPED, *unread)) and (fields is None or under(k, fields))
         }
         return json.dumps(kept, sort_keys=True)
 

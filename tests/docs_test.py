@@ -136,6 +136,9 @@ class Parsed(Exception):
 def load(path):
     spec = importlib.util.spec_from_file_location("docs_" + pathlib.Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
+    # Registered first, as an import would: dataclasses (flax modules among them) look their
+    # module up in sys.modules while the file runs.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

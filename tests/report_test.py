@@ -102,3 +102,20 @@ def test_command_line_prints_the_table_and_refuses_a_bad_metric(ablations):
     bad = run_cli("bert4rec_jax.report", str(ablations), "--metrics=pop100/ndcg@10", check=False)
     assert bad.returncode == 2
     assert "must be test/<key> or valid/<key>" in bad.stderr.splitlines()[0]
+
+
+def test_cut_offs_split_rows_only_on_the_temporal_split(tmp_path):
+    def with_config(workdir, **extra):
+        config = json.loads((workdir / "config.json").read_text())
+        (workdir / "config.json").write_text(json.dumps({**config, **extra}))
+
+    # A leave-one-out run from before the temporal fields existed, and one after: one row.
+    make_run(tmp_path, "loo", 0, 0.3)
+    with_config(make_run(tmp_path, "loo", 1, 0.3), temporal={"valid_start": "q0.8"})
+    # On the temporal split the cut-offs are what is evaluated: two rows.
+    for seed, start in enumerate(["q0.8", "q0.7"]):
+        workdir = make_run(tmp_path, f"temporal-{start}", seed, 0.2)
+        with_config(workdir, split_mode="temporal", temporal={"valid_start": start})
+    runs = [report.load_run(p) for p in report.find_runs([tmp_path])]
+    rows = report.table_rows(runs)
+    assert sorted(len(r.runs) for r in rows) == [1, 1, 2]
